@@ -1,0 +1,478 @@
+//! `vttl.ini` and the command line, resolved into one validated [`Config`] (SPEC §2).
+//!
+//! The file is VTTL's own INI format. VTTL's sections (`[main]`, `[vendor]`, `[VirusTotal]`, …) carry many keys
+//! we do not use: we read the handful we need and ignore the rest, so an analyst's full VTTL `vttl.ini` works
+//! as it is. Our own sections (`[seclytics]`, `[watch]`, `[watchlists]`) are strict: an unknown key or a bad
+//! value is an error naming the key and the file. Section and key names match case-insensitively and the
+//! first occurrence wins, as in VTTL. Relative paths resolve against the folder of the ini file.
+//!
+//! The access token is held in a [`Secret`], whose `Debug` and `Display` never show it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable that overrides `[seclytics] access_token`.
+pub const TOKEN_ENV: &str = "SECLYTICS_ACCESS_TOKEN";
+
+/// A configuration problem: always names the file, and the key when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid INI: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    #[error("config file {path}: unknown key `{key}` in [{section}]")]
+    UnknownKey { path: PathBuf, section: String, key: String },
+    #[error("config file {path}: [{section}] {key} = {value:?} is invalid: {reason}")]
+    Invalid { path: PathBuf, section: String, key: String, value: String, reason: String },
+}
+
+/// A value that must never be printed: the API token.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Call this only where it goes into a request.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Replaces every occurrence of the secret in `text` with `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        if self.0.is_empty() { text.to_string() } else { text.replace(&self.0, "[redacted]") }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "Secret(empty)" } else { "Secret([redacted])" })
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// How the token is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `Authorization: Bearer <token>`
+    Header,
+    /// `?access_token=<token>` (VTTL's way)
+    Query,
+}
+
+/// `[seclytics]`: the API client.
+#[derive(Debug, Clone)]
+pub struct SeclyticsSettings {
+    pub base_url: String,
+    pub access_token: Secret,
+    pub auth: AuthMode,
+    /// When set, answers come from recorded bodies under this folder instead of HTTP.
+    pub offline_dir: Option<PathBuf>,
+    pub requests_per_minute: u32,
+    pub concurrency: usize,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Connection timeout (`connect_timeout_secs`, default 10 s, never more than `timeout`).
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    /// SQLite cache file; `None` disables the cache.
+    pub cache: Option<PathBuf>,
+    pub cache_ttl: Duration,
+    /// Largest response body accepted (`max_body_bytes`, default 16 MiB).
+    pub max_body_bytes: usize,
+    /// DNS server for reverse lookups (`dns_server`, `host:port`); `None` = the system's resolvers.
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// Time allowed for one reverse lookup (`dns_timeout_ms`, default 2000).
+    pub dns_timeout: Duration,
+}
+
+impl Default for SeclyticsSettings {
+    fn default() -> Self {
+        SeclyticsSettings {
+            base_url: "https://api.seclytics.com".into(),
+            access_token: Secret::default(),
+            auth: AuthMode::Header,
+            offline_dir: None,
+            requests_per_minute: 120,
+            concurrency: 4,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_retries: 4,
+            cache: Some(PathBuf::from("seclytics-cache.sqlite")),
+            cache_ttl: Duration::from_secs(24 * 3600),
+            max_body_bytes: 16 << 20,
+            dns_server: None,
+            dns_timeout: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// `[watch]`: the hot folder.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    pub inbox: PathBuf,
+    pub outbox: PathBuf,
+    pub processed: PathBuf,
+    pub failed: PathBuf,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub settle: Duration,
+    /// `None`: OS file events; `Some(d)`: poll every `d`.
+    pub poll: Option<Duration>,
+    /// Full rescan of the inbox as a safety net against lost events (`rescan_secs`, default 30).
+    pub rescan: Duration,
+}
+
+/// `[vendor]` switches for the Seclytic log files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSwitches {
+    pub ips: bool,
+    pub hashes: bool,
+    pub urls: bool,
+    pub reference_urls: bool,
+}
+
+/// Everything the program needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The ini file this came from (may not exist: then every default applies).
+    pub source: PathBuf,
+    pub seclytics: SeclyticsSettings,
+    pub watch: WatchSettings,
+    /// Folder with `KWordwatchlist.txt`, `URLwatchlist.txt`, `IPDwatchlist.txt`, `DNwatchlist.txt`.
+    pub watchlists_dir: PathBuf,
+    /// Sinkhole data file (`[watchlists] sinkholes`, default `<dir>/sinkholes.txt`).
+    pub sinkholes_file: PathBuf,
+    pub logs: LogSwitches,
+    /// `[VirusTotal] UseRegexForURL`
+    pub url_watchlist_regex: bool,
+    /// `[main] reverseDNS`
+    pub reverse_dns: bool,
+}
+
+const SECLYTICS_KEYS: &[&str] = &[
+    "base_url",
+    "access_token",
+    "auth",
+    "offline_dir",
+    "requests_per_minute",
+    "concurrency",
+    "timeout_secs",
+    "connect_timeout_secs",
+    "max_retries",
+    "cache",
+    "cache_ttl_hours",
+    "max_body_bytes",
+    "dns_server",
+    "dns_timeout_ms",
+];
+const WATCH_KEYS: &[&str] =
+    &["inbox", "outbox", "processed", "failed", "include", "exclude", "settle_ms", "poll_ms", "rescan_secs"];
+const WATCHLIST_KEYS: &[&str] = &["dir", "sinkholes"];
+
+/// The INI file as (section, key, value) triples, names matched case-insensitively, first occurrence wins.
+struct IniFile {
+    path: PathBuf,
+    entries: Vec<(String, String, String)>,
+}
+
+impl IniFile {
+    fn get(&self, section: &str, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(s, k, _)| s.eq_ignore_ascii_case(section) && k.eq_ignore_ascii_case(key))
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    /// A non-empty value (VTTL: an empty value keeps the default).
+    fn value(&self, section: &str, key: &str) -> Option<&str> {
+        self.get(section, key).map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    fn invalid(&self, section: &str, key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            section: section.into(),
+            key: key.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn check_known(&self, section: &str, known: &[&str]) -> Result<(), ConfigError> {
+        for (s, k, _) in &self.entries {
+            if s.eq_ignore_ascii_case(section) && !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                return Err(ConfigError::UnknownKey {
+                    path: self.path.clone(),
+                    section: section.into(),
+                    key: k.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn bool(&self, section: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.value(section, key) {
+            None => Ok(default),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(self.invalid(section, key, v, "expected True or False")),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(
+        &self,
+        section: &str,
+        key: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: PartialOrd + std::fmt::Display + Copy,
+    {
+        match self.value(section, key) {
+            None => Ok(default),
+            Some(v) => match v.parse::<T>() {
+                Ok(n) if n >= min && n <= max => Ok(n),
+                Ok(_) => Err(self.invalid(section, key, v, format!("must be between {min} and {max}"))),
+                Err(_) => Err(self.invalid(section, key, v, "expected a whole number")),
+            },
+        }
+    }
+
+    fn list(&self, section: &str, key: &str, default: &str) -> Vec<String> {
+        let raw = self.get(section, key).unwrap_or(default);
+        raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+}
+
+/// Decodes the bytes of an ini file: UTF-8 (with or without BOM), UTF-16 with BOM, else Windows-1252.
+fn decode_ini(bytes: &[u8]) -> String {
+    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
+        let (text, _) = encoding.decode_without_bom_handling(&bytes[bom_len..]);
+        return text.into_owned();
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
+    }
+}
+
+fn read_ini(path: &Path) -> Result<IniFile, ConfigError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(ConfigError::Read { path: path.to_path_buf(), source: e }),
+    };
+    let text = decode_ini(&bytes);
+    let options = ini::ParseOption { enabled_escape: false, enabled_quote: false, ..Default::default() };
+    let ini = ini::Ini::load_from_str_opt(&text, options)
+        .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut entries = Vec::new();
+    for (section, props) in ini.iter() {
+        let section = section.unwrap_or("").trim().to_string();
+        for (key, value) in props.iter() {
+            entries.push((section.clone(), key.trim().to_string(), value.to_string()));
+        }
+    }
+    Ok(IniFile { path: path.to_path_buf(), entries })
+}
+
+impl Config {
+    /// Loads `path`. A missing file is an error unless `allow_missing` (the default `vttl.ini` may be absent:
+    /// then every default applies, relative to the current directory).
+    pub fn load(path: &Path, allow_missing: bool) -> Result<Config, ConfigError> {
+        let ini = if allow_missing && !path.exists() {
+            IniFile { path: path.to_path_buf(), entries: Vec::new() }
+        } else {
+            read_ini(path)?
+        };
+        let token_env = std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+        Config::from_ini(&ini, token_env)
+    }
+
+    fn from_ini(ini: &IniFile, token_env: Option<String>) -> Result<Config, ConfigError> {
+        ini.check_known("seclytics", SECLYTICS_KEYS)?;
+        ini.check_known("watch", WATCH_KEYS)?;
+        ini.check_known("watchlists", WATCHLIST_KEYS)?;
+        let base = ini.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() { p } else { base.join(p) }
+        };
+
+        const S: &str = "seclytics";
+        let base_url = ini.value(S, "base_url").unwrap_or("https://api.seclytics.com").trim_end_matches('/');
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) || base_url.len() < 10 {
+            return Err(ini.invalid(S, "base_url", base_url, "expected an http:// or https:// URL"));
+        }
+        let token = token_env.or_else(|| ini.value(S, "access_token").map(String::from)).unwrap_or_default();
+        let auth = match ini.value(S, "auth").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("header") => AuthMode::Header,
+            Some("query") => AuthMode::Query,
+            Some(_) => {
+                let v = ini.value(S, "auth").unwrap_or_default();
+                return Err(ini.invalid(S, "auth", v, "expected `header` or `query`"));
+            }
+        };
+        let timeout = Duration::from_secs(ini.number(S, "timeout_secs", 30u64, 1, 3600)?);
+        let connect_timeout = Duration::from_secs(ini.number(S, "connect_timeout_secs", 10u64, 1, 3600)?);
+        let dns_server = match ini.value(S, "dns_server") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| ini.invalid(S, "dns_server", v, "expected ip:port"))?),
+        };
+        let seclytics = SeclyticsSettings {
+            base_url: base_url.to_string(),
+            access_token: Secret::new(token.trim()),
+            auth,
+            offline_dir: ini.value(S, "offline_dir").map(resolve),
+            requests_per_minute: ini.number(S, "requests_per_minute", 120u32, 1, 1_000_000)?,
+            concurrency: ini.number(S, "concurrency", 4usize, 1, 256)?,
+            timeout,
+            connect_timeout: connect_timeout.min(timeout),
+            max_retries: ini.number(S, "max_retries", 4u32, 0, 100)?,
+            cache: match ini.get(S, "cache") {
+                None => Some(resolve("seclytics-cache.sqlite")),
+                Some(v) if v.trim().is_empty() => None,
+                Some(v) => Some(resolve(v.trim())),
+            },
+            cache_ttl: Duration::from_secs(3600 * ini.number(S, "cache_ttl_hours", 24u64, 0, 24 * 365 * 10)?),
+            max_body_bytes: ini.number(S, "max_body_bytes", 16usize << 20, 1024, 1 << 30)?,
+            dns_server,
+            dns_timeout: Duration::from_millis(ini.number(S, "dns_timeout_ms", 2000u64, 10, 60_000)?),
+        };
+
+        const W: &str = "watch";
+        let inbox = resolve(ini.value(W, "inbox").unwrap_or("inbox"));
+        let outbox = resolve(ini.value(W, "outbox").unwrap_or("outbox"));
+        let processed = ini.value(W, "processed").map(resolve).unwrap_or_else(|| inbox.join("processed"));
+        let failed = ini.value(W, "failed").map(resolve).unwrap_or_else(|| inbox.join("failed"));
+        let include = ini.list(W, "include", "*.csv, *.xlsx, *.xls");
+        let exclude = ini.list(W, "exclude", "~$*, .~lock.*, *.tmp, *.part, .*");
+        for (key, globs) in [("include", &include), ("exclude", &exclude)] {
+            for glob in globs {
+                if let Err(e) = globset::Glob::new(glob) {
+                    return Err(ini.invalid(W, key, glob, e.to_string()));
+                }
+            }
+        }
+        let poll_ms = ini.number(W, "poll_ms", 0u64, 0, 3_600_000)?;
+        let watch = WatchSettings {
+            inbox,
+            outbox,
+            processed,
+            failed,
+            include,
+            exclude,
+            settle: Duration::from_millis(ini.number(W, "settle_ms", 1000u64, 0, 3_600_000)?),
+            poll: (poll_ms > 0).then(|| Duration::from_millis(poll_ms)),
+            rescan: Duration::from_secs(ini.number(W, "rescan_secs", 30u64, 1, 86_400)?),
+        };
+
+        let watchlists_dir = resolve(ini.value("watchlists", "dir").unwrap_or("config"));
+        let sinkholes_file = ini
+            .value("watchlists", "sinkholes")
+            .map(resolve)
+            .unwrap_or_else(|| watchlists_dir.join("sinkholes.txt"));
+        let logs = LogSwitches {
+            ips: ini.bool("vendor", "LogIPs", true)?,
+            hashes: ini.bool("vendor", "LogHashes", true)?,
+            urls: ini.bool("vendor", "LogURLs", true)?,
+            reference_urls: ini.bool("vendor", "LogReferenceURLs", true)?,
+        };
+        Ok(Config {
+            source: ini.path.clone(),
+            seclytics,
+            watch,
+            watchlists_dir,
+            sinkholes_file,
+            logs,
+            url_watchlist_regex: ini.bool("VirusTotal", "UseRegexForURL", false)?,
+            reverse_dns: ini.bool("main", "reverseDNS", true)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let options = ini::ParseOption { enabled_escape: false, enabled_quote: false, ..Default::default() };
+        let ini = ini::Ini::load_from_str_opt(text, options).unwrap();
+        let mut entries = Vec::new();
+        for (section, props) in ini.iter() {
+            for (k, v) in props.iter() {
+                entries.push((section.unwrap_or("").to_string(), k.to_string(), v.to_string()));
+            }
+        }
+        Config::from_ini(&IniFile { path: PathBuf::from("/etc/vttl/vttl.ini"), entries }, None)
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let config = parse("").unwrap();
+        assert_eq!(config.seclytics.base_url, "https://api.seclytics.com");
+        assert_eq!(config.seclytics.requests_per_minute, 120);
+        assert_eq!(config.seclytics.concurrency, 4);
+        assert_eq!(config.seclytics.cache.as_deref(), Some(Path::new("/etc/vttl/seclytics-cache.sqlite")));
+        assert_eq!(config.watch.inbox, Path::new("/etc/vttl/inbox"));
+        assert_eq!(config.watch.processed, Path::new("/etc/vttl/inbox/processed"));
+        assert_eq!(config.watch.include, vec!["*.csv", "*.xlsx", "*.xls"]);
+        assert_eq!(config.watch.exclude.len(), 5);
+        assert!(config.watch.poll.is_none());
+        assert!(config.reverse_dns && config.logs.ips && !config.url_watchlist_regex);
+    }
+
+    #[test]
+    fn vttl_sections_are_case_insensitive_and_lenient() {
+        let config = parse(
+            "[Main]\nREVERSEDNS=false\ntime_between_lookups=15000\n[vendor]\nlogurls=False\nuseSeclytics=True\n\
+             [virustotal]\nUseRegexForURL=True\n[SecLytics]\nAUTH=query\ncache=\noffline_dir=C:\\data\\x\n",
+        )
+        .unwrap();
+        assert!(!config.reverse_dns);
+        assert!(!config.logs.urls && config.logs.ips);
+        assert!(config.url_watchlist_regex);
+        assert_eq!(config.seclytics.auth, AuthMode::Query);
+        assert!(config.seclytics.cache.is_none());
+    }
+
+    #[test]
+    fn unknown_and_invalid_keys_are_named() {
+        let err = parse("[seclytics]\nrequests_per_minit=5\n").unwrap_err().to_string();
+        assert!(err.contains("requests_per_minit") && err.contains("vttl.ini"), "{err}");
+        let err = parse("[watch]\nsettle_ms=soon\n").unwrap_err().to_string();
+        assert!(err.contains("settle_ms") && err.contains("soon"), "{err}");
+        let err = parse("[seclytics]\nconcurrency=0\n").unwrap_err().to_string();
+        assert!(err.contains("concurrency"), "{err}");
+        let err = parse("[main]\nreverseDNS=maybe\n").unwrap_err().to_string();
+        assert!(err.contains("reverseDNS"), "{err}");
+        let err = parse("[seclytics]\nauth=cookie\n").unwrap_err().to_string();
+        assert!(err.contains("auth"), "{err}");
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("tok-123456");
+        assert!(!format!("{s:?} {s}").contains("tok-123456"));
+        assert_eq!(s.redact("url?access_token=tok-123456"), "url?access_token=[redacted]");
+    }
+}

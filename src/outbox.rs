@@ -1,0 +1,1 @@
+//! The outbox: atomic output files, Seclytic logs, the report and the error log (SPEC §7).

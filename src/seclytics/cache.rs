@@ -1,0 +1,1 @@
+//! The persistent SQLite response cache.

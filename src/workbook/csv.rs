@@ -1,0 +1,1 @@
+//! VTTL CSV files, read and written losslessly.

@@ -1,0 +1,1 @@
+//! XLSX (and XLS) workbooks: read with calamine into the typed model, written with rust_xlsxwriter.
