@@ -237,16 +237,9 @@ impl IniFile {
         }
     }
 
-    fn number<T: std::str::FromStr>(
-        &self,
-        section: &str,
-        key: &str,
-        default: T,
-        min: T,
-        max: T,
-    ) -> Result<T, ConfigError>
+    fn number<T>(&self, section: &str, key: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
-        T: PartialOrd + std::fmt::Display + Copy,
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
         match self.value(section, key) {
             None => Ok(default),
