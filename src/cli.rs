@@ -1,8 +1,112 @@
-//! Command line: parsed by clap into raw arguments, then resolved with the ini file into a plan.
+//! The command line (SPEC §2): clap parses the raw arguments, [`Plan::resolve`] merges them with `vttl.ini`
+//! into a validated plan, and [`run`] carries it out.
+//!
+//! Exit codes: `0` every file was enriched; `1` at least one file failed (each failure is reported and logged,
+//! the others still go through); `2` a critical problem stopped the run (bad configuration, token refused,
+//! outbox not writable), with a one-line reason on stderr.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::enrich::{EnrichError, Enricher};
+use crate::error::CriticalError;
+
+/// Fills the empty SecLytics, WHOIS, Validation, Date First Seen and watch-list cells of VTTL spreadsheets.
+#[derive(Debug, Parser)]
+#[command(name = "vttl-seclytics", version, about, long_about = None)]
+pub struct RawArgs {
+    /// The ini file (default: vttl.ini in the current directory).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Ignore cached answers for this run (answers are still stored in the cache).
+    #[arg(long, global = true)]
+    pub refresh: bool,
+    #[command(subcommand)]
+    pub command: RawCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RawCommand {
+    /// Enrich the given workbooks into the outbox; the inputs stay where they are, unchanged.
+    Enrich {
+        /// CSV, XLSX or XLS files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Where to write (default: `[watch] outbox` of the ini).
+        #[arg(long, value_name = "DIR")]
+        outbox: Option<PathBuf>,
+    },
+}
+
+/// What to do, with the configuration resolved and validated.
+#[derive(Debug)]
+pub enum Plan {
+    Enrich { config: Config, files: Vec<PathBuf>, outbox: PathBuf, refresh: bool },
+}
+
+impl Plan {
+    /// Merges the arguments with the ini file; command-line flags win.
+    pub fn resolve(args: RawArgs) -> Result<Plan, CriticalError> {
+        let (path, allow_missing) = match &args.config {
+            Some(path) => (path.clone(), false),
+            None => (PathBuf::from("vttl.ini"), true),
+        };
+        let config = Config::load(&path, allow_missing)?;
+        match args.command {
+            RawCommand::Enrich { files, outbox } => {
+                let outbox = outbox.unwrap_or_else(|| config.watch.outbox.clone());
+                Ok(Plan::Enrich { config, files, outbox, refresh: args.refresh })
+            }
+        }
+    }
+}
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    init_logging();
+    let args = RawArgs::parse();
+    match Plan::resolve(args).and_then(run) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vttl-seclytics: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VTTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+}
+
+/// Carries out a plan. Per-file failures give exit code 1; critical errors are returned.
+pub fn run(plan: Plan) -> Result<ExitCode, CriticalError> {
+    match plan {
+        Plan::Enrich { config, files, outbox, refresh } => {
+            let (enricher, warnings) = Enricher::new(config, refresh)?;
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
+            let mut failed = 0usize;
+            for file in &files {
+                match enricher.enrich_file(file, &outbox) {
+                    Ok(_) => {}
+                    Err(EnrichError::Critical(e)) => return Err(e),
+                    Err(EnrichError::File { step, error }) => {
+                        failed += 1;
+                        let message = format!("{} failed at step `{step}`: {error}", file.display());
+                        tracing::error!("{message}");
+                        if crate::outbox::ensure_writable(&outbox).is_ok() {
+                            crate::outbox::append_error_log(&outbox, &message);
+                        }
+                    }
+                }
+            }
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
 }

@@ -1,1 +1,670 @@
-//! The fill rules (SPEC §4, §6): which empty cell gets which value.
+//! The enrichment of one workbook, from input file to outbox (SPEC §4–§7).
+//!
+//! For every workbook the steps are the same, whatever its format:
+//!
+//! 1. **Scan**: find each VTTL table (a sheet whose row 1 has `Scanned Item` or `Hash`), plan its columns
+//!    ([`plan::TablePlan`]), and collect its distinct indicators, the domain rows that may take a passive-DNS IP,
+//!    and the IP rows that want a reverse name.
+//! 2. **Look up** every distinct indicator once through the shared [`Client`] (cache → offline/HTTP), turn each
+//!    answer into [`plan::Facts`] (tokens, WHOIS, watch-list hits…), and collect the Seclytic log lines.
+//! 3. **Discover**: the first passive-DNS answer of each domain row with an empty `IP Address` becomes a new row
+//!    at the end of its sheet (routable, not already in the sheet, once), and is itself looked up via `/ips/`.
+//! 4. **Reverse DNS** for the IPs whose `Reverse DNS`/`Sinkhole` cells are empty, in one bounded batch.
+//! 5. **Write**: fill only empty cells, append the header cells and the rows, and rename the result into the
+//!    outbox; then the logs and the report.
+//!
+//! CSV is streamed: step 1 and step 5 each read the file once, record by record, so a million-row file is
+//! never held in memory. XLSX is read once into the typed model (calamine has no other way) and written back.
+
+pub mod plan;
+pub mod rdns;
+pub mod sinkholes;
+pub mod watchlists;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::error::CriticalError;
+use crate::outbox::{self, LogLines, SeclyticLog};
+use crate::seclytics::client::{Answer, AnswerSource, Client, FatalError};
+use crate::seclytics::{model, tokens};
+use crate::vttl::{ColumnMap, Indicator, IndicatorKind};
+use crate::workbook::{self, Cell, Format, WorkbookError, csv as csvio, xlsx};
+use plan::{Facts, Fill, FillValue, IpKnowledge, RowCells, TablePlan};
+
+/// Longest text we put into one cell (VTTL's `cellTruncateLength`).
+pub const CELL_LIMIT: usize = 8000;
+
+/// Why one workbook could not be enriched.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    /// The run must stop (token refused, outbox not writable).
+    #[error(transparent)]
+    Critical(#[from] CriticalError),
+    /// Only this file failed; `step` says where.
+    #[error("{step}: {error}")]
+    File { step: &'static str, error: WorkbookError },
+}
+
+/// What happened to one workbook: written next to the output as `<output>.report.json`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FileReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub unique_string: String,
+    /// Data rows of the VTTL tables (header rows and appended rows not counted).
+    pub rows: usize,
+    pub tables: usize,
+    /// Distinct indicators looked up, by kind (`ip`, `host`, `file`), appended IPs included.
+    pub indicators: BTreeMap<String, usize>,
+    /// Non-empty indicator cells that are neither an IP, a hash nor a host name.
+    pub skipped_indicators: usize,
+    pub api_requests: u64,
+    pub cache_hits: usize,
+    pub offline_answers: usize,
+    pub not_found: usize,
+    pub failed_lookups: usize,
+    /// Cells filled, per column header (appended header cells not counted).
+    pub cells_filled: BTreeMap<String, usize>,
+    pub rows_appended: usize,
+    pub log_files: Vec<String>,
+    pub duration_ms: u64,
+}
+
+/// The long-lived state shared by every workbook of a run: configuration, the one API client (pool, rate
+/// limiter, cache), the watch lists, the sinkhole data and the reverse resolver.
+pub struct Enricher {
+    config: Config,
+    client: Client,
+    lists: watchlists::WatchLists,
+    sinkholes: sinkholes::Sinkholes,
+    resolver: Option<rdns::ReverseResolver>,
+    refresh: bool,
+}
+
+impl Enricher {
+    /// Builds the shared state. Problems with watch lists or the sinkhole file are returned as warnings (they
+    /// never stop a run); a client that cannot be built is critical.
+    pub fn new(config: Config, refresh: bool) -> Result<(Enricher, Vec<String>), CriticalError> {
+        let mut warnings = Vec::new();
+        let client = Client::new(&config.seclytics)
+            .map_err(|e| CriticalError::Other(format!("cannot start the SecLytics client: {e}")))?;
+        let (lists, list_warnings) = watchlists::WatchLists::load(&config.watchlists_dir, config.url_watchlist_regex);
+        warnings.extend(list_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)));
+        let sinkholes = match sinkholes::Sinkholes::load(&config.sinkholes_file) {
+            Ok((sinkholes, sink_warnings)) => {
+                warnings.extend(sink_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)));
+                sinkholes
+            }
+            Err(e) => {
+                warnings.push(format!("cannot read sinkhole file {}: {e}", config.sinkholes_file.display()));
+                sinkholes::Sinkholes::default()
+            }
+        };
+        let resolver = if config.reverse_dns {
+            match rdns::ReverseResolver::new(config.seclytics.dns_server, config.seclytics.dns_timeout) {
+                Ok(resolver) => Some(resolver),
+                Err(e) => {
+                    warnings.push(format!("reverse DNS disabled: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok((Enricher { config, client, lists, sinkholes, resolver, refresh }, warnings))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Enriches `input` into `outbox`. The input is never modified.
+    pub fn enrich_file(&self, input: &Path, outbox: &Path) -> Result<FileReport, EnrichError> {
+        let started = Instant::now();
+        let unique = outbox::unique_epoch_seconds();
+        outbox::ensure_writable(outbox)
+            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
+        let format = Format::from_path(input)
+            .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
+        let output_name = Format::output_file_name(input)
+            .and_then(|n| n.into_string().ok())
+            .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
+        workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
+
+        let mut job = Job::new(self, input);
+        let output = match format {
+            Format::Csv => self.enrich_csv(input, outbox, &output_name, &mut job)?,
+            Format::Xlsx | Format::Xls => self.enrich_xlsx(input, outbox, &output_name, &mut job)?,
+        };
+        job.finish(outbox, output, unique, started)
+    }
+
+    /// CSV: two streaming passes over the file.
+    fn enrich_csv(&self, input: &Path, outbox: &Path, name: &str, job: &mut Job) -> Result<PathBuf, EnrichError> {
+        let before = file_stamp(input);
+        let mut reader = csvio::CsvReader::open(input).map_err(|e| file_error("read", e))?;
+        let header = reader
+            .next_record()
+            .map_err(|e| file_error("read", e))?
+            .ok_or_else(|| file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() }))?;
+        let header_texts: Vec<String> = (0..header.len()).map(|i| header.field(i).into_owned()).collect();
+        let columns = ColumnMap::from_header(&header_texts)
+            .ok_or_else(|| file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() }))?;
+        let mut table = TableScan::new(TablePlan::new(columns, &self.lists));
+        while let Some(record) = reader.next_record().map_err(|e| file_error("read", e))? {
+            table.observe(&CsvRow(&record));
+        }
+        let mut tables = vec![table];
+        job.look_up_tables(&mut tables)?;
+        let table = &tables[0];
+
+        let mut reader = csvio::CsvReader::open(input).map_err(|e| file_error("read", e))?;
+        let temp = outbox::temp_file_for(outbox, name)
+            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
+        let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
+        let mut writer =
+            csvio::CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())
+                .map_err(write_err)?;
+        let header = reader.next_record().map_err(|e| file_error("read", e))?.ok_or_else(|| {
+            file_error("read", WorkbookError::Corrupt { path: input.to_path_buf(), reason: "file changed".into() })
+        })?;
+        let header_patches: Vec<(usize, String)> =
+            table.plan.appended_headers().iter().map(|(c, h)| (*c, h.to_string())).collect();
+        writer.write_record(&header, &header_patches).map_err(write_err)?;
+        while let Some(record) = reader.next_record().map_err(|e| file_error("read", e))? {
+            let fills = job.row_fills(table, &CsvRow(&record));
+            writer.write_record(&record, &csv_patches(fills)).map_err(write_err)?;
+        }
+        for ip in &table.appended {
+            let mut fills = job.appended_row_fills(table, ip);
+            fills.insert(0, (table.plan.indicator_column(), ip.to_string()));
+            fills.sort_by_key(|(c, _)| *c);
+            writer.write_new_row(table.plan.width(), &fills).map_err(write_err)?;
+        }
+        let buffered = writer.finish().map_err(write_err)?;
+        let temp = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
+        if file_stamp(input) != before {
+            return Err(file_error(
+                "read",
+                WorkbookError::Corrupt { path: input.to_path_buf(), reason: "the file changed while it was read".into() },
+            ));
+        }
+        outbox::persist_no_clobber(temp, outbox, name)
+            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source }.into())
+    }
+
+    /// XLSX/XLS: read into the typed model, fill, write back.
+    fn enrich_xlsx(&self, input: &Path, outbox: &Path, name: &str, job: &mut Job) -> Result<PathBuf, EnrichError> {
+        let mut book = xlsx::read_workbook(input).map_err(|e| file_error("read", e))?;
+        let mut tables = Vec::new();
+        let mut sheet_of_table = Vec::new();
+        for (index, sheet) in book.sheets.iter().enumerate() {
+            let Some(header) = sheet.rows.first() else { continue };
+            let texts: Vec<String> = header.iter().map(|c| c.to_text().into_owned()).collect();
+            let Some(columns) = ColumnMap::from_header(&texts) else { continue };
+            let mut table = TableScan::new(TablePlan::new(columns, &self.lists));
+            for row in sheet.rows.iter().skip(1) {
+                table.observe(&ModelRow(row));
+            }
+            tables.push(table);
+            sheet_of_table.push(index);
+        }
+        if tables.is_empty() {
+            return Err(file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() }));
+        }
+        job.look_up_tables(&mut tables)?;
+        for (table, &index) in tables.iter().zip(&sheet_of_table) {
+            let sheet = &mut book.sheets[index];
+            for (column, header) in table.plan.appended_headers() {
+                sheet.set(0, *column, Cell::Text(header.to_string()));
+            }
+            for row_index in 1..sheet.rows.len() {
+                let fills = job.row_fills(table, &ModelRow(&sheet.rows[row_index]));
+                for fill in fills {
+                    sheet.set(row_index, fill.column, xlsx_cell(fill.value));
+                }
+            }
+            for ip in &table.appended {
+                let row_index = sheet.rows.len();
+                sheet.push_row(Vec::new());
+                sheet.set(row_index, table.plan.indicator_column(), Cell::Text(ip.to_string()));
+                for fill in job.appended_row_fill_values(table, ip) {
+                    sheet.set(row_index, fill.column, xlsx_cell(fill.value));
+                }
+            }
+        }
+        let temp = outbox::temp_file_for(outbox, name)
+            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
+        let temp = xlsx::write_workbook(&book, temp, input).map_err(|e| file_error("write", e))?;
+        outbox::persist_no_clobber(temp, outbox, name)
+            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source }.into())
+    }
+}
+
+fn file_error(step: &'static str, error: WorkbookError) -> EnrichError {
+    EnrichError::File { step, error }
+}
+
+/// Size and modification time, to notice an input that changes between the two CSV passes.
+fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+fn xlsx_cell(value: FillValue) -> Cell {
+    match value {
+        FillValue::Text(text) => Cell::Text(text),
+        FillValue::Count(n) => Cell::Float(n as f64),
+        FillValue::DateTime(when) => xlsx::datetime_cell(when),
+    }
+}
+
+fn csv_text(value: FillValue) -> String {
+    match value {
+        FillValue::Text(text) => csvio::neutralize_formula(&text).into_owned(),
+        FillValue::Count(n) => n.to_string(),
+        FillValue::DateTime(when) => when.format("%Y-%m-%d %H:%M:%S").to_string(),
+    }
+}
+
+fn csv_patches(fills: Vec<Fill>) -> Vec<(usize, String)> {
+    let mut patches: Vec<(usize, String)> = fills.into_iter().map(|f| (f.column, csv_text(f.value))).collect();
+    patches.sort_by_key(|(c, _)| *c);
+    patches
+}
+
+/// A CSV record seen through [`RowCells`].
+struct CsvRow<'a>(&'a csvio::Record);
+
+impl RowCells for CsvRow<'_> {
+    fn text(&self, column: usize) -> std::borrow::Cow<'_, str> {
+        self.0.field(column)
+    }
+}
+
+/// A row of the typed model seen through [`RowCells`].
+struct ModelRow<'a>(&'a [Cell]);
+
+impl RowCells for ModelRow<'_> {
+    fn text(&self, column: usize) -> std::borrow::Cow<'_, str> {
+        self.0.get(column).map(Cell::to_text).unwrap_or(std::borrow::Cow::Borrowed(""))
+    }
+
+    fn is_blank(&self, column: usize) -> bool {
+        self.0.get(column).is_none_or(Cell::is_blank)
+    }
+}
+
+/// What the scan of one table found.
+struct TableScan {
+    plan: TablePlan,
+    rows: usize,
+    skipped: usize,
+    /// Distinct indicators of the table, in order of first appearance.
+    indicators: Vec<Indicator>,
+    present: HashSet<Indicator>,
+    /// Host indicators of domain rows whose `IP Address` is empty, in row order.
+    passive_dns_rows: Vec<Indicator>,
+    /// IP items whose `Reverse DNS` or `Sinkhole` cell is empty.
+    noted_ips: Vec<IpAddr>,
+    /// IPs to append (filled after the lookups).
+    appended: Vec<Indicator>,
+}
+
+impl TableScan {
+    fn new(plan: TablePlan) -> TableScan {
+        TableScan {
+            plan,
+            rows: 0,
+            skipped: 0,
+            indicators: Vec::new(),
+            present: HashSet::new(),
+            passive_dns_rows: Vec::new(),
+            noted_ips: Vec::new(),
+            appended: Vec::new(),
+        }
+    }
+
+    fn observe(&mut self, row: &impl RowCells) {
+        self.rows += 1;
+        let cell = row.text(self.plan.indicator_column());
+        if cell.trim().is_empty() {
+            return;
+        }
+        let Some(indicator) = Indicator::classify(&cell) else {
+            self.skipped += 1;
+            return;
+        };
+        match indicator.kind {
+            IndicatorKind::Host if self.plan.mode() == crate::vttl::Mode::IpDomain => {
+                if self.plan.wants_passive_dns(row) {
+                    self.passive_dns_rows.push(indicator.clone());
+                }
+            }
+            IndicatorKind::Ip if self.plan.wants_ip_notes(row) => {
+                if let Some(ip) = indicator.ip() {
+                    self.noted_ips.push(ip);
+                }
+            }
+            _ => {}
+        }
+        if self.present.insert(indicator.clone()) {
+            self.indicators.push(indicator);
+        }
+    }
+}
+
+/// What the run knows about IPs: reverse names from the batch lookup, and the sinkhole data.
+struct RunIps<'a> {
+    names: HashMap<IpAddr, Option<String>>,
+    sinkholes: &'a sinkholes::Sinkholes,
+}
+
+impl IpKnowledge for RunIps<'_> {
+    fn reverse_name(&self, ip: IpAddr) -> Option<String> {
+        self.names.get(&ip).cloned().flatten()
+    }
+
+    fn sinkhole(&self, ip: IpAddr, reverse_name: Option<&str>) -> Option<String> {
+        self.sinkholes.label_for(ip, reverse_name)
+    }
+}
+
+/// One workbook in progress: lookups, facts, logs and counters.
+struct Job<'a> {
+    enricher: &'a Enricher,
+    input: PathBuf,
+    /// `None` = the lookup failed (cells stay empty).
+    facts: HashMap<Indicator, Option<Facts>>,
+    ips: RunIps<'a>,
+    logs: HashMap<SeclyticLog, LogLines>,
+    report: FileReport,
+    requests_before: u64,
+    errors: Vec<String>,
+}
+
+impl<'a> Job<'a> {
+    fn new(enricher: &'a Enricher, input: &Path) -> Job<'a> {
+        Job {
+            enricher,
+            input: input.to_path_buf(),
+            facts: HashMap::new(),
+            ips: RunIps { names: HashMap::new(), sinkholes: &enricher.sinkholes },
+            logs: HashMap::new(),
+            report: FileReport { input: input.to_path_buf(), ..Default::default() },
+            requests_before: enricher.client.stats().api_requests,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Steps 2–4 for all tables of the workbook.
+    fn look_up_tables(&mut self, tables: &mut [TableScan]) -> Result<(), EnrichError> {
+        let mut wanted: Vec<Indicator> = Vec::new();
+        let mut seen = HashSet::new();
+        for table in tables.iter() {
+            self.report.rows += table.rows;
+            self.report.skipped_indicators += table.skipped;
+            for indicator in &table.indicators {
+                if seen.insert(indicator.clone()) {
+                    wanted.push(indicator.clone());
+                }
+            }
+        }
+        self.report.tables = tables.len();
+        self.look_up(&wanted)?;
+
+        // Passive DNS: new rows, in the order of the domain rows that found them.
+        let mut discovered = Vec::new();
+        for table in tables.iter_mut() {
+            let mut appended_here = HashSet::new();
+            for host in &table.passive_dns_rows {
+                let Some(Some(facts)) = self.facts.get(host) else { continue };
+                let Some(ip) = facts.passive_dns_ip else { continue };
+                if !plan::is_globally_routable(ip) {
+                    continue;
+                }
+                let Some(indicator) = Indicator::classify(&ip.to_string()) else { continue };
+                if table.present.contains(&indicator) || !appended_here.insert(indicator.clone()) {
+                    continue;
+                }
+                table.appended.push(indicator.clone());
+                if seen.insert(indicator.clone()) {
+                    discovered.push(indicator);
+                }
+            }
+            self.report.rows_appended += table.appended.len();
+        }
+        self.look_up(&discovered)?;
+
+        // Reverse DNS for the IPs whose rows will show it.
+        if let Some(resolver) = &self.enricher.resolver {
+            let mut ips: Vec<IpAddr> = Vec::new();
+            let mut unique = HashSet::new();
+            for table in tables.iter().filter(|t| t.plan.has_ip_note_columns()) {
+                let passive = table
+                    .passive_dns_rows
+                    .iter()
+                    .filter_map(|host| self.facts.get(host).cloned().flatten().and_then(|f| f.passive_dns_ip));
+                let appended = table.appended.iter().filter_map(Indicator::ip);
+                for ip in table.noted_ips.iter().copied().chain(passive).chain(appended) {
+                    if unique.insert(ip) {
+                        ips.push(ip);
+                    }
+                }
+            }
+            if !ips.is_empty() {
+                self.ips.names = resolver.lookup_many(&ips);
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks up `indicators` and records their facts and log lines.
+    fn look_up(&mut self, indicators: &[Indicator]) -> Result<(), EnrichError> {
+        if indicators.is_empty() {
+            return Ok(());
+        }
+        let bar = progress_bar(&self.input, indicators.len() as u64);
+        let answers = self
+            .enricher
+            .client
+            .lookup_all(indicators, self.enricher.refresh, &|_, _| bar.inc(1))
+            .map_err(|fatal| match fatal {
+                FatalError::TokenRefused { status, message } => CriticalError::TokenRefused { status, message },
+            })?;
+        bar.finish_and_clear();
+        for (indicator, answer) in indicators.iter().zip(answers) {
+            *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
+            let facts = match answer {
+                Answer::Found { body, source } => {
+                    self.count_source(source);
+                    match model::parse_document(&body) {
+                        Ok(document) => Some(self.facts_from(indicator, &document, &body)),
+                        Err(e) => {
+                            self.lookup_failed(indicator, &e.to_string());
+                            None
+                        }
+                    }
+                }
+                Answer::NotFound { source } => {
+                    self.count_source(source);
+                    self.report.not_found += 1;
+                    Some(self.facts_not_found(indicator))
+                }
+                Answer::Failed { reason } => {
+                    self.lookup_failed(indicator, &reason);
+                    None
+                }
+            };
+            self.facts.insert(indicator.clone(), facts);
+        }
+        Ok(())
+    }
+
+    fn count_source(&mut self, source: AnswerSource) {
+        match source {
+            AnswerSource::Cache => self.report.cache_hits += 1,
+            AnswerSource::Offline => self.report.offline_answers += 1,
+            AnswerSource::Api => {}
+        }
+    }
+
+    fn lookup_failed(&mut self, indicator: &Indicator, reason: &str) {
+        self.report.failed_lookups += 1;
+        let message = self.enricher.config.seclytics.access_token.redact(&format!(
+            "{}: SecLytics lookup of {} failed: {}",
+            self.input.display(),
+            indicator,
+            reason
+        ));
+        self.errors.push(message);
+    }
+
+    fn facts_from(&mut self, indicator: &Indicator, document: &model::Document, body: &str) -> Facts {
+        let lists = &self.enricher.lists;
+        let findings = tokens::extract(indicator, document);
+        let join = |items: &[String], sep: &str| tokens::join_truncated(items, sep, CELL_LIMIT);
+        let mut iocs: Vec<&str> = vec![indicator.value.as_str()];
+        iocs.extend(findings.related_ips.iter().map(String::as_str));
+        iocs.extend(findings.related_domains.iter().map(String::as_str));
+        let facts = Facts {
+            reputation: join(&findings.reputation, "^"),
+            file_metadata: join(&findings.file_metadata, "^"),
+            file_count: Some(findings.file_count as u64),
+            whois: findings.whois_owner.clone(),
+            validation: findings.whitelist.clone(),
+            first_seen: findings.first_seen,
+            passive_dns_ip: findings.passive_dns_ips.first().copied(),
+            keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
+            url_watch: join(&lists.url_matches(findings.urls.iter().map(String::as_str)), "   "),
+            ip_domain_watch: join(&lists.ip_domain_matches(iocs), "^"),
+            detection_watch: join(&lists.detection_matches(findings.detection_candidates.iter().map(String::as_str)), "^"),
+        };
+        let switches = self.enricher.config.logs;
+        let item = indicator.value.as_str();
+        for (enabled, log, values) in [
+            (switches.ips, SeclyticLog::Ips, &findings.related_ips),
+            (switches.hashes, SeclyticLog::Hashes, &findings.hashes),
+            (switches.urls, SeclyticLog::Urls, &findings.urls),
+            (switches.reference_urls, SeclyticLog::References, &findings.reference_urls),
+        ] {
+            if enabled {
+                let lines = self.logs.entry(log).or_default();
+                for value in values {
+                    lines.push(item, value);
+                }
+            }
+        }
+        facts
+    }
+
+    /// A 404: the API knows nothing, which is an answer: File Count 0, and the item's own watch-list hit.
+    fn facts_not_found(&self, indicator: &Indicator) -> Facts {
+        let hits = self.enricher.lists.ip_domain_matches([indicator.value.as_str()]);
+        Facts {
+            file_count: Some(0),
+            ip_domain_watch: tokens::join_truncated(&hits, "^", CELL_LIMIT),
+            ..Facts::default()
+        }
+    }
+
+    fn count_fills(&mut self, fills: &[Fill]) {
+        for fill in fills {
+            *self.report.cells_filled.entry(fill.header.to_string()).or_default() += 1;
+        }
+    }
+
+    /// The fills of one existing data row.
+    fn row_fills(&mut self, table: &TableScan, row: &impl RowCells) -> Vec<Fill> {
+        let cell = row.text(table.plan.indicator_column());
+        let Some(indicator) = Indicator::classify(&cell) else { return Vec::new() };
+        let facts = self.facts.get(&indicator).and_then(Option::as_ref);
+        let fills = table.plan.fills(row, indicator.kind, facts, &self.ips, indicator.ip());
+        self.count_fills(&fills);
+        fills
+    }
+
+    /// The fills of an appended IP row, as typed values.
+    fn appended_row_fill_values(&mut self, table: &TableScan, ip: &Indicator) -> Vec<Fill> {
+        let facts = self.facts.get(ip).and_then(Option::as_ref);
+        let fills = table.plan.fills(&plan::EmptyRow, ip.kind, facts, &self.ips, ip.ip());
+        self.count_fills(&fills);
+        fills
+    }
+
+    /// The fills of an appended IP row, as CSV text.
+    fn appended_row_fills(&mut self, table: &TableScan, ip: &Indicator) -> Vec<(usize, String)> {
+        csv_patches(self.appended_row_fill_values(table, ip))
+    }
+
+    /// Writes the logs, the error lines and the report; returns the report.
+    fn finish(
+        mut self,
+        outbox: &Path,
+        output: PathBuf,
+        unique: u64,
+        started: Instant,
+    ) -> Result<FileReport, EnrichError> {
+        let outbox_error = |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
+        let unique = outbox::free_unique(outbox, unique);
+        for log in SeclyticLog::ALL {
+            if let Some(lines) = self.logs.get(&log).filter(|l| !l.is_empty()) {
+                let path = outbox::write_new_file(outbox, &log.file_name(unique), &lines.to_bytes()).map_err(outbox_error)?;
+                self.report.log_files.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            }
+        }
+        for message in &self.errors {
+            outbox::append_error_log(outbox, message);
+        }
+        let stats = self.enricher.client.stats();
+        self.report.api_requests = stats.api_requests.saturating_sub(self.requests_before);
+        self.report.unique_string = unique.to_string();
+        self.report.output = output.clone();
+        self.report.duration_ms = started.elapsed().as_millis() as u64;
+        let json = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
+        let report_name = format!("{}.report.json", output.file_name().unwrap_or_default().to_string_lossy());
+        outbox::write_new_file(outbox, &report_name, &json).map_err(outbox_error)?;
+        let summary = format!(
+            "{} -> {}: {} rows, {} indicators ({} API requests, {} from cache, {} offline, {} not found, {} failed), \
+             {} cells filled, {} rows appended, {} ms",
+            self.report.input.display(),
+            output.display(),
+            self.report.rows,
+            self.report.indicators.values().sum::<usize>(),
+            self.report.api_requests,
+            self.report.cache_hits,
+            self.report.offline_answers,
+            self.report.not_found,
+            self.report.failed_lookups,
+            self.report.cells_filled.values().sum::<usize>(),
+            self.report.rows_appended,
+            self.report.duration_ms,
+        );
+        tracing::info!("{summary}");
+        let _ = std::io::stderr().flush();
+        Ok(self.report)
+    }
+}
+
+fn kind_name(kind: IndicatorKind) -> &'static str {
+    match kind {
+        IndicatorKind::Ip => "ip",
+        IndicatorKind::Host => "host",
+        IndicatorKind::File => "file",
+    }
+}
+
+/// A progress bar for the lookups of one workbook; invisible when stderr is not a terminal.
+fn progress_bar(input: &Path, len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} lookups ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(input.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    bar
+}

@@ -1,0 +1,308 @@
+//! Which cell of a table gets which value (SPEC §4): the plan of one VTTL table and the fill rule.
+//!
+//! The one rule lives here: a cell that is not empty after trimming is never changed. A [`TablePlan`] knows the
+//! table's mode, where each column we fill sits (found by header name), and which columns must be appended to
+//! the header because the table lacks them. [`TablePlan::fills`] turns what we know about one indicator
+//! ([`Facts`]) and one row into the list of cells to write — only cells that are empty in that row.
+//!
+//! Decisions where SPEC is silent:
+//! * Appended header cells come in this order: the SecLytics columns of the mode (VTTL's order), `Validation`
+//!   (IP/domain tables), then `Keyword Watch List`, `URL Watch List`, `IP Domain Watch List`,
+//!   `Detection Name Watch List` for each list that is not empty.
+//! * A table without an `IP Address` column still discovers passive-DNS IPs (the column counts as empty), so
+//!   the appended rows appear; nothing is written into a column that does not exist.
+//! * `Reverse DNS` and `Sinkhole` of a domain row are filled only for the IP we put into its `IP Address` cell;
+//!   a pre-filled `IP Address` belongs to someone else and is left to them.
+//! * The sinkhole reverse-DNS rule also uses a `Reverse DNS` name that was already in the row.
+
+use std::net::IpAddr;
+
+use crate::enrich::watchlists::WatchLists;
+use crate::vttl::{self, ColumnMap, IndicatorKind, Mode};
+
+/// A value to write into one empty cell, typed so each format can store it properly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FillValue {
+    /// Text from the API (attacker-controlled): neutralised against formula injection by the writer.
+    Text(String),
+    /// A count (written as a number in XLSX, digits in CSV).
+    Count(u64),
+    /// A date/time (a real date cell in XLSX, `YYYY-MM-DD HH:MM:SS` in CSV).
+    DateTime(chrono::NaiveDateTime),
+}
+
+/// One cell to fill: column index, the header it is counted under in the report, and the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fill {
+    pub column: usize,
+    pub header: &'static str,
+    pub value: FillValue,
+}
+
+/// Read access to the cells of one row, whatever the format.
+pub trait RowCells {
+    /// The cell's text ("" beyond the end of a short row).
+    fn text(&self, column: usize) -> std::borrow::Cow<'_, str>;
+    /// True when the cell is empty for the fill rule (blank after trimming; a formula is never blank).
+    fn is_blank(&self, column: usize) -> bool {
+        self.text(column).trim().is_empty()
+    }
+}
+
+/// Everything one successful (or not-found) lookup contributes to a row, ready to write. Empty strings and
+/// `None` mean "nothing to write".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub reputation: String,
+    pub file_metadata: String,
+    pub file_count: Option<u64>,
+    pub whois: Option<String>,
+    pub validation: Option<String>,
+    pub first_seen: Option<chrono::NaiveDateTime>,
+    /// First passive-DNS answer IP (domains).
+    pub passive_dns_ip: Option<IpAddr>,
+    pub keyword_watch: String,
+    pub url_watch: String,
+    pub ip_domain_watch: String,
+    pub detection_watch: String,
+}
+
+/// What the run knows about IP addresses beyond the API: reverse names and sinkhole labels.
+pub trait IpKnowledge {
+    /// The PTR name of `ip`, when reverse DNS is on and the lookup answered.
+    fn reverse_name(&self, ip: IpAddr) -> Option<String>;
+    /// The sinkhole label of `ip`, given its reverse name (if any).
+    fn sinkhole(&self, ip: IpAddr, reverse_name: Option<&str>) -> Option<String>;
+}
+
+/// Where each column we may fill sits in one table.
+#[derive(Debug, Clone, Default)]
+struct Columns {
+    reputation: Option<usize>,
+    file_metadata: Option<usize>,
+    file_count: Option<usize>,
+    whois: Option<usize>,
+    validation: Option<usize>,
+    date_first_seen: Option<usize>,
+    ip_address: Option<usize>,
+    reverse_dns: Option<usize>,
+    sinkhole: Option<usize>,
+    keyword_watch: Option<usize>,
+    url_watch: Option<usize>,
+    ip_domain_watch: Option<usize>,
+    detection_watch: Option<usize>,
+}
+
+/// The plan of one VTTL table.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    columns: ColumnMap,
+    at: Columns,
+    /// Header cells to append: (column index, header text).
+    appended: Vec<(usize, &'static str)>,
+}
+
+impl TablePlan {
+    /// Plans a table from its header. `lists` decides which watch-list columns are needed.
+    pub fn new(mut columns: ColumnMap, lists: &WatchLists) -> TablePlan {
+        let mode = columns.mode();
+        let mut wanted: Vec<&'static str> = match mode {
+            Mode::IpDomain => vec![
+                vttl::SECLYTICS_REPUTATION,
+                vttl::SECLYTICS_FILE_METADATA_IP,
+                vttl::SECLYTICS_FILE_COUNT,
+                vttl::VALIDATION,
+            ],
+            Mode::Hash => vec![vttl::SECLYTICS_FILE_METADATA_HASH],
+        };
+        for (needed, header) in [
+            (lists.has_keywords(), vttl::KEYWORD_WATCH_LIST),
+            (lists.has_urls(), vttl::URL_WATCH_LIST),
+            (lists.has_ip_domains(), vttl::IP_DOMAIN_WATCH_LIST),
+            (lists.has_detection_names(), vttl::DETECTION_NAME_WATCH_LIST),
+        ] {
+            if needed {
+                wanted.push(header);
+            }
+        }
+        let mut appended = Vec::new();
+        for header in wanted {
+            if columns.find(header).is_none() {
+                appended.push((columns.append(header), header));
+            }
+        }
+        let find = |h: &str| columns.find(h);
+        let ip_domain = mode == Mode::IpDomain;
+        let at = Columns {
+            reputation: find(vttl::SECLYTICS_REPUTATION).filter(|_| ip_domain),
+            file_metadata: find(vttl::SECLYTICS_FILE_METADATA_IP),
+            file_count: find(vttl::SECLYTICS_FILE_COUNT).filter(|_| ip_domain),
+            whois: find(vttl::WHOIS).filter(|_| ip_domain),
+            validation: find(vttl::VALIDATION).filter(|_| ip_domain),
+            date_first_seen: find(vttl::DATE_FIRST_SEEN),
+            ip_address: find(vttl::IP_ADDRESS).filter(|_| ip_domain),
+            reverse_dns: find(vttl::REVERSE_DNS).filter(|_| ip_domain),
+            sinkhole: find(vttl::SINKHOLE).filter(|_| ip_domain),
+            keyword_watch: find(vttl::KEYWORD_WATCH_LIST),
+            url_watch: find(vttl::URL_WATCH_LIST),
+            ip_domain_watch: find(vttl::IP_DOMAIN_WATCH_LIST),
+            detection_watch: find(vttl::DETECTION_NAME_WATCH_LIST),
+        };
+        TablePlan { columns, at, appended }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.columns.mode()
+    }
+
+    pub fn indicator_column(&self) -> usize {
+        self.columns.indicator_column()
+    }
+
+    /// Width of the header after appending.
+    pub fn width(&self) -> usize {
+        self.columns.header_len()
+    }
+
+    /// Header cells to append, as (column, text).
+    pub fn appended_headers(&self) -> &[(usize, &'static str)] {
+        &self.appended
+    }
+
+    /// True when this row's `IP Address` is empty (or the table has no such column): a domain row that can
+    /// take a passive-DNS IP.
+    pub fn wants_passive_dns(&self, row: &impl RowCells) -> bool {
+        self.at.ip_address.is_none_or(|c| row.is_blank(c))
+    }
+
+    /// True when an IP row has an empty `Reverse DNS` or `Sinkhole` cell (so a reverse lookup may be useful).
+    pub fn wants_ip_notes(&self, row: &impl RowCells) -> bool {
+        [self.at.reverse_dns, self.at.sinkhole].into_iter().flatten().any(|c| row.is_blank(c))
+    }
+
+    /// True when the table has a `Reverse DNS` or `Sinkhole` column at all.
+    pub fn has_ip_note_columns(&self) -> bool {
+        self.at.reverse_dns.is_some() || self.at.sinkhole.is_some()
+    }
+
+    /// The cells to fill in one data row. `facts` is `None` when the lookup failed: then nothing at all is
+    /// written, so a later run can fill the row. `ip_notes` are the reverse-DNS/sinkhole notes of the IP this
+    /// row concerns (the item for IP rows, the passive-DNS IP for domain rows), when known.
+    pub fn fills(
+        &self,
+        row: &impl RowCells,
+        kind: IndicatorKind,
+        facts: Option<&Facts>,
+        ips: &dyn IpKnowledge,
+        item_ip: Option<IpAddr>,
+    ) -> Vec<Fill> {
+        let Some(facts) = facts else { return Vec::new() };
+        let mut fills = Vec::new();
+        let mut put = |column: Option<usize>, header: &'static str, value: Option<FillValue>| {
+            if let (Some(column), Some(value)) = (column, value)
+                && row.is_blank(column)
+            {
+                fills.push(Fill { column, header, value });
+            }
+        };
+        let text = |s: &str| (!s.trim().is_empty()).then(|| FillValue::Text(s.to_string()));
+        let opt_text = |s: &Option<String>| s.as_deref().and_then(text);
+
+        let is_ip = kind == IndicatorKind::Ip;
+        let is_host = kind == IndicatorKind::Host;
+        if is_ip || is_host {
+            put(self.at.reputation, vttl::SECLYTICS_REPUTATION, text(&facts.reputation));
+            put(self.at.file_count, vttl::SECLYTICS_FILE_COUNT, facts.file_count.map(FillValue::Count));
+            put(self.at.validation, vttl::VALIDATION, opt_text(&facts.validation));
+        }
+        let metadata_header = self.mode().file_metadata_header();
+        put(self.at.file_metadata, metadata_header, text(&facts.file_metadata));
+        if is_ip {
+            put(self.at.whois, vttl::WHOIS, opt_text(&facts.whois));
+        }
+        put(self.at.date_first_seen, vttl::DATE_FIRST_SEEN, facts.first_seen.map(FillValue::DateTime));
+
+        // The IP whose reverse name and sinkhole label this row gets.
+        let noted_ip = if is_ip {
+            item_ip
+        } else if is_host && self.wants_passive_dns(row) {
+            let ip = facts.passive_dns_ip;
+            put(self.at.ip_address, vttl::IP_ADDRESS, ip.map(|ip| FillValue::Text(ip.to_string())));
+            ip
+        } else {
+            None
+        };
+        if let Some(ip) = noted_ip
+            && self.mode() == Mode::IpDomain
+        {
+            let existing_name = self.at.reverse_dns.map(|c| row.text(c).trim().to_string()).filter(|s| !s.is_empty());
+            let reverse_name = ips.reverse_name(ip);
+            put(self.at.reverse_dns, vttl::REVERSE_DNS, reverse_name.as_deref().and_then(text));
+            let label = ips.sinkhole(ip, existing_name.as_deref().or(reverse_name.as_deref()));
+            put(self.at.sinkhole, vttl::SINKHOLE, label.map(FillValue::Text));
+        }
+
+        put(self.at.keyword_watch, vttl::KEYWORD_WATCH_LIST, text(&facts.keyword_watch));
+        put(self.at.url_watch, vttl::URL_WATCH_LIST, text(&facts.url_watch));
+        put(self.at.ip_domain_watch, vttl::IP_DOMAIN_WATCH_LIST, text(&facts.ip_domain_watch));
+        put(self.at.detection_watch, vttl::DETECTION_NAME_WATCH_LIST, text(&facts.detection_watch));
+        fills
+    }
+}
+
+/// A row that is not there yet: all cells empty except those we set.
+pub struct EmptyRow;
+
+impl RowCells for EmptyRow {
+    fn text(&self, _column: usize) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed("")
+    }
+}
+
+/// True for an address that can be reached on the Internet: not private, loopback, link-local, unspecified,
+/// multicast, broadcast, `0.0.0.0/8` or carrier-grade NAT. Documentation ranges (203.0.113.0/24, 2001:db8::/32…)
+/// count as routable so the shipped samples, which must not use real addresses, show appended rows.
+pub fn is_globally_routable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0
+                // 100.64.0.0/10 carrier-grade NAT
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_globally_routable(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80) // link-local
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routable() {
+        for ip in ["10.1.2.3", "192.168.0.1", "172.16.5.4", "127.0.0.1", "169.254.1.1", "0.0.0.0", "224.0.0.1"] {
+            assert!(!is_globally_routable(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["255.255.255.255", "100.64.0.1", "::1", "fe80::1", "fd00::1", "ff02::1", "::ffff:10.0.0.1"] {
+            assert!(!is_globally_routable(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["203.0.113.45", "8.8.8.8", "2001:db8::1", "2606:4700::1111"] {
+            assert!(is_globally_routable(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}
