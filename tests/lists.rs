@@ -310,7 +310,7 @@ fn ipv6_entries_and_bad_lines_with_line_numbers() {
                 203.0.113.4/40 | bad prefix\n\
                 203.0.113.9-203.0.113.5 | backwards\n\
                 203.0.113.1-2001:db8::1 | mixed\n\
-                \u{feff}\n\
+                203.0.113.7 203.0.113.8 | two addresses\n\
                 203.0.113.6 | fine\n";
     let path = write(dir.path(), "sinkholes.txt", text.as_bytes());
     let (list, warnings) = Sinkholes::load(&path).expect("load");
@@ -417,4 +417,44 @@ fn a_large_batch_against_a_silent_server_is_bounded_as_a_whole() {
     assert!(names.values().all(Option::is_none));
     let bound = timeout * vttl_seclytics::enrich::rdns::BATCH_TIMEOUTS;
     assert!(elapsed < bound + Duration::from_millis(700), "took {elapsed:?}, bound {bound:?}");
+}
+
+#[test]
+fn system_resolver_is_either_enabled_or_disabled_with_a_warning() {
+    let (resolver, warning) = ReverseResolver::new(None, Duration::from_millis(200)).expect("resolver");
+    assert_eq!(resolver.is_enabled(), warning.is_none(), "{warning:?}");
+    if let Some(warning) = warning {
+        assert!(warning.contains("reverse DNS disabled"), "{warning}");
+    }
+}
+
+#[test]
+fn unreadable_list_file_is_a_warning_and_the_others_still_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("KWordwatchlist.txt")).expect("a folder where a file is expected");
+    write(dir.path(), "DNwatchlist.txt", b"  AgentTesla  \r\n");
+    let (lists, warnings) = WatchLists::load(dir.path(), false);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].file, dir.path().join("KWordwatchlist.txt"));
+    assert_eq!(warnings[0].line, 0);
+    assert!(!lists.has_keywords());
+    assert_eq!(lists.detection_matches([" AGENTTESLA "]), vec!["agenttesla"]);
+}
+
+#[test]
+fn ip_domain_candidates_are_normalised_like_the_keys() {
+    let (_dir, lists, _) = load(&[("IPDwatchlist.txt", "bad.example.com.|trailing dot in file\r\n")], false);
+    assert_eq!(
+        lists.ip_domain_matches(["BAD.example.com.", " bad.example.com "]),
+        vec!["trailing dot in file/bad.example.com"]
+    );
+    assert!(lists.ip_domain_matches(["sub.bad.example.com", "example.com"]).is_empty());
+}
+
+#[test]
+fn shipped_url_list_matches_realistic_urls() {
+    let (lists, _) = WatchLists::load(&repo_file("config"), false);
+    let urls =
+        ["hxxp://blog.example/wp-content/upd/inv.zip", "http://cdn.example/Setup.EXE", "http://ok.example/"];
+    assert_eq!(lists.url_matches(urls), vec!["/wp-content/upd/", ".exe"]);
 }
