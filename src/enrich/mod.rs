@@ -102,12 +102,15 @@ impl Enricher {
             }
             Err(e) => {
                 warnings.push(format!("cannot read sinkhole file {}: {e}", config.sinkholes_file.display()));
-                sinkholes::Sinkholes::default()
+                sinkholes::Sinkholes::empty()
             }
         };
         let resolver = if config.reverse_dns {
             match rdns::ReverseResolver::new(config.seclytics.dns_server, config.seclytics.dns_timeout) {
-                Ok(resolver) => Some(resolver),
+                Ok((resolver, warning)) => {
+                    warnings.extend(warning);
+                    resolver.is_enabled().then_some(resolver)
+                }
                 Err(e) => {
                     warnings.push(format!("reverse DNS disabled: {e}"));
                     None
