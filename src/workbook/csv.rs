@@ -64,7 +64,9 @@ const BUFFER_BYTES: usize = 64 << 10;
 /// The text encoding of a CSV file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextEncoding {
-    Utf8 { bom: bool },
+    Utf8 {
+        bom: bool,
+    },
     /// UTF-16 little-endian, with the `FF FE` BOM.
     Utf16Le,
     /// UTF-16 big-endian, with the `FE FF` BOM.
@@ -384,10 +386,15 @@ type ByteStream = BufReader<Box<dyn Read + Send>>;
 /// UTF-8 and Windows-1252, UTF-8 transcoded on the fly for UTF-16.
 fn open_stream(path: &Path, encoding: TextEncoding) -> Result<ByteStream, WorkbookError> {
     let mut file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
-    file.seek(SeekFrom::Start(encoding.bom().len() as u64)).map_err(|e| WorkbookError::io(path, "read", e))?;
+    file.seek(SeekFrom::Start(encoding.bom().len() as u64))
+        .map_err(|e| WorkbookError::io(path, "read", e))?;
     let inner: Box<dyn Read + Send> = match encoding {
-        TextEncoding::Utf16Le => Box::new(Utf16ToUtf8::new(file, UTF_16LE.new_decoder_without_bom_handling())),
-        TextEncoding::Utf16Be => Box::new(Utf16ToUtf8::new(file, UTF_16BE.new_decoder_without_bom_handling())),
+        TextEncoding::Utf16Le => {
+            Box::new(Utf16ToUtf8::new(file, UTF_16LE.new_decoder_without_bom_handling()))
+        }
+        TextEncoding::Utf16Be => {
+            Box::new(Utf16ToUtf8::new(file, UTF_16BE.new_decoder_without_bom_handling()))
+        }
         TextEncoding::Utf8 { .. } | TextEncoding::Windows1252 => Box::new(file),
     };
     Ok(BufReader::with_capacity(BUFFER_BYTES, inner))
@@ -674,7 +681,15 @@ impl Scanner {
         let unclosed_quote = terminator.is_none() && state == ScanState::Quoted;
         let index = self.next_index;
         self.next_index += 1;
-        Ok(Some(Record { raw, content_len, fields, terminator, encoding: self.encoding, unclosed_quote, index }))
+        Ok(Some(Record {
+            raw,
+            content_len,
+            fields,
+            terminator,
+            encoding: self.encoding,
+            unclosed_quote,
+            index,
+        }))
     }
 }
 
@@ -718,7 +733,8 @@ impl CsvReader {
             // Only possible for a UTF-16 file whose content decodes to nothing.
             return Err(WorkbookError::Corrupt { path: path.to_path_buf(), reason: "empty file".into() });
         };
-        let all_quoted = (0..first.len()).all(|i| first.raw_field(i).is_some_and(|f| f.first() == Some(&b'"')));
+        let all_quoted =
+            (0..first.len()).all(|i| first.raw_field(i).is_some_and(|f| f.first() == Some(&b'"')));
         reader.dialect.quoting = if all_quoted { Quoting::Always } else { Quoting::Necessary };
         reader.dialect.line_ending = first.terminator().unwrap_or(LineEnding::CrLf);
         reader.peeked = Some(first);
@@ -801,7 +817,13 @@ impl<W: Write> CsvWriter<W> {
     /// Starts the output, writing the BOM of the dialect's encoding.
     pub fn new(mut out: W, dialect: &Dialect) -> io::Result<Self> {
         out.write_all(dialect.encoding.bom())?;
-        Ok(CsvWriter { out, dialect: *dialect, needs_terminator: false, line: Vec::new(), encoded: Vec::new() })
+        Ok(CsvWriter {
+            out,
+            dialect: *dialect,
+            needs_terminator: false,
+            line: Vec::new(),
+            encoded: Vec::new(),
+        })
     }
 
     /// Copies `record`. Each patch `(column, text)` replaces that field, or extends a short record, which is
