@@ -453,6 +453,9 @@ fn a_record_beyond_the_limit_is_too_large() {
     assert!(reader.next_record().unwrap().is_some());
     let error = reader.next_record().unwrap_err();
     assert_eq!(error.kind(), "too_large", "{error}");
+    // Reading does not resume in the middle of the broken record.
+    assert!(reader.next_record().is_err());
+    assert!(reader.next().is_none());
     // The first record alone can already be too big.
     let path = write_file(&dir, "huge_header.csv", &bytes[20..]);
     let error = CsvReader::open_with_limit(&path, 1 << 20).err().expect("too large");
@@ -604,4 +607,56 @@ fn random_vttl_like_files_match_the_csv_oracle_and_round_trip_in_every_encoding(
             assert_eq!(copy_unchanged(&path), bytes, "round {round} {encoding:?}");
         }
     }
+}
+
+/// A million VTTL rows stream through reader and writer unchanged. Ignored by default (it writes ~150 MB);
+/// run with `cargo test --release --test csv_io -- --ignored`.
+#[test]
+#[ignore]
+fn a_million_rows_stream_through_unchanged() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("million.csv");
+    let mut expected = sha2::Sha256::new();
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut line = VTTL_HEADER.to_string();
+        for i in 0..1_000_000u32 {
+            std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
+            expected.update(line.as_bytes());
+            line = format!(
+                "\"10.{}.{}.{}\",\"{}\",\"Seclytics: malware ^ botnet / c2, reason {i}\",\"\"\r\n",
+                i >> 16,
+                (i >> 8) & 0xFF,
+                i & 0xFF,
+                i % 70
+            );
+        }
+        std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
+        expected.update(line.as_bytes());
+    }
+    struct Hasher(sha2::Sha256, u64);
+    impl std::io::Write for Hasher {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            self.1 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut reader = CsvReader::open(&path).unwrap();
+    let mut writer = CsvWriter::new(Hasher(sha2::Sha256::new(), 0), reader.dialect()).unwrap();
+    let mut rows = 0u64;
+    while let Some(record) = reader.next_record().unwrap() {
+        assert!(!record.field(0).is_empty());
+        writer.write_record(&record, &[]).unwrap();
+        rows += 1;
+    }
+    let hasher = writer.finish().unwrap();
+    eprintln!("{rows} rows, {} bytes in {:?}", hasher.1, started.elapsed());
+    assert_eq!(rows, 1_000_001);
+    assert_eq!(hasher.0.finalize(), expected.finalize());
 }

@@ -700,6 +700,8 @@ pub struct CsvReader {
     scanner: Scanner,
     /// The first record, read while sniffing the dialect and returned by the first `next_record`.
     peeked: Option<Record>,
+    /// An earlier read failed: the position in the file is no longer trustworthy, so reading stops.
+    failed: bool,
 }
 
 impl CsvReader {
@@ -728,6 +730,7 @@ impl CsvReader {
             dialect: Dialect { encoding, delimiter, quoting: Quoting::Always, line_ending: LineEnding::CrLf },
             scanner,
             peeked: None,
+            failed: false,
         };
         let Some(first) = reader.read_next()? else {
             // Only possible for a UTF-16 file whose content decodes to nothing.
@@ -751,12 +754,21 @@ impl CsvReader {
         &self.path
     }
 
-    /// The next record, `None` at the end of the file.
+    /// The next record, `None` at the end of the file. After an error every later call fails too (reading
+    /// never silently resumes in the middle of a broken record).
     pub fn next_record(&mut self) -> Result<Option<Record>, WorkbookError> {
         if let Some(first) = self.peeked.take() {
             return Ok(Some(first));
         }
-        self.read_next()
+        if self.failed {
+            return Err(WorkbookError::Corrupt {
+                path: self.path.clone(),
+                reason: "reading stopped after an earlier error".into(),
+            });
+        }
+        let result = self.read_next();
+        self.failed = result.is_err();
+        result
     }
 
     /// Starts reading again from the first record, keeping the detected dialect (for a second pass).
@@ -764,6 +776,7 @@ impl CsvReader {
         self.scanner.input = open_stream(&self.path, self.dialect.encoding)?;
         self.scanner.next_index = 0;
         self.peeked = None;
+        self.failed = false;
         Ok(())
     }
 
@@ -793,10 +806,14 @@ impl CsvReader {
     }
 }
 
+/// Yields records; after the first error it ends (the error was the last item).
 impl Iterator for CsvReader {
     type Item = Result<Record, WorkbookError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed && self.peeked.is_none() {
+            return None;
+        }
         self.next_record().transpose()
     }
 }
