@@ -660,3 +660,72 @@ fn a_million_rows_stream_through_unchanged() {
     assert_eq!(rows, 1_000_001);
     assert_eq!(hasher.0.finalize(), expected.finalize());
 }
+
+/// Reads and copies a file; `Ok(output)` or the error. Must never panic, whatever the bytes.
+fn try_copy(path: &Path) -> Result<Vec<u8>, WorkbookError> {
+    let mut reader = CsvReader::open(path)?;
+    let mut writer = CsvWriter::new(Vec::new(), reader.dialect()).expect("writer");
+    while let Some(record) = reader.next_record()? {
+        for i in 0..record.len() + 1 {
+            let _ = record.field(i);
+        }
+        writer.write_record(&record, &[]).expect("write");
+    }
+    Ok(writer.finish().expect("finish"))
+}
+
+#[test]
+fn arbitrary_bytes_never_panic_and_copy_unchanged_when_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(0xC5F_F022);
+    const ALPHABET: &[u8] = b"\",;\t|\r\n a\x80\x81\xE9\xC3\xA9\xEF\xBB\xBF\xFF\xFE\xD8\x00";
+    for round in 0..400 {
+        let len = rng.usize(0..200);
+        let mut bytes: Vec<u8> = match round % 4 {
+            0 => Vec::new(),
+            1 => vec![0xFF, 0xFE],
+            2 => vec![0xFE, 0xFF],
+            _ => vec![0xEF, 0xBB, 0xBF],
+        };
+        bytes.extend(
+            (0..len).map(|_| if rng.bool() { ALPHABET[rng.usize(0..ALPHABET.len())] } else { rng.u8(..) }),
+        );
+        let path = write_file(&dir, "fuzz.csv", &bytes);
+        match try_copy(&path) {
+            Ok(out) => assert_eq!(out, bytes, "round {round}"),
+            Err(error) => {
+                let kind = error.kind();
+                assert!(kind == "encoding" || kind == "corrupt", "round {round}: {error}");
+                let utf16 = round % 4 == 1 || round % 4 == 2;
+                if !utf16 {
+                    // Outside UTF-16, only NUL bytes and emptiness are refused.
+                    assert!(bytes.contains(&0) || bytes.len() <= 3, "round {round}: {error}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn necessary_quoting_quotes_only_text_that_needs_it_and_bom_files_keep_their_bom() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = "\u{FEFF}Scanned Item,WHOIS,Validation,Notes\r\nbücher.de,,,\r\n";
+    let path = write_file(&dir, "n.csv", before.as_bytes());
+    let out = rewrite(
+        &path,
+        |i| {
+            if i == 1 {
+                vec![
+                    (1, "AS 1 \"Ü\"".to_string()),
+                    (2, "plain text".to_string()),
+                    (3, "trailing ".to_string()),
+                ]
+            } else {
+                vec![]
+            }
+        },
+        &[(2, vec![(0, "x;y".to_string()), (1, "a,b".to_string())])],
+    );
+    let expected = "\u{FEFF}Scanned Item,WHOIS,Validation,Notes\r\nbücher.de,\"AS 1 \"\"Ü\"\"\",plain text,\"trailing \"\r\nx;y,\"a,b\"\r\n";
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+}

@@ -33,7 +33,7 @@
 //!   (as in the `csv` crate). It is logged as a warning and flagged by [`Record::has_unclosed_quote`]; the copy
 //!   stays lossless. A record larger than the record limit (64 MiB by default) or with more than
 //!   [`MAX_COLS`] fields is [`WorkbookError::TooLarge`], so a hostile file cannot make us allocate without
-//!   bound.
+//!   bound. After any read error the reader stops (it never resumes in the middle of a broken record).
 //! * **Dialect sniffing** from the first record: the delimiter is the most frequent of `,` `;` TAB `|` outside
 //!   quotes (ties and none → the earlier in that list, so `,` by default); quoting is `Always` when every field
 //!   of the first record is quoted; the line ending is the first record's terminator (CRLF when it has none).
