@@ -166,7 +166,7 @@ impl Enricher {
         job.look_up_tables(&mut tables)?;
         let table = &tables[0];
 
-        let mut reader = csvio::CsvReader::open(input).map_err(|e| file_error("read", e))?;
+        reader.rewind().map_err(|e| file_error("read", e))?;
         let temp = outbox::temp_file_for(outbox, name)
             .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
         let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
