@@ -120,7 +120,10 @@ pub struct ContextFeed {
 impl Context {
     /// Every string of `context.<kind>.<feed>[]`, in the order received.
     pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.kinds.iter().flat_map(|kind| kind.feeds.iter()).flat_map(|feed| feed.values.iter().map(String::as_str))
+        self.kinds
+            .iter()
+            .flat_map(|kind| kind.feeds.iter())
+            .flat_map(|feed| feed.values.iter().map(String::as_str))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -139,7 +142,9 @@ impl Context {
                         .into_iter()
                         .filter_map(|(name, values)| Some(ContextFeed { name, values: feed_values(values)? }))
                         .collect(),
-                    list @ Value::Array(_) => vec![ContextFeed { name: String::new(), values: feed_values(list)? }],
+                    list @ Value::Array(_) => {
+                        vec![ContextFeed { name: String::new(), values: feed_values(list)? }]
+                    }
                     _ => return None,
                 };
                 Some(ContextKind { name, feeds })
@@ -299,7 +304,10 @@ pub fn parse_document(body: &str) -> Result<Document, DocumentError> {
     let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     let value: Value = serde_json::from_str(body).map_err(|e| DocumentError::NotJson(e.to_string()))?;
     let Value::Object(object) = value else {
-        return Err(DocumentError::WrongShape(format!("{} instead of a JSON object", json_type_name(&value))));
+        return Err(DocumentError::WrongShape(format!(
+            "{} instead of a JSON object",
+            json_type_name(&value)
+        )));
     };
     if let Some(error) = object.get("error").filter(|error| !error.is_null()) {
         return Err(DocumentError::ApiError(error_message(error)));
@@ -350,7 +358,9 @@ pub fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
         .ok()
         .or_else(|| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok())
         .or_else(|| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok())
-        .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|date| date.and_hms_opt(0, 0, 0)))?;
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|date| date.and_hms_opt(0, 0, 0))
+        })?;
     parsed.with_nanosecond(0)
 }
 
@@ -381,15 +391,19 @@ mod lenient {
     /// not a list is empty.
     pub fn objects<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
         Ok(match Value::deserialize(d)? {
-            Value::Array(items) => {
-                items.into_iter().filter(Value::is_object).filter_map(|item| T::deserialize(item).ok()).collect()
-            }
+            Value::Array(items) => items
+                .into_iter()
+                .filter(Value::is_object)
+                .filter_map(|item| T::deserialize(item).ok())
+                .collect(),
             _ => Vec::new(),
         })
     }
 
     /// A list kept at its full length, each entry its text when it is a string; `None` when not a list.
-    pub fn optional_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Option<String>>>, D::Error> {
+    pub fn optional_strings<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<Option<String>>>, D::Error> {
         Ok(match Value::deserialize(d)? {
             Value::Array(items) => Some(
                 items
@@ -422,7 +436,9 @@ mod lenient {
     pub fn whitelist<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Whitelist>, D::Error> {
         Ok(match Value::deserialize(d)? {
             Value::Null | Value::Bool(false) => None,
-            Value::String(text) if !text.trim().is_empty() => Some(Whitelist::Reason(text.trim().to_string())),
+            Value::String(text) if !text.trim().is_empty() => {
+                Some(Whitelist::Reason(text.trim().to_string()))
+            }
             _ => Some(Whitelist::Listed),
         })
     }
@@ -512,7 +528,9 @@ mod tests {
         }
         let long = format!(r#"{{"error": {{"message": "{}"}}}}"#, "x".repeat(5000));
         match parse_document(&long) {
-            Err(DocumentError::ApiError(text)) => assert_eq!(text.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1),
+            Err(DocumentError::ApiError(text)) => {
+                assert_eq!(text.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1)
+            }
             other => panic!("{other:?}"),
         }
         // `"error": null` is not an error
@@ -522,7 +540,9 @@ mod tests {
 
     #[test]
     fn bodies_that_are_not_json_are_not_json_errors() {
-        for body in ["", "   ", "<html><body>502 Bad Gateway</body></html>", "{", r#"{"id": "x""#, "{'id': 1}", "nul"] {
+        for body in
+            ["", "   ", "<html><body>502 Bad Gateway</body></html>", "{", r#"{"id": "x""#, "{'id': 1}", "nul"]
+        {
             assert!(matches!(parse_document(body), Err(DocumentError::NotJson(_))), "{body:?}");
         }
     }
@@ -638,7 +658,8 @@ mod tests {
             assert_eq!(number(absent), None, "{absent}");
         }
 
-        let whitelist = |value: &str| parse_document(&format!(r#"{{"whitelist": {value}}}"#)).unwrap().whitelist;
+        let whitelist =
+            |value: &str| parse_document(&format!(r#"{{"whitelist": {value}}}"#)).unwrap().whitelist;
         assert_eq!(whitelist(r#"" Tranco top 10k ""#), Some(Whitelist::Reason("Tranco top 10k".into())));
         for listed in ["true", "1", "{}", r#"{"reason": "x"}"#, "[]", r#""""#, r#""   ""#] {
             assert_eq!(whitelist(listed), Some(Whitelist::Listed), "{listed}");
@@ -666,7 +687,9 @@ mod tests {
 
     #[test]
     fn byte_order_mark_and_unknown_keys_are_accepted() {
-        let doc = parse_document("\u{feff}{\"id\": \"x\", \"dga\": {\"is_dga\": false}, \"new_block\": [1, 2]}").unwrap();
+        let doc =
+            parse_document("\u{feff}{\"id\": \"x\", \"dga\": {\"is_dga\": false}, \"new_block\": [1, 2]}")
+                .unwrap();
         assert_eq!(doc.id.as_deref(), Some("x"));
         assert!(parse_document("{}").is_ok());
     }

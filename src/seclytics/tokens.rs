@@ -311,7 +311,8 @@ pub fn extract(item: &Indicator, doc: &Document) -> Findings {
         collector.walk(item, None, doc, KeywordTarget::FileMetadata);
     } else {
         collector.walk(item, item_domain.as_deref(), doc, KeywordTarget::Reputation);
-        let embedded_files = doc.file_connections.iter().chain(doc.connections.iter().filter(|c| c.is_file()));
+        let embedded_files =
+            doc.file_connections.iter().chain(doc.connections.iter().filter(|c| c.is_file()));
         for file in embedded_files {
             collector.walk(item, item_domain.as_deref(), file, KeywordTarget::FileMetadata);
         }
@@ -401,4 +402,552 @@ pub fn join_truncated(tokens: &[String], sep: &str, limit: usize) -> String {
         return joined[..hard_end].to_string();
     }
     cut.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seclytics::model::parse_document;
+
+    fn fixture(name: &str) -> Document {
+        let path = format!("{}/tests/fixtures/seclytics/{name}", env!("CARGO_MANIFEST_DIR"));
+        let body = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        parse_document(&body).unwrap()
+    }
+
+    fn item(text: &str) -> Indicator {
+        Indicator::classify(text).unwrap_or_else(|| panic!("not an indicator: {text}"))
+    }
+
+    /// A document whose context holds `values`, all in one feed.
+    fn doc_with(values: &[&str]) -> Document {
+        let body = serde_json::json!({ "context": { "reasons": { "feed": values } } }).to_string();
+        parse_document(&body).unwrap()
+    }
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    fn datetime(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+
+    const HOST: &str = "cdn-update.example.co.uk";
+    const IP: &str = "203.0.113.45";
+    const MD5: &str = "6f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+    #[test]
+    fn reference_ip_document() {
+        let findings = extract(&item(IP), &fixture("ip_flagged.json"));
+        assert_eq!(findings.reputation, strings(&["scanner", "malicious", "agenttesla", "AgentTesla.XK"]));
+        assert!(findings.file_metadata.is_empty());
+        assert_eq!(findings.file_count, 2);
+        assert_eq!(findings.whois_owner.as_deref(), Some("EXAMPLE-HOSTING-AS"));
+        assert_eq!(findings.whitelist, None);
+        assert_eq!(findings.first_seen, Some(datetime("2024-02-10 00:00:00")));
+        assert_eq!(findings.passive_dns_ips, vec![IP.parse::<IpAddr>().unwrap()]);
+        assert!(findings.related_ips.is_empty());
+        assert!(findings.related_domains.is_empty(), "{:?}", findings.related_domains);
+        assert_eq!(
+            findings.hashes,
+            strings(&[
+                "9f2c4e1a7b3d5f608e1c2b4a6d8f0e3c5a7b9d1f3e5c7a9b0d2f4e6a8c0b1d3e",
+                "0b7e3d9a1c5f2e8d4b6a0c3e7f9d1b5a2c4e6f8a0d3b5c7e9f1a2b4c6d8e0f1a",
+            ])
+        );
+        assert!(findings.urls.is_empty());
+        assert_eq!(
+            findings.reference_urls,
+            strings(&[
+                "https://www.hybrid-analysis.com/sample/9f2c4e1a7b3d5f608e1c2b4a6d8f0e3c5a7b9d1f3e5c7a9b0d2f4e6a8c0b1d3e"
+            ])
+        );
+        assert_eq!(
+            findings.detection_candidates,
+            strings(&["scanner", "malicious", "agenttesla", "AgentTesla.XK"])
+        );
+    }
+
+    #[test]
+    fn reference_allowlisted_ip_document() {
+        let findings = extract(&item("198.51.100.53"), &fixture("ip_allowlisted.json"));
+        assert_eq!(findings.whitelist.as_deref(), Some("Public recursive DNS resolver"));
+        assert_eq!(findings.whois_owner.as_deref(), Some("EXAMPLE-DNS-AS"));
+        assert!(findings.reputation.is_empty());
+        assert_eq!(findings.file_count, 0);
+        assert_eq!(findings.first_seen, None);
+        assert!(findings.passive_dns_ips.is_empty());
+    }
+
+    #[test]
+    fn reference_host_document() {
+        let findings = extract(&item(HOST), &fixture("host.json"));
+        assert_eq!(
+            findings.reputation,
+            strings(&["malicious", "malware", "formbook", "/wp-content/upd/inv_0312.exe"])
+        );
+        assert!(findings.file_metadata.is_empty(), "the file connection carries no context");
+        assert_eq!(findings.file_count, 1);
+        assert_eq!(
+            findings.hashes,
+            strings(&[
+                "3a5c7e9b1d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c",
+                "5d0c8e2a4f6b1d3e7a9c0b2d4f6e8a1c3b5d7f9e0a2c4b6d8e1f3a5c7b9d0e2f",
+            ])
+        );
+        assert_eq!(
+            findings.urls,
+            strings(&[
+                "https://tria.ge/240308-abcd1234",
+                "http://cdn-update.example.co.uk/wp-content/upd/inv_0312.exe"
+            ])
+        );
+        assert!(findings.reference_urls.is_empty());
+        assert_eq!(findings.first_seen, Some(datetime("2024-03-06 00:00:00")));
+        assert_eq!(findings.passive_dns_ips, vec![IP.parse::<IpAddr>().unwrap()]);
+        assert_eq!(findings.whitelist, None);
+        assert_eq!(findings.whois_owner, None);
+        assert!(findings.related_ips.is_empty());
+        assert!(findings.related_domains.is_empty());
+    }
+
+    #[test]
+    fn reference_file_document() {
+        let findings = extract(&item(MD5), &fixture("file_md5.json"));
+        assert!(findings.reputation.is_empty(), "a hash has no Reputation column");
+        assert_eq!(findings.file_metadata, strings(&["malware", "malicious", HOST, "application/x-dosexec"]));
+        assert_eq!(findings.related_ips, strings(&[IP]));
+        assert_eq!(findings.related_domains, strings(&[HOST]));
+        assert_eq!(
+            findings.hashes,
+            strings(&[
+                "3a5c7e9b1d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c",
+                "5d0c8e2a4f6b1d3e7a9c0b2d4f6e8a1c3b5d7f9e0a2c4b6d8e1f3a5c7b9d0e2f",
+            ]),
+            "the item's own md5 is not a related hash"
+        );
+        assert_eq!(
+            findings.detection_candidates,
+            strings(&[
+                "malware",
+                "malicious",
+                "application/x-dosexec",
+                "6144:aB3cD4eF5gH6iJ7kL8mN9oP0qR1sT2uV3wX4yZ5:aB3cD4eF5gH6iJ7"
+            ])
+        );
+        assert_eq!(findings.first_seen, Some(datetime("2024-03-06 00:00:00")));
+        assert_eq!(findings.file_count, 0);
+    }
+
+    #[test]
+    fn reference_unknown_hash_says_nothing() {
+        let unknown = "77770000022222211333333444445555";
+        let findings = extract(&item(unknown), &fixture("file_unknown.json"));
+        assert_eq!(findings, Findings::default());
+    }
+
+    #[test]
+    fn rule_1_ip_addresses_strictly_parsed() {
+        let values = ["198.51.100.7", "2001:DB8::1", "1.2", "010.1.1.1", "10.0.0.256", "198.51.100.7"];
+        let host = extract(&item(HOST), &doc_with(&values));
+        assert_eq!(host.related_ips, strings(&["198.51.100.7", "2001:db8::1"]));
+        // `1.2` is three characters: rule 9. The others are not IPs: keyword tokens, not domains.
+        assert_eq!(host.reputation, strings(&["010.1.1.1", "10.0.0.256"]));
+        assert_eq!(host.detection_candidates, strings(&["010.1.1.1", "10.0.0.256"]));
+
+        let ip = extract(&item(IP), &doc_with(&values));
+        assert!(ip.related_ips.is_empty());
+        assert_eq!(ip.reputation, strings(&["010.1.1.1", "10.0.0.256"]), "IPs never become keyword tokens");
+        assert_eq!(
+            classify_token("198.51.100.7", &item(IP)),
+            TokenClass::Ignored(IgnoredBecause::IpOfIpItem)
+        );
+        assert_eq!(classify_token("1.2", &item(HOST)), TokenClass::Ignored(IgnoredBecause::NotAKeyword));
+        let file = extract(&item(MD5), &doc_with(&["198.51.100.7"]));
+        assert_eq!(file.related_ips, strings(&["198.51.100.7"]));
+    }
+
+    #[test]
+    fn rule_2_hashes_of_exact_lengths_lower_cased_without_the_item() {
+        let md5 = "ABCDEF0123456789ABCDEF0123456789";
+        let sha1 = "a".repeat(40);
+        let sha256 = "0123456789abcdef".repeat(4);
+        let hex33 = "b".repeat(33);
+        let hex31 = "c".repeat(31);
+        let not_hex32 = format!("{}g", "d".repeat(31));
+        let own = MD5.to_ascii_uppercase();
+        let values = [md5, sha1.as_str(), &sha256, &hex33, &hex31, &not_hex32, &own, md5];
+        let findings = extract(&item(MD5), &doc_with(&values));
+        assert_eq!(findings.hashes, vec![md5.to_ascii_lowercase(), sha1.clone(), sha256.clone()]);
+        // 31 hex digits is a keyword token; 32 characters that are not all hex and 33 hex digits are too long.
+        assert_eq!(findings.file_metadata, vec![hex31.clone()]);
+        assert_eq!(classify_token(&hex33, &item(HOST)), TokenClass::Ignored(IgnoredBecause::NotAKeyword));
+        assert_eq!(classify_token(&own, &item(MD5)), TokenClass::Ignored(IgnoredBecause::ItemHash));
+        // For another item the same hash is a related hash.
+        assert_eq!(classify_token(&own, &item(HOST)), TokenClass::Hash(MD5.to_string()));
+    }
+
+    #[test]
+    fn rule_3_email_addresses_ignored() {
+        for value in ["abuse@example.com", "mailto:x@example.com", "http://user@evil.example.com/", "a@b"] {
+            assert_eq!(
+                classify_token(value, &item(HOST)),
+                TokenClass::Ignored(IgnoredBecause::Email),
+                "{value}"
+            );
+        }
+        let findings = extract(&item(HOST), &doc_with(&["abuse@example.com", "spam"]));
+        assert_eq!(findings.reputation, strings(&["spam"]));
+        assert!(findings.related_domains.is_empty() && findings.urls.is_empty());
+    }
+
+    #[test]
+    fn rule_4_urls_in_any_case_and_reference_sites_by_host() {
+        let values = [
+            "HTTP://Evil.Example.com/Payload.exe",
+            "hTTpS://otx.alienvault.com/pulse/1",
+            "https://www.phishtank.com/phish_detail.php?phish_id=1",
+            "http://phishtank.com/x",
+            "https://sub.hybrid-analysis.com:443/sample/1",
+            "http://urlquery.net./report",
+            "https://evil.example.com/?u=otx.alienvault.com",
+            "https://otx.alienvault.com.evil.example.net/",
+            "http://bluelive.com/",
+            "http://community.bluelive.com/x",
+            "https://example.com/a b c",
+            "HTTP://Evil.Example.com/Payload.exe",
+        ];
+        let findings = extract(&item(HOST), &doc_with(&values));
+        assert_eq!(
+            findings.urls,
+            strings(&[
+                "HTTP://Evil.Example.com/Payload.exe",
+                "https://evil.example.com/?u=otx.alienvault.com",
+                "https://otx.alienvault.com.evil.example.net/",
+                "http://bluelive.com/",
+                "https://example.com/a b c",
+            ])
+        );
+        assert_eq!(
+            findings.reference_urls,
+            strings(&[
+                "hTTpS://otx.alienvault.com/pulse/1",
+                "https://www.phishtank.com/phish_detail.php?phish_id=1",
+                "http://phishtank.com/x",
+                "https://sub.hybrid-analysis.com:443/sample/1",
+                "http://urlquery.net./report",
+                "http://community.bluelive.com/x",
+            ])
+        );
+        assert!(findings.reputation.is_empty() && findings.detection_candidates.is_empty());
+        // Not http(s): `ftp://x` has a colon and no whitespace, so it is a detection-name candidate.
+        assert_eq!(
+            classify_token("ftp://x.example", &item(HOST)),
+            TokenClass::DetectionName("ftp://x.example".into())
+        );
+        assert_eq!(classify_token("http:/x", &item(HOST)), TokenClass::DetectionName("http:/x".into()));
+        assert!(is_reference_host("MALC0DE.COM"));
+        assert!(!is_reference_host("notmalc0de.com"));
+        assert!(!is_reference_host("sophos.com.example"));
+        assert!(is_reference_host("sophos.com"));
+    }
+
+    #[test]
+    fn rule_5_line_breaks_ignored_before_detection_names() {
+        for value in ["Trojan\nWin32", "a:b\r\nc", "line\u{2028}sep"] {
+            assert_eq!(
+                classify_token(value, &item(HOST)),
+                TokenClass::Ignored(IgnoredBecause::LineBreak),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rule_6_colon_or_bang_without_whitespace_are_detection_names() {
+        let values = ["Trojan:Win32/Formbook!ml", "12:30", "Alert!", "ab:cd", "Mal: ware", "12:30"];
+        let findings = extract(&item(HOST), &doc_with(&values));
+        assert_eq!(
+            findings.detection_candidates,
+            strings(&["Trojan:Win32/Formbook!ml", "12:30", "Alert!", "ab:cd"])
+        );
+        assert!(findings.reputation.is_empty(), "detection names never reach the cells");
+        assert!(findings.related_ips.is_empty(), "12:30 and ab:cd are not IPv6 addresses");
+    }
+
+    #[test]
+    fn rule_7_prose_ignored() {
+        let values = [
+            "Command and Control",
+            "In late 2019, the group used spear-phishing",
+            "tab\there",
+            "nb\u{a0}sp",
+            "x y",
+        ];
+        for value in values {
+            assert_eq!(
+                classify_token(value, &item(HOST)),
+                TokenClass::Ignored(IgnoredBecause::Prose),
+                "{value:?}"
+            );
+        }
+        assert_eq!(extract(&item(HOST), &doc_with(&values)), Findings::default());
+    }
+
+    #[test]
+    fn rule_8_and_9_keyword_lengths_and_filtered_names() {
+        let len31 = "k".repeat(31);
+        let len32 = "k".repeat(32);
+        let wide31 = "é".repeat(31);
+        let wide32 = "é".repeat(32);
+        let values = [
+            "abc",
+            "abcd",
+            &len31,
+            &len32,
+            &wide31,
+            &wide32,
+            "first_seen_at",
+            "end_at",
+            "duration",
+            "Duration",
+            "_at",
+            "ab_atx",
+        ];
+        let findings = extract(&item(HOST), &doc_with(&values));
+        assert_eq!(
+            findings.reputation,
+            vec!["abcd".to_string(), len31, wide31, "Duration".into(), "ab_atx".into()]
+        );
+        assert_eq!(findings.reputation, findings.detection_candidates);
+    }
+
+    #[test]
+    fn rule_8_real_domains_by_public_suffix() {
+        let values = [
+            "evil-cdn.example.co.uk",
+            "Formbook.A",
+            "AgentTesla.XK",
+            "Trojan.Generic",
+            "EXAMPLE.COM",
+            "co.uk",
+            "example.net.",
+            "inv_0312.exe",
+            "bad.example.org",
+        ];
+        let findings = extract(&item(HOST), &doc_with(&values));
+        assert_eq!(
+            findings.related_domains,
+            strings(&["evil-cdn.example.co.uk", "example.com", "example.net", "bad.example.org"])
+        );
+        assert_eq!(
+            findings.detection_candidates,
+            strings(&["Formbook.A", "AgentTesla.XK", "Trojan.Generic", "co.uk", "inv_0312.exe"])
+        );
+        // Every rule-8 token is a keyword token, domain or not, with its original spelling.
+        assert_eq!(findings.reputation, strings(&values));
+        assert_eq!(real_domain_name("Evil-CDN.Example.CO.UK").as_deref(), Some("evil-cdn.example.co.uk"));
+        assert_eq!(real_domain_name("Formbook.A"), None);
+    }
+
+    #[test]
+    fn the_host_itself_is_a_keyword_but_not_a_related_domain() {
+        let findings = extract(&item(HOST), &doc_with(&["CDN-UPDATE.example.co.uk", "other.example.co.uk"]));
+        assert_eq!(findings.reputation, strings(&["CDN-UPDATE.example.co.uk", "other.example.co.uk"]));
+        assert_eq!(findings.related_domains, strings(&["other.example.co.uk"]));
+    }
+
+    #[test]
+    fn pipes_become_carets_before_the_rules() {
+        let values = ["malware|spam", "198.51.100.1|198.51.100.2", "http://evil.example.com/a|b", "a|b"];
+        let findings = extract(&item(HOST), &doc_with(&values));
+        assert_eq!(findings.reputation, strings(&["malware^spam", "198.51.100.1^198.51.100.2"]));
+        assert_eq!(findings.urls, strings(&["http://evil.example.com/a^b"]));
+        assert!(findings.related_ips.is_empty());
+        assert!(findings.reputation.iter().chain(&findings.urls).all(|token| !token.contains('|')));
+    }
+
+    #[test]
+    fn duplicates_across_kinds_and_feeds_keep_the_first_appearance() {
+        let body = r#"{"context": {
+            "categories": {"feed_a": ["malware", "spam"], "feed_b": ["spam", "Malware", "malware"]},
+            "identifiers": {"feed_c": ["emotet", "spam", "emotet"]},
+            "ips": {"feed_d": ["198.51.100.1", "198.51.100.1"]},
+            "sha1": {"feed_e": ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]},
+            "hostnames": {"feed_f": ["Bad.Example.com", "bad.example.com"]},
+            "urls": {"feed_g": ["http://x.example.com/", "http://x.example.com/"]}
+        }, "accessed_by_files": ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}"#;
+        let findings = extract(&item(HOST), &parse_document(body).unwrap());
+        assert_eq!(
+            findings.reputation,
+            strings(&["malware", "spam", "Malware", "emotet", "Bad.Example.com", "bad.example.com"])
+        );
+        assert_eq!(findings.related_ips, strings(&["198.51.100.1"]));
+        assert_eq!(findings.hashes, vec!["a".repeat(40)]);
+        assert_eq!(findings.related_domains, strings(&["bad.example.com"]));
+        assert_eq!(findings.urls, strings(&["http://x.example.com/"]));
+        assert_eq!(findings.detection_candidates, strings(&["malware", "spam", "Malware", "emotet"]));
+    }
+
+    #[test]
+    fn embedded_file_documents_feed_the_file_metadata() {
+        let body = r#"{
+            "context": {"categories": {"feed": ["malicious"]}},
+            "file_connections": [
+                {"type": "file", "id": "f1", "context": {"names": {"feed": ["invoice.exe", "malicious"]},
+                                                      "md5": {"feed": ["11111111111111111111111111111111"]},
+                                                      "ips": {"feed": ["198.51.100.20"]}}},
+                "not a document",
+                {"context": {"file_types": {"feed": ["pe32exe"]}}}
+            ],
+            "connections": [
+                {"id": "198.51.100.9", "type": "ip", "context": {"categories": {"feed": ["ipctx"]}}},
+                {"id": "f2", "type": "FILE", "context": {"names": {"feed": ["dropper.dll"]}}}
+            ]
+        }"#;
+        let doc = parse_document(body).unwrap();
+        let host = extract(&item(HOST), &doc);
+        assert_eq!(host.reputation, strings(&["malicious"]));
+        assert_eq!(host.file_metadata, strings(&["invoice.exe", "malicious", "pe32exe", "dropper.dll"]));
+        assert_eq!(host.hashes, strings(&["11111111111111111111111111111111"]));
+        assert_eq!(host.related_ips, strings(&["198.51.100.20"]));
+        assert!(
+            !host.reputation.contains(&"ipctx".to_string()) && !host.file_metadata.contains(&"ipctx".into())
+        );
+
+        let ip = extract(&item(IP), &doc);
+        assert_eq!(ip.file_metadata, host.file_metadata);
+        assert!(ip.related_ips.is_empty());
+
+        // A hash item reads only its own context.
+        let file = extract(&item(MD5), &doc);
+        assert_eq!(file.file_metadata, strings(&["malicious"]));
+        assert!(file.reputation.is_empty() && file.hashes.is_empty());
+    }
+
+    #[test]
+    fn accessed_by_files_counts_every_entry_and_logs_valid_hashes_after_context_hashes() {
+        let body = format!(
+            r#"{{"context": {{"sha1": {{"f": ["{h40}"]}}}},
+                "accessed_by_files": [" {h64_upper} ", "not-a-hash", 7, null, "{h40}", "{own}"]}}"#,
+            h40 = "b".repeat(40),
+            h64_upper = "C".repeat(64),
+            own = MD5,
+        );
+        let doc = parse_document(&body).unwrap();
+        let host = extract(&item(HOST), &doc);
+        assert_eq!(host.file_count, 6);
+        assert_eq!(host.hashes, vec!["b".repeat(40), "c".repeat(64), MD5.to_string()]);
+        let file = extract(&item(MD5), &doc);
+        assert_eq!(file.hashes, vec!["b".repeat(40), "c".repeat(64)]);
+        assert_eq!(
+            extract(&item(HOST), &parse_document(r#"{"accessed_by_files": []}"#).unwrap()).file_count,
+            0
+        );
+    }
+
+    #[test]
+    fn whois_owner_fallback_order() {
+        let owner = |body: &str| extract(&item(IP), &parse_document(body).unwrap()).whois_owner;
+        let whois = r#""whois": [{"org": ""}, {"org": "VR-ARIN"}, {"org": " vr-arin "}, {"name": "x"}, {"org": " ORG-1 "}, {"org": "ORG-2"}]"#;
+        assert_eq!(
+            owner(&format!(r#"{{"asn": {{"description": " DESC ", "number": "1"}}, {whois}}}"#)).as_deref(),
+            Some("DESC")
+        );
+        assert_eq!(
+            owner(&format!(r#"{{"asn": {{"description": "  ", "number": "64500"}}, {whois}}}"#)).as_deref(),
+            Some("AS64500")
+        );
+        assert_eq!(owner(&format!(r#"{{"asn": {{"number": 64501}}, {whois}}}"#)).as_deref(), Some("AS64501"));
+        assert_eq!(
+            owner(&format!(r#"{{"asn": {{"number": "AS64502"}}, {whois}}}"#)).as_deref(),
+            Some("AS64502")
+        );
+        assert_eq!(owner(&format!(r#"{{"asn": {{}}, {whois}}}"#)).as_deref(), Some("ORG-1"));
+        assert_eq!(owner(&format!("{{{whois}}}")).as_deref(), Some("ORG-1"));
+        assert_eq!(owner(r#"{"whois": [{"org": "VR-ARIN"}, {"org": ""}]}"#), None);
+        assert_eq!(owner("{}"), None);
+    }
+
+    #[test]
+    fn whitelist_string_non_string_and_absent() {
+        let validation = |value: &str| {
+            let body = format!(r#"{{"id": "x", "whitelist": {value}}}"#);
+            extract(&item(HOST), &parse_document(&body).unwrap()).whitelist
+        };
+        assert_eq!(validation(r#""Tranco top 10k""#).as_deref(), Some("Tranco top 10k"));
+        assert_eq!(validation("true").as_deref(), Some("Whitelist"));
+        assert_eq!(validation(r#"{"reason": "x"}"#).as_deref(), Some("Whitelist"));
+        assert_eq!(validation("null"), None);
+        assert_eq!(validation("false"), None);
+        assert_eq!(extract(&item(HOST), &parse_document("{}").unwrap()).whitelist, None);
+    }
+
+    #[test]
+    fn first_seen_is_the_earliest_valid_global_history_start_else_first_seen_at() {
+        let first_seen = |body: &str| extract(&item(MD5), &parse_document(body).unwrap()).first_seen;
+        let earliest_not_first = r#"{"history": {"first_seen_at": "2020-01-01T00:00:00", "global_history": [
+            {"start_at": "2024-03-06T00:00:00"}, {"start_at": null}, {"start_at": "garbage"},
+            {"start_at": "2023-11-30T22:15:09"}, {"start_at": "2024-01-01T00:00:00"}]}}"#;
+        assert_eq!(first_seen(earliest_not_first), Some(datetime("2023-11-30 22:15:09")));
+        let all_invalid = r#"{"history": {"first_seen_at": "2020-01-01T08:09:10", "global_history": [
+            {"start_at": null}, {"start_at": "2024-02-30T00:00:00"}, {"end_at": "2024-01-01T00:00:00"}]}}"#;
+        assert_eq!(first_seen(all_invalid), Some(datetime("2020-01-01 08:09:10")));
+        assert_eq!(
+            first_seen(r#"{"history": {"first_seen_at": "2020-01-01T08:09:10"}}"#),
+            Some(datetime("2020-01-01 08:09:10"))
+        );
+        assert_eq!(first_seen(r#"{"history": {"first_seen_at": "never", "global_history": []}}"#), None);
+        assert_eq!(first_seen("{}"), None);
+    }
+
+    #[test]
+    fn passive_dns_answers_in_order_valid_and_unique() {
+        let body = r#"{"passive_dns": [
+            {"answer_ip": "198.51.100.2"}, {"answer_host": "edge.example.net"}, {"answer_ip": "1.2"},
+            {"answer_ip": " 2001:DB8::5 "}, {"answer_ip": "198.51.100.1"}, {"answer_ip": "198.51.100.2"}]}"#;
+        let findings = extract(&item(HOST), &parse_document(body).unwrap());
+        let expected: Vec<IpAddr> =
+            ["198.51.100.2", "2001:db8::5", "198.51.100.1"].iter().map(|ip| ip.parse().unwrap()).collect();
+        assert_eq!(findings.passive_dns_ips, expected);
+    }
+
+    #[test]
+    fn truncation_on_a_separator_without_a_trailing_separator() {
+        // 1000 tokens of 9 characters: 9999 characters joined.
+        let tokens: Vec<String> = (0..1000).map(|i| format!("tok{i:06}")).collect();
+        let cell = join_truncated(&tokens, TOKEN_SEPARATOR, CELL_LIMIT);
+        assert!(cell.chars().count() <= CELL_LIMIT);
+        assert!(!cell.ends_with('^'));
+        // 800 whole tokens take 7999 characters; the 801st would need 10 more.
+        assert_eq!(cell.split('^').count(), 800);
+        assert_eq!(cell, tokens[..800].join("^"));
+
+        // Not truncated at or under the limit.
+        let short = strings(&["a", "bb", "ccc"]);
+        assert_eq!(join_truncated(&short, "^", 8), "a^bb^ccc");
+        assert_eq!(join_truncated(&short, "^", 7), "a^bb");
+        assert_eq!(join_truncated(&short, "^", 4), "a^bb");
+        assert_eq!(join_truncated(&short, "^", 3), "a");
+        assert_eq!(join_truncated(&[], "^", 10), "");
+        // A token ending exactly at the limit is kept.
+        assert_eq!(join_truncated(&strings(&["abcd", "ef"]), "^", 4), "abcd");
+        // Multi-character separators and characters, not bytes.
+        let wide = strings(&["ééé", "üüü", "ööö"]);
+        assert_eq!(join_truncated(&wide, "   ", 9), "ééé   üüü");
+        assert_eq!(join_truncated(&wide, "   ", 8), "ééé");
+        // Tokens holding `^` (from `|`) may be cut at their inner `^`; empty pieces leave no trailing `^`.
+        assert_eq!(join_truncated(&strings(&["a^b", "", "cdef"]), "^", 5), "a^b");
+    }
+
+    #[test]
+    fn truncation_of_a_single_token_longer_than_the_limit_cuts_it_hard() {
+        let long = vec!["x".repeat(CELL_LIMIT + 50), "y".into()];
+        let cell = join_truncated(&long, TOKEN_SEPARATOR, CELL_LIMIT);
+        assert_eq!(cell, "x".repeat(CELL_LIMIT));
+        let wide = vec!["é".repeat(20)];
+        assert_eq!(join_truncated(&wide, "^", 5), "ééééé");
+        assert_eq!(join_truncated(&wide, "^", 0), "");
+    }
 }
