@@ -38,7 +38,8 @@
 //!   item itself included.
 //! * **Truncation** ([`join_truncated`]): cut at the last separator that keeps the text within the limit, with
 //!   no trailing separator; a first token alone longer than the limit is cut hard at the limit (an analyst
-//!   would rather see the start of a long value than an empty cell).
+//!   would rather see the start of a long value than an empty cell). Text within the limit is the plain join,
+//!   untouched (a token may itself end in `^` where the API wrote a `|`).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -388,20 +389,25 @@ pub fn join_truncated(tokens: &[String], sep: &str, limit: usize) -> String {
     let window_chars = limit + sep.chars().count();
     let window_end = joined.char_indices().nth(window_chars).map_or(joined.len(), |(offset, _)| offset);
     let window = &joined[..window_end];
-    let mut cut = match window.rfind(sep).filter(|_| !sep.is_empty()) {
-        Some(position) => &window[..position],
+    let cut = match window.rfind(sep).filter(|_| !sep.is_empty()) {
+        Some(position) => strip_trailing(&window[..position], sep),
         None => "",
     };
-    while !sep.is_empty()
-        && let Some(shorter) = cut.strip_suffix(sep)
-    {
-        cut = shorter;
-    }
     if cut.is_empty() {
         let hard_end = joined.char_indices().nth(limit).map_or(joined.len(), |(offset, _)| offset);
-        return joined[..hard_end].to_string();
+        return strip_trailing(&joined[..hard_end], sep).to_string();
     }
     cut.to_string()
+}
+
+/// `text` without any trailing `sep`.
+fn strip_trailing<'a>(mut text: &'a str, sep: &str) -> &'a str {
+    while !sep.is_empty()
+        && let Some(shorter) = text.strip_suffix(sep)
+    {
+        text = shorter;
+    }
+    text
 }
 
 #[cfg(test)]
@@ -545,6 +551,53 @@ mod tests {
         let unknown = "77770000022222211333333444445555";
         let findings = extract(&item(unknown), &fixture("file_unknown.json"));
         assert_eq!(findings, Findings::default());
+    }
+
+    /// The host body of reference `vttl-spec.md` §3.17, where VTTL's slicing leaks `doc_ids` into the cell.
+    #[test]
+    fn worked_example_host_without_vttl_leaks() {
+        let body = r#"{
+            "accessed_by_files": ["11111111111111111111111111111111", "22222222222222222222222222222222"],
+            "context": {
+                "categories": {"triage_sandbox": ["malicious", "Command and Control"], "urlhaus": ["malware"]},
+                "identifiers": {"urlhaus": ["formbook"]},
+                "reasons": {"triage_sandbox": ["Formbook.A", "Trojan:Win32/Formbook!ml"]},
+                "source_urls": {"triage_sandbox": ["https://tria.ge/240308-abcd1234"]},
+                "urls": {"urlhaus": ["http://cdn-update.example.co.uk/upd/inv.exe"]}
+            },
+            "doc_ids": ["b61f0e2c9a7d4e53"],
+            "domain": "example.co.uk",
+            "history": {"global_history": [{"duration": 86400, "end_at": "2024-03-09T00:00:00",
+                                            "start_at": "2024-03-08T00:00:00"}]},
+            "hostname": "cdn-update.example.co.uk",
+            "id": "cdn-update.example.co.uk",
+            "passive_dns": [{"answer_ip": "203.0.113.45"}],
+            "type": "host",
+            "whitelist": "Example allow-list reason"
+        }"#;
+        let findings = extract(&item(HOST), &parse_document(body).unwrap());
+        assert_eq!(findings.reputation, strings(&["malicious", "malware", "formbook", "Formbook.A"]));
+        assert_eq!(
+            join_truncated(&findings.reputation, TOKEN_SEPARATOR, CELL_LIMIT),
+            "malicious^malware^formbook^Formbook.A"
+        );
+        assert!(findings.related_domains.is_empty(), "Formbook.A is not a domain");
+        assert_eq!(
+            findings.detection_candidates,
+            strings(&["malicious", "malware", "formbook", "Formbook.A", "Trojan:Win32/Formbook!ml"])
+        );
+        assert_eq!(
+            findings.urls,
+            strings(&["https://tria.ge/240308-abcd1234", "http://cdn-update.example.co.uk/upd/inv.exe"])
+        );
+        assert_eq!(
+            findings.hashes,
+            strings(&["11111111111111111111111111111111", "22222222222222222222222222222222"])
+        );
+        assert_eq!(findings.file_count, 2);
+        assert_eq!(findings.whitelist.as_deref(), Some("Example allow-list reason"));
+        assert_eq!(findings.first_seen, Some(datetime("2024-03-08 00:00:00")));
+        assert_eq!(findings.passive_dns_ips, vec![IP.parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
@@ -949,5 +1002,260 @@ mod tests {
         let wide = vec!["é".repeat(20)];
         assert_eq!(join_truncated(&wide, "^", 5), "ééééé");
         assert_eq!(join_truncated(&wide, "^", 0), "");
+        // Nothing but separators: an empty cut.
+        assert_eq!(join_truncated(&["^".repeat(30)], "^", 20), "");
+    }
+}
+
+#[cfg(test)]
+mod random_input_tests {
+    //! Random documents and tokens: nothing panics, and every list keeps its invariants.
+
+    use super::*;
+    use crate::seclytics::model::parse_document;
+    use serde_json::{Map, Value, json};
+
+    const PIECES: &[&str] = &[
+        "a",
+        "Z",
+        "0",
+        "9",
+        "f",
+        "é",
+        "|",
+        "^",
+        "@",
+        ":",
+        "!",
+        " ",
+        "\t",
+        "\n",
+        "\r",
+        "\u{2028}",
+        ".",
+        "/",
+        "_at",
+        "duration",
+        "http://",
+        "HTTPS://",
+        "otx.alienvault.com",
+        "example.co.uk",
+        "198.51.100.7",
+        "2001:db8::1",
+        "6f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "[",
+        "]",
+        "co",
+        "com",
+        "-",
+        "%",
+        "\u{feff}",
+        "xn--p1ai",
+    ];
+    const KEYS: &[&str] = &[
+        "context",
+        "history",
+        "global_history",
+        "start_at",
+        "first_seen_at",
+        "asn",
+        "description",
+        "number",
+        "whois",
+        "org",
+        "whitelist",
+        "passive_dns",
+        "answer_ip",
+        "accessed_by_files",
+        "file_connections",
+        "connections",
+        "type",
+        "id",
+        "file",
+        "error",
+        "reasons",
+        "feed",
+    ];
+
+    fn random_text(rng: &mut fastrand::Rng) -> String {
+        (0..rng.usize(0..8)).map(|_| PIECES[rng.usize(..PIECES.len())]).collect()
+    }
+
+    fn random_value(rng: &mut fastrand::Rng, depth: usize) -> Value {
+        match rng.usize(0..if depth == 0 { 5 } else { 8 }) {
+            0 => Value::Null,
+            1 => json!(rng.bool()),
+            2 => json!(rng.i64(-5..100_000)),
+            3 | 4 => Value::String(random_text(rng)),
+            5 => Value::Array((0..rng.usize(0..5)).map(|_| random_value(rng, depth - 1)).collect()),
+            _ => {
+                let mut map = Map::new();
+                for _ in 0..rng.usize(0..6) {
+                    let key =
+                        if rng.bool() { KEYS[rng.usize(..KEYS.len())].to_string() } else { random_text(rng) };
+                    map.insert(key, random_value(rng, depth - 1));
+                }
+                Value::Object(map)
+            }
+        }
+    }
+
+    /// A document-shaped object: the known blocks, mostly with their documented shapes, holding random values.
+    fn random_document(rng: &mut fastrand::Rng, depth: usize) -> Value {
+        let mut doc = Map::new();
+        let mut context = Map::new();
+        for _ in 0..rng.usize(0..4) {
+            let mut feeds = Map::new();
+            for _ in 0..rng.usize(0..3) {
+                let values: Vec<Value> = (0..rng.usize(0..6))
+                    .map(|_| {
+                        if rng.usize(0..6) == 0 {
+                            random_value(rng, 1)
+                        } else {
+                            Value::String(random_text(rng))
+                        }
+                    })
+                    .collect();
+                feeds.insert(random_text(rng), Value::Array(values));
+            }
+            context.insert(random_text(rng), Value::Object(feeds));
+        }
+        doc.insert("context".into(), Value::Object(context));
+        let period = |rng: &mut fastrand::Rng| {
+            let start = ["2024-03-06T00:00:00", "bad", ""][rng.usize(0..3)];
+            json!({ "start_at": start })
+        };
+        let blocks = [
+            (
+                "history",
+                json!({"first_seen_at": random_text(rng), "global_history": [period(rng), period(rng)]}),
+            ),
+            ("asn", json!({"description": random_value(rng, 0), "number": random_value(rng, 0)})),
+            ("whois", json!([{"org": random_text(rng)}, {"org": "VR-ARIN"}, random_value(rng, 1)])),
+            ("whitelist", random_value(rng, 1)),
+            ("passive_dns", json!([{"answer_ip": random_text(rng)}, {"answer_ip": "198.51.100.7"}])),
+            (
+                "accessed_by_files",
+                json!([random_text(rng), "6F1E2D3C4B5A69788796A5B4C3D2E1F0", random_value(rng, 0)]),
+            ),
+        ];
+        for (key, block) in blocks {
+            match rng.usize(0..10) {
+                0..=5 => doc.insert(key.into(), block),
+                6 => doc.insert(key.into(), random_value(rng, 2)),
+                _ => None,
+            };
+        }
+        if depth > 0 {
+            for key in ["file_connections", "connections"] {
+                let entries: Vec<Value> = (0..rng.usize(0..3))
+                    .map(|_| {
+                        let mut entry = random_document(rng, depth - 1);
+                        if let Value::Object(fields) = &mut entry {
+                            let doc_type = ["file", "ip", "FILE"][rng.usize(0..3)];
+                            fields.insert("type".into(), json!(doc_type));
+                        }
+                        entry
+                    })
+                    .collect();
+                doc.insert(key.into(), Value::Array(entries));
+            }
+        }
+        Value::Object(doc)
+    }
+
+    fn assert_unique<T: std::fmt::Debug + Eq + std::hash::Hash>(list: &[T]) {
+        let set: HashSet<&T> = list.iter().collect();
+        assert_eq!(set.len(), list.len(), "duplicates in {list:?}");
+    }
+
+    #[test]
+    fn random_documents_never_panic_and_keep_list_invariants() {
+        let mut rng = fastrand::Rng::with_seed(0x05ec_17c5);
+        let items = [
+            Indicator::classify("203.0.113.45").unwrap(),
+            Indicator::classify("cdn-update.example.co.uk").unwrap(),
+            Indicator::classify("6f1e2d3c4b5a69788796a5b4c3d2e1f0").unwrap(),
+        ];
+        let mut parsed = 0;
+        for round in 0..3000 {
+            let value = if round % 5 == 0 { random_value(&mut rng, 6) } else { random_document(&mut rng, 2) };
+            let mut body = value.to_string();
+            if round % 7 == 0 && !body.is_empty() {
+                let mut cut = rng.usize(0..body.len());
+                while !body.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                body.truncate(cut);
+            }
+            let Ok(doc) = parse_document(&body) else { continue };
+            parsed += 1;
+            for item in &items {
+                let findings = extract(item, &doc);
+                for list in [
+                    &findings.reputation,
+                    &findings.file_metadata,
+                    &findings.related_ips,
+                    &findings.related_domains,
+                    &findings.hashes,
+                    &findings.urls,
+                    &findings.reference_urls,
+                    &findings.detection_candidates,
+                ] {
+                    assert_unique(list);
+                    assert!(list.iter().all(|token| !token.contains('|')), "{list:?}");
+                }
+                assert_unique(&findings.passive_dns_ips);
+                for token in findings.reputation.iter().chain(&findings.file_metadata) {
+                    assert!((4..=31).contains(&token.chars().count()), "{token:?}");
+                    assert!(!token.chars().any(char::is_whitespace), "{token:?}");
+                }
+                assert!(
+                    findings
+                        .hashes
+                        .iter()
+                        .all(|h| is_hash(h) && *h == h.to_ascii_lowercase() && *h != item.value)
+                );
+                assert!(findings.related_ips.iter().all(|ip| ip.parse::<IpAddr>().is_ok()));
+                if item.kind == IndicatorKind::Ip {
+                    assert!(findings.related_ips.is_empty());
+                }
+                let cell = join_truncated(&findings.detection_candidates, TOKEN_SEPARATOR, 20);
+                assert!(cell.chars().count() <= 20, "{cell:?}");
+                if cell != findings.detection_candidates.join(TOKEN_SEPARATOR) {
+                    assert!(!cell.ends_with('^'), "{cell:?}");
+                }
+            }
+        }
+        assert!(
+            parsed > 1500,
+            "only {parsed} random bodies parsed: the generator is too hostile to test much"
+        );
+    }
+
+    #[test]
+    fn random_tokens_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let host = Indicator::classify("example.com").unwrap();
+        for _ in 0..20_000 {
+            let token = random_text(&mut rng);
+            let class = classify_token(&token, &host);
+            if let TokenClass::Keyword { token: keyword, domain } = class {
+                assert!((4..=31).contains(&keyword.chars().count()));
+                if let Some(domain) = domain {
+                    assert!(is_host_name(&domain) && domain == domain.to_ascii_lowercase());
+                }
+            }
+            let tokens: Vec<String> = (0..rng.usize(0..6)).map(|_| random_text(&mut rng)).collect();
+            let limit = rng.usize(0..30);
+            let sep = ["^", "   ", "é"][rng.usize(0..3)];
+            let cell = join_truncated(&tokens, sep, limit);
+            assert!(cell.chars().count() <= limit, "{tokens:?} {limit} -> {cell:?}");
+            let joined = tokens.join(sep);
+            if cell != joined {
+                assert!(!cell.ends_with(sep), "{tokens:?} {limit} -> {cell:?}");
+                assert!(joined.starts_with(&cell), "{tokens:?} {limit} -> {cell:?}");
+            }
+        }
     }
 }
