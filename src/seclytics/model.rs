@@ -17,8 +17,10 @@
 //!   the block. Such a body is not the documented document, and writing half of it would fill cells with
 //!   wrong values for good (e.g. File Count `0`), while a failed lookup leaves them empty for a later run.
 //!   Inside a block, a value of the wrong type is skipped: a non-string context value, a non-object
-//!   `passive_dns`/`whois`/`global_history` entry, an unparseable date, an embedded document that does not
-//!   parse. `id`, `type`, `asn.description`, `whois[].org` and `answer_ip` that are not strings are absent.
+//!   `passive_dns`/`whois`/`global_history`/`connections`/`file_connections` entry, an unparseable date.
+//!   `id`, `type`, `asn.description`, `whois[].org` and `answer_ip` that are not strings are absent. Embedded
+//!   documents (`connections[]`, `file_connections[]`) are someone else's facts: they get no block check, a
+//!   block of the wrong type inside one reads as empty, and the item's own document still counts.
 //! * **`asn.number`** may be a string or a non-negative integer; a leading `AS` (any case) is removed and it
 //!   must then be all digits, otherwise it is absent.
 //! * **`whitelist`**: absent, `null` or `false` mean *not allow-listed* (an analyst reads `null`/`false` as

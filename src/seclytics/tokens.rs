@@ -802,6 +802,10 @@ mod tests {
         assert_eq!(findings.reputation, strings(&values));
         assert_eq!(real_domain_name("Evil-CDN.Example.CO.UK").as_deref(), Some("evil-cdn.example.co.uk"));
         assert_eq!(real_domain_name("Formbook.A"), None);
+        assert_eq!(real_domain_name("Win32.Agent"), None);
+        assert_eq!(real_domain_name("1.2.3"), None);
+        // The documented limitation: a detection name ending in a real TLD reads as a domain.
+        assert_eq!(real_domain_name("Backdoor.Bot").as_deref(), Some("backdoor.bot"));
     }
 
     #[test]
