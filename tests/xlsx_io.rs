@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rust_xlsxwriter::{Format as XFormat, Formula};
 use vttl_seclytics::workbook::xlsx::{
     DATETIME_FORMAT, Limits, datetime_cell, read_workbook, read_workbook_with_limits, write_workbook,
+    write_workbook_with_tempdir,
 };
 use vttl_seclytics::workbook::{Cell, MAX_CELL_CHARS, Sheet, Workbook, WorkbookError};
 use zip::write::SimpleFileOptions;
@@ -274,28 +275,38 @@ fn write_zip(path: &Path, entries: &[(&str, &str)]) {
 
 /// A minimal XLSX package with one sheet named `Data` whose XML is `sheet_xml`.
 fn minimal_xlsx(path: &Path, sheet_xml: &str) {
-    write_zip(
-        path,
-        &[
-            (
-                "[Content_Types].xml",
-                r#"<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/></Types>"#,
-            ),
-            (
-                "_rels/.rels",
-                r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>"#,
-            ),
-            (
-                "xl/workbook.xml",
-                r#"<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets><sheet name="Data" sheetId="1" r:id="rId1"/></sheets></workbook>"#,
-            ),
-            (
-                "xl/_rels/workbook.xml.rels",
-                r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/></Relationships>"#,
-            ),
-            ("xl/worksheets/sheet1.xml", sheet_xml),
-        ],
+    minimal_xlsx_with(path, sheet_xml, "", None);
+}
+
+/// [`minimal_xlsx`] with a `<workbookPr>`-style fragment in the workbook part and an optional styles part.
+fn minimal_xlsx_with(path: &Path, sheet_xml: &str, workbook_pr: &str, styles: Option<&str>) {
+    let workbook = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">{workbook_pr}<sheets><sheet name="Data" sheetId="1" r:id="rId1"/></sheets></workbook>"#
     );
+    let mut rels = String::from(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/>"#,
+    );
+    if styles.is_some() {
+        rels.push_str(r#"<Relationship Id="rId2" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/styles" Target="styles.xml"/>"#);
+    }
+    rels.push_str("</Relationships>");
+    let mut entries = vec![
+        (
+            "[Content_Types].xml",
+            r#"<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/></Types>"#,
+        ),
+        (
+            "_rels/.rels",
+            r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>"#,
+        ),
+        ("xl/workbook.xml", workbook.as_str()),
+        ("xl/_rels/workbook.xml.rels", rels.as_str()),
+        ("xl/worksheets/sheet1.xml", sheet_xml),
+    ];
+    if let Some(styles) = styles {
+        entries.push(("xl/styles.xml", styles));
+    }
+    write_zip(path, &entries);
 }
 
 fn sheet_xml(dimension: &str, rows: &str) -> String {
@@ -464,4 +475,87 @@ fn malformed_sheet_xml_is_corrupt() {
         r#"<?xml version="1.0"?><worksheet><dimension ref="A1"/><sheetData><row r="1"><c r="A1" t="s"><v>99</v></c>"#,
     );
     assert_corrupt(&expect_error(&path, &Limits::default()));
+}
+
+/// 100,000 rows × 43 columns (the size SPEC plans for) through write and read. Slow in debug builds, so it
+/// is ignored by default: `cargo test --release --test xlsx_io -- --ignored`.
+#[test]
+#[ignore]
+fn hundred_thousand_rows_by_43_columns_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("big.xlsx");
+    let mut sheet = Sheet { name: "Results".into(), freeze: Some((1, 0)), ..Sheet::default() };
+    sheet.push_row((0..43).map(|c| Cell::Text(format!("Header {c}"))).collect());
+    for r in 0..100_000u32 {
+        let row = (0..43u32)
+            .map(|c| match c % 3 {
+                0 => Cell::Text(format!("198.51.{}.{}", r % 256, c)),
+                1 => Cell::Float(f64::from(r) + f64::from(c) / 100.0),
+                _ => Cell::Empty,
+            })
+            .collect();
+        sheet.push_row(row);
+    }
+    let workbook = Workbook { sheets: vec![sheet] };
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    let back = read_workbook(&output).unwrap();
+    assert_eq!(back.sheets[0].rows.len(), 100_001);
+    assert_eq!(*back.sheets[0].cell(100_000, 0), text("198.51.159.0"));
+    assert_eq!(*back.sheets[0].cell(100_000, 41), Cell::Empty);
+    assert_eq!(*back.sheets[0].cell(100_000, 40), Cell::Float(99_999.40));
+}
+
+#[test]
+fn epoch_1904_dates_and_formula_dates_keep_day_and_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mac.xlsx");
+    let styles = r#"<?xml version="1.0" encoding="UTF-8"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><numFmts count="2"><numFmt numFmtId="164" formatCode="yyyy\-mm\-dd"/><numFmt numFmtId="165" formatCode="[h]:mm"/></numFmts><fonts count="1"><font><sz val="11"/><name val="Calibri"/></font></fonts><fills count="1"><fill><patternFill patternType="none"/></fill></fills><borders count="1"><border/></borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs><cellXfs count="3"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/><xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/><xf numFmtId="165" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/></cellXfs></styleSheet>"#;
+    let rows = r#"<row r="1"><c r="A1" s="1"><v>43895</v></c><c r="B1" s="1"><f>A1+1</f><v>43896</v></c><c r="C1" s="2"><v>1.5</v></c></row>"#;
+    minimal_xlsx_with(&path, &sheet_xml("A1:C1", rows), r#"<workbookPr date1904="1"/>"#, Some(styles));
+    let workbook = read_workbook(&path).expect("read 1904 workbook");
+    let sheet = &workbook.sheets[0];
+    // 1904 serial 43895 is 2024-03-06, which is 45357 in the 1900 epoch we write.
+    assert_eq!(*sheet.cell(0, 0), Cell::DateTime { serial: 45357.0, format: "yyyy\\-mm\\-dd".into() });
+    assert_eq!(
+        *sheet.cell(0, 1),
+        Cell::Formula {
+            formula: "A1+1".into(),
+            cached: Box::new(Cell::DateTime { serial: 45358.0, format: "yyyy\\-mm\\-dd".into() })
+        }
+    );
+    // A duration is not shifted.
+    assert_eq!(*sheet.cell(0, 2), Cell::DateTime { serial: 1.5, format: "[h]:mm".into() });
+
+    let output = dir.path().join("out.xlsx");
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    assert_eq!(read_workbook(&output).unwrap(), workbook);
+}
+
+#[test]
+fn writing_with_a_tempdir_works_and_a_missing_tempdir_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.xlsx");
+    let mut sheet = Sheet { name: "S".into(), ..Sheet::default() };
+    sheet.push_row(vec![text("a"), Cell::Float(1.0)]);
+    let workbook = Workbook { sheets: vec![sheet] };
+    let spool = tempfile::tempdir().unwrap();
+    write_workbook_with_tempdir(
+        &workbook,
+        std::fs::File::create(&output).unwrap(),
+        &output,
+        Some(spool.path()),
+    )
+    .unwrap();
+    assert_eq!(read_workbook(&output).unwrap(), workbook);
+
+    let missing = dir.path().join("no-such-dir");
+    let result = write_workbook_with_tempdir(
+        &workbook,
+        std::fs::File::create(&output).unwrap(),
+        &output,
+        Some(&missing),
+    );
+    let error = result.expect_err("missing tempdir must fail");
+    assert!(matches!(error, WorkbookError::Io { .. }), "{error:?}");
+    assert!(error.to_string().contains("out.xlsx"), "{error}");
 }

@@ -116,14 +116,42 @@ pub fn read_workbook_with_limits(path: &Path, limits: &Limits) -> Result<Workboo
 
 /// Writes the workbook as XLSX into `out` and hands `out` back (the caller passes a temp file in the
 /// outbox; `path` is only used in error messages). Memory stays flat: constant-memory worksheets, written
-/// strictly row by row.
-pub fn write_workbook<W: Write + Send>(
+/// strictly row by row, their rows buffered in the system temp directory.
+pub fn write_workbook<W: Write + Send>(workbook: &Workbook, out: W, path: &Path) -> Result<W, WorkbookError> {
+    write_workbook_with_tempdir(workbook, out, path, None)
+}
+
+/// [`write_workbook`], buffering rows in `tempdir` (e.g. on the outbox's disk rather than a RAM-backed
+/// `/tmp`) when given. A panic inside the writer (rust_xlsxwriter panics on some I/O failures of its temp
+/// files) is reported as an I/O error instead of crashing the run.
+pub fn write_workbook_with_tempdir<W: Write + Send>(
     workbook: &Workbook,
     mut out: W,
     path: &Path,
+    tempdir: Option<&Path>,
 ) -> Result<W, WorkbookError> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| write_into(workbook, &mut out, path, tempdir)));
+    match outcome {
+        Ok(result) => result.map(|()| out),
+        Err(_) => Err(WorkbookError::io(
+            path,
+            "write XLSX",
+            std::io::Error::other("the XLSX writer failed (panicked) while writing"),
+        )),
+    }
+}
+
+fn write_into<W: Write + Send>(
+    workbook: &Workbook,
+    out: &mut W,
+    path: &Path,
+    tempdir: Option<&Path>,
+) -> Result<(), WorkbookError> {
     let written = |e: rust_xlsxwriter::XlsxError| write_error(path, e);
     let mut book = rust_xlsxwriter::Workbook::new();
+    if let Some(dir) = tempdir {
+        book.set_tempdir(dir).map_err(written)?;
+    }
     let mut formats = FormatCache::default();
     for sheet in &workbook.sheets {
         let worksheet = book.add_worksheet_with_constant_memory().map_err(written)?;
@@ -136,20 +164,13 @@ pub fn write_workbook<W: Write + Send>(
         }
         for (row_index, row) in sheet.rows.iter().enumerate() {
             let row_number = u32::try_from(row_index).ok().filter(|r| *r < MAX_ROWS).ok_or_else(|| {
-                WorkbookError::TooLarge {
-                    path: path.to_path_buf(),
-                    reason: format!("sheet `{}` has more than {MAX_ROWS} rows", sheet.name),
-                }
+                too_large(path, format!("sheet `{}` has more than {MAX_ROWS} rows", sheet.name))
             })?;
             if row.len() > MAX_COLS as usize {
-                return Err(WorkbookError::TooLarge {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "sheet `{}` row {} has more than {MAX_COLS} columns",
-                        sheet.name,
-                        row_index + 1
-                    ),
-                });
+                return Err(too_large(
+                    path,
+                    format!("sheet `{}` row {} has more than {MAX_COLS} columns", sheet.name, row_index + 1),
+                ));
             }
             for (col_index, cell) in row.iter().enumerate() {
                 // Fits: checked against MAX_COLS (16,384) just above.
@@ -158,8 +179,8 @@ pub fn write_workbook<W: Write + Send>(
             }
         }
     }
-    book.save_to_writer(&mut out).map_err(written)?;
-    Ok(out)
+    book.save_to_writer(out).map_err(written)?;
+    Ok(())
 }
 
 /// A Date First Seen value: `Cell::DateTime` with the 1900-epoch serial of `ndt` (Excel's fictitious
