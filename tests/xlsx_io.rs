@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rust_xlsxwriter::{Format as XFormat, Formula};
 use vttl_seclytics::workbook::xlsx::{
-    DATETIME_FORMAT, Limits, datetime_cell, read_workbook, read_workbook_with_limits, write_workbook,
-    write_workbook_with_tempdir,
+    DATETIME_FORMAT, Limits, WriteOptions, datetime_cell, extract_vba_project, read_workbook,
+    read_workbook_with_limits, write_workbook, write_workbook_with_options,
 };
 use vttl_seclytics::workbook::{Cell, MAX_CELL_CHARS, Sheet, Workbook, WorkbookError};
 use zip::write::SimpleFileOptions;
@@ -539,23 +539,78 @@ fn writing_with_a_tempdir_works_and_a_missing_tempdir_is_an_error() {
     sheet.push_row(vec![text("a"), Cell::Float(1.0)]);
     let workbook = Workbook { sheets: vec![sheet] };
     let spool = tempfile::tempdir().unwrap();
-    write_workbook_with_tempdir(
-        &workbook,
-        std::fs::File::create(&output).unwrap(),
-        &output,
-        Some(spool.path()),
-    )
-    .unwrap();
+    let options = WriteOptions { tempdir: Some(spool.path().to_path_buf()), ..WriteOptions::default() };
+    write_workbook_with_options(&workbook, std::fs::File::create(&output).unwrap(), &output, &options)
+        .unwrap();
     assert_eq!(read_workbook(&output).unwrap(), workbook);
 
     let missing = dir.path().join("no-such-dir");
-    let result = write_workbook_with_tempdir(
-        &workbook,
-        std::fs::File::create(&output).unwrap(),
-        &output,
-        Some(&missing),
-    );
+    let options = WriteOptions { tempdir: Some(missing), ..WriteOptions::default() };
+    let result =
+        write_workbook_with_options(&workbook, std::fs::File::create(&output).unwrap(), &output, &options);
     let error = result.expect_err("missing tempdir must fail");
     assert!(matches!(error, WorkbookError::Io { .. }), "{error:?}");
     assert!(error.to_string().contains("out.xlsx"), "{error}");
+}
+
+#[test]
+/// A formula stored without a cached value keeps its formula; rust_xlsxwriter writes its default cached
+/// result 0 (Excel recalculates on open), which is what a re-read sees.
+fn formula_without_cached_value_keeps_its_formula() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nocache.xlsx");
+    minimal_xlsx(
+        &path,
+        &sheet_xml("A1:B1", r#"<row r="1"><c r="A1"><v>2</v></c><c r="B1"><f>A1*3</f></c></row>"#),
+    );
+    let workbook = read_workbook(&path).unwrap();
+    assert_eq!(
+        *workbook.sheets[0].cell(0, 1),
+        Cell::Formula { formula: "A1*3".into(), cached: Box::new(Cell::Empty) }
+    );
+    let output = dir.path().join("out.xlsx");
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    let back = read_workbook(&output).unwrap();
+    assert_eq!(
+        *back.sheets[0].cell(0, 1),
+        Cell::Formula { formula: "A1*3".into(), cached: Box::new(Cell::Float(0.0)) }
+    );
+}
+
+#[test]
+fn xlsm_macro_project_is_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let project_bytes: Vec<u8> = (0..2048u32).map(|i| (i * 7 % 251) as u8).collect();
+    let project = dir.path().join("vbaProject.bin");
+    std::fs::write(&project, &project_bytes).unwrap();
+
+    // An .xlsm input made with rust_xlsxwriter.
+    let input = dir.path().join("macros.xlsm");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    book.add_vba_project(&project).unwrap();
+    book.add_worksheet().write_string(0, 0, "Scanned Item").unwrap();
+    book.save(&input).unwrap();
+
+    let workbook = read_workbook(&input).unwrap();
+    assert_eq!(*workbook.sheets[0].cell(0, 0), text("Scanned Item"));
+    let extracted = extract_vba_project(&input, dir.path()).unwrap().expect("has macros");
+    let output = dir.path().join("out.xlsm");
+    let options = WriteOptions { vba_project: Some(extracted.to_path_buf()), ..WriteOptions::default() };
+    write_workbook_with_options(&workbook, std::fs::File::create(&output).unwrap(), &output, &options)
+        .unwrap();
+
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&output).unwrap()).unwrap();
+    let mut copied = Vec::new();
+    std::io::Read::read_to_end(&mut archive.by_name("xl/vbaProject.bin").unwrap(), &mut copied).unwrap();
+    assert_eq!(copied, project_bytes);
+    assert!(zip_entry_text(&output, "[Content_Types].xml").contains("macroEnabled"));
+    assert_eq!(read_workbook(&output).unwrap(), workbook);
+
+    // A plain .xlsx has no macro project; the temp copy disappears when dropped.
+    let kept = extracted.to_path_buf();
+    drop(extracted);
+    assert!(!kept.exists());
+    let plain = dir.path().join("plain.xlsx");
+    build_input(&plain);
+    assert!(extract_vba_project(&plain, dir.path()).unwrap().is_none());
 }

@@ -38,9 +38,12 @@
 //!   so sheet order and names survive.
 //! * Text longer than Excel's 32,767 characters (UTF-16 units) is truncated on writing rather than failing
 //!   the file; a formula's cached text result likewise.
-//! * A formula's cached text result that looks like a number (e.g. `"42"`) is written by rust_xlsxwriter as
-//!   a numeric result; Excel recalculates on open (rust_xlsxwriter sets full recalculation), so only the
-//!   cached type changes.
+//! * rust_xlsxwriter infers the type of a formula's cached result from its text: a cached text that looks
+//!   like a number (`"42"`), `"TRUE"`/`"FALSE"` or an error literal comes back as a number, boolean or error,
+//!   and a formula stored without a cached value gets the cached result 0. Excel recalculates every formula
+//!   on open (rust_xlsxwriter sets full recalculation), so only the cached value seen by other readers
+//!   changes; the formula text is always kept.
+//! * Array formulas are written back as ordinary formulas (calamine does not say a formula was an array).
 //! * Non-finite numbers (only possible in a hand-made file) are written as text, since XLSX cannot hold
 //!   them.
 //! * Writing uses rust_xlsxwriter's constant-memory mode: rows are flushed to a temp file one by one, so a
@@ -52,7 +55,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use calamine::{Data, DataRef, Dimensions, Reader, SheetType, Xls, Xlsx};
 use quick_xml::XmlVersion;
@@ -118,19 +121,30 @@ pub fn read_workbook_with_limits(path: &Path, limits: &Limits) -> Result<Workboo
 /// outbox; `path` is only used in error messages). Memory stays flat: constant-memory worksheets, written
 /// strictly row by row, their rows buffered in the system temp directory.
 pub fn write_workbook<W: Write + Send>(workbook: &Workbook, out: W, path: &Path) -> Result<W, WorkbookError> {
-    write_workbook_with_tempdir(workbook, out, path, None)
+    write_workbook_with_options(workbook, out, path, &WriteOptions::default())
 }
 
-/// [`write_workbook`], buffering rows in `tempdir` (e.g. on the outbox's disk rather than a RAM-backed
-/// `/tmp`) when given. A panic inside the writer (rust_xlsxwriter panics on some I/O failures of its temp
-/// files) is reported as an I/O error instead of crashing the run.
-pub fn write_workbook_with_tempdir<W: Write + Send>(
+/// Optional settings of [`write_workbook_with_options`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Where constant-memory worksheets buffer their rows (e.g. on the outbox's disk rather than a
+    /// RAM-backed `/tmp`); the system temp directory when `None`.
+    pub tempdir: Option<PathBuf>,
+    /// A `vbaProject.bin` to embed, making the output a macro-enabled workbook (for `.xlsm` inputs; see
+    /// [`extract_vba_project`]). Without it, an `.xlsm` input comes out without macros and with the XLSX
+    /// content type.
+    pub vba_project: Option<PathBuf>,
+}
+
+/// [`write_workbook`] with explicit [`WriteOptions`]. A panic inside the writer (rust_xlsxwriter panics on
+/// some I/O failures of its temp files) is reported as an I/O error instead of crashing the run.
+pub fn write_workbook_with_options<W: Write + Send>(
     workbook: &Workbook,
     mut out: W,
     path: &Path,
-    tempdir: Option<&Path>,
+    options: &WriteOptions,
 ) -> Result<W, WorkbookError> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| write_into(workbook, &mut out, path, tempdir)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| write_into(workbook, &mut out, path, options)));
     match outcome {
         Ok(result) => result.map(|()| out),
         Err(_) => Err(WorkbookError::io(
@@ -141,16 +155,46 @@ pub fn write_workbook_with_tempdir<W: Write + Send>(
     }
 }
 
+/// Copies the macro project (`xl/vbaProject.bin`) of an `.xlsm`/`.xlsx` input into a temp file in
+/// `dest_dir` (deleted when the returned path is dropped), for [`WriteOptions::vba_project`]. `None` when the
+/// workbook has no macros. The copy is limited to [`MAX_FILE_BYTES`].
+pub fn extract_vba_project(
+    input: &Path,
+    dest_dir: &Path,
+) -> Result<Option<tempfile::TempPath>, WorkbookError> {
+    guarded(input, || {
+        let mut archive = open_archive(input)?;
+        let Some(index) = archive.index_for_name("xl/vbaProject.bin") else { return Ok(None) };
+        let entry = archive
+            .by_index(index)
+            .map_err(|e| corrupt(input, format!("unreadable zip entry `xl/vbaProject.bin`: {e}")))?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".vbaProject")
+            .suffix(".bin")
+            .tempfile_in(dest_dir)
+            .map_err(|e| WorkbookError::io(dest_dir, "create a temp file in", e))?;
+        let copied = std::io::copy(&mut entry.take(MAX_FILE_BYTES + 1), &mut temp)
+            .map_err(|e| corrupt(input, format!("cannot decompress `xl/vbaProject.bin`: {e}")))?;
+        if copied > MAX_FILE_BYTES {
+            return Err(too_large(input, "`xl/vbaProject.bin` is larger than the file size limit"));
+        }
+        Ok(Some(temp.into_temp_path()))
+    })
+}
+
 fn write_into<W: Write + Send>(
     workbook: &Workbook,
     out: &mut W,
     path: &Path,
-    tempdir: Option<&Path>,
+    options: &WriteOptions,
 ) -> Result<(), WorkbookError> {
     let written = |e: rust_xlsxwriter::XlsxError| write_error(path, e);
     let mut book = rust_xlsxwriter::Workbook::new();
-    if let Some(dir) = tempdir {
+    if let Some(dir) = &options.tempdir {
         book.set_tempdir(dir).map_err(written)?;
+    }
+    if let Some(vba_project) = &options.vba_project {
+        book.add_vba_project(vba_project).map_err(written)?;
     }
     let mut formats = FormatCache::default();
     for sheet in &workbook.sheets {
