@@ -614,3 +614,32 @@ fn xlsm_macro_project_is_carried_over() {
     build_input(&plain);
     assert!(extract_vba_project(&plain, dir.path()).unwrap().is_none());
 }
+
+#[test]
+fn renamed_files_are_read_by_their_content() {
+    let dir = tempfile::tempdir().unwrap();
+    // An XLSX saved with an .xls name.
+    let xlsx_named_xls = dir.path().join("really_xlsx.xls");
+    build_input(&xlsx_named_xls);
+    let workbook = read_workbook(&xlsx_named_xls).expect("xlsx content under .xls name");
+    assert_eq!(workbook.sheets[0].name, "Results");
+    assert_eq!(workbook.sheets[0].freeze, Some((1, 0)));
+
+    // An XLS saved with an .xlsx name.
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xlsx/vttl_sample.xls");
+    let xls_named_xlsx = dir.path().join("really_xls.xlsx");
+    std::fs::copy(&fixture, &xls_named_xlsx).unwrap();
+    assert_eq!(read_workbook(&xls_named_xlsx).unwrap(), read_workbook(&fixture).unwrap());
+}
+
+#[test]
+fn ole2_junk_named_xlsx_is_reported_as_encrypted_or_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret.xlsx");
+    let mut bytes = vec![0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+    bytes.extend(std::iter::repeat_n(0u8, 1024));
+    std::fs::write(&path, bytes).unwrap();
+    let error = expect_error(&path, &Limits::default());
+    assert_corrupt(&error);
+    assert!(error.to_string().contains("encrypted"), "{error}");
+}

@@ -107,14 +107,65 @@ pub fn read_workbook_with_limits(path: &Path, limits: &Limits) -> Result<Workboo
     if size == 0 {
         return Err(corrupt(path, "the file is empty (0 bytes)"));
     }
-    match Format::from_path(path) {
-        Some(Format::Xlsx) => {
-            let layouts = guarded(path, || read_xlsx_layouts(path, limits))?;
-            guarded(path, || read_xlsx_cells(path, limits, &layouts))
-        }
-        Some(Format::Xls) => guarded(path, || read_xls(path, limits)),
-        _ => Err(WorkbookError::Unsupported { path: path.to_path_buf() }),
+    let format = match Format::from_path(path) {
+        Some(format @ (Format::Xlsx | Format::Xls)) => format,
+        _ => return Err(WorkbookError::Unsupported { path: path.to_path_buf() }),
+    };
+    // The content decides the reader when it clearly disagrees with the extension: users rename files, and
+    // an XLSX saved as `.xls` (or the reverse) is still the analyst's workbook.
+    let container = sniff_container(path)?;
+    let as_xlsx = match (format, container) {
+        (_, Container::Zip) => true,
+        (_, Container::Cfb) => false,
+        (Format::Xlsx, Container::Other) => true,
+        _ => false,
+    };
+    if as_xlsx {
+        let layouts = guarded(path, || read_xlsx_layouts(path, limits))?;
+        guarded(path, || read_xlsx_cells(path, limits, &layouts))
+    } else {
+        guarded(path, || read_xls(path, limits)).map_err(|error| match (format, error) {
+            (Format::Xlsx, WorkbookError::Corrupt { path, reason }) => WorkbookError::Corrupt {
+                path,
+                reason: format!(
+                    "an OLE2 container, not an XLSX zip: a password-protected (encrypted) workbook or an \
+                     unreadable XLS file ({reason})"
+                ),
+            },
+            (_, error) => error,
+        })
     }
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Container {
+    /// A zip archive (`PK\x03\x04`): XLSX/XLSM.
+    Zip,
+    /// An OLE2 compound file: XLS, or an encrypted XLSX.
+    Cfb,
+    Other,
+}
+
+fn sniff_container(path: &Path) -> Result<Container, WorkbookError> {
+    let mut file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
+    let mut magic = [0u8; 8];
+    let mut filled = 0;
+    while filled < magic.len() {
+        match file.read(&mut magic[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(WorkbookError::io(path, "read", e)),
+        }
+    }
+    Ok(if magic[..filled].starts_with(b"PK\x03\x04") {
+        Container::Zip
+    } else if magic[..filled] == [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1] {
+        Container::Cfb
+    } else {
+        Container::Other
+    })
 }
 
 /// Writes the workbook as XLSX into `out` and hands `out` back (the caller passes a temp file in the
