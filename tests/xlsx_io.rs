@@ -467,6 +467,17 @@ fn zip_part_larger_than_limit_is_too_large() {
 }
 
 #[test]
+fn xml_larger_than_total_limit_is_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xml.xlsx");
+    build_input(&path);
+    let limits = Limits { max_total_xml_bytes: 4096, ..Limits::default() };
+    let error = expect_error(&path, &limits);
+    assert_too_large(&error);
+    assert!(error.to_string().contains("XML parts"), "{error}");
+}
+
+#[test]
 fn malformed_sheet_xml_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.xlsx");

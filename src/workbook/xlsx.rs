@@ -4,9 +4,11 @@
 //! Reading an XLSX happens in three steps, all on the hostile-file assumption:
 //!
 //! 1. **Zip check** (our own code, `zip` + `quick-xml`): every entry's *declared* uncompressed size is
-//!    checked against [`Limits::max_part_bytes`]; the parts calamine loads whole (shared strings, styles,
-//!    workbook, relationships) are additionally decompressed into a counting sink, so a zip bomb that lies
-//!    about its size is caught before calamine allocates. The workbook part is located through
+//!    checked against [`Limits::max_part_bytes`]; every XML part (shared strings, styles, workbook,
+//!    relationships, sheets) is additionally decompressed into a counting sink and checked against the same
+//!    limit and [`Limits::max_total_xml_bytes`], so a zip bomb that lies about its size is caught before
+//!    calamine allocates or spends hours inflating. (This costs one extra inflate pass; it is cheap next to
+//!    the XML parsing.) The workbook part is located through
 //!    `_rels/.rels` (fallback `xl/workbook.xml`); a zip without one is `Corrupt` with that reason. The same
 //!    pass reads each sheet's layout — frozen panes (`<pane state="frozen">`) and explicit column widths
 //!    (`<cols><col>`) — from the beginning of the sheet XML (stopping at `<sheetData>`), because calamine
@@ -87,11 +89,17 @@ pub struct Limits {
     pub max_sheet_cells: u64,
     /// Largest uncompressed size of one zip entry (declared, and measured for the parts loaded whole).
     pub max_part_bytes: u64,
+    /// Largest uncompressed size of all XML parts together (measured).
+    pub max_total_xml_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_sheet_cells: MAX_SHEET_CELLS, max_part_bytes: MAX_FILE_BYTES }
+        Limits {
+            max_sheet_cells: MAX_SHEET_CELLS,
+            max_part_bytes: MAX_FILE_BYTES,
+            max_total_xml_bytes: 2 * MAX_FILE_BYTES,
+        }
     }
 }
 
@@ -367,21 +375,30 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
         names.push(name);
     }
 
-    let workbook_part = find_workbook_part(path, &mut archive, &names, limits)?.ok_or_else(|| {
-        corrupt(path, "the zip archive is not an Excel workbook (it has no xl/workbook.xml part)")
-    })?;
-
-    // Parts calamine reads whole into memory: make sure their real size matches the limit.
+    // Every XML part the readers may parse (calamine loads shared strings and styles whole, and streams the
+    // sheets): decompress it into a counting sink first, so a zip bomb that lies about its size is stopped
+    // here rather than by memory or hours of inflating.
+    let mut total_xml = 0u64;
     for name in &names {
         let lower = name.to_ascii_lowercase();
-        if lower.ends_with("sharedstrings.xml")
-            || lower.ends_with("styles.xml")
-            || lower.ends_with("workbook.xml")
-            || lower.ends_with(".rels")
-        {
-            measure_part(path, &mut archive, name, limits.max_part_bytes)?;
+        if lower.ends_with(".xml") || lower.ends_with(".rels") {
+            total_xml =
+                total_xml.saturating_add(measure_part(path, &mut archive, name, limits.max_part_bytes)?);
+            if total_xml > limits.max_total_xml_bytes {
+                return Err(too_large(
+                    path,
+                    format!(
+                        "the workbook's XML parts decompress to more than {} bytes",
+                        limits.max_total_xml_bytes
+                    ),
+                ));
+            }
         }
     }
+
+    let workbook_part = find_workbook_part(path, &mut archive, &names)?.ok_or_else(|| {
+        corrupt(path, "the zip archive is not an Excel workbook (it has no xl/workbook.xml part)")
+    })?;
 
     let sheets = parse_workbook_sheets(path, &mut archive, &workbook_part)?;
     let (dir, file_name) = match workbook_part.rfind('/') {
@@ -404,8 +421,8 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
     Ok(layouts)
 }
 
-/// Decompresses one entry into a counting sink; `TooLarge` when it yields more than `cap` bytes.
-fn measure_part(path: &Path, archive: &mut Archive, name: &str, cap: u64) -> Result<(), WorkbookError> {
+/// Decompresses one entry into a counting sink and returns its real size; `TooLarge` above `cap` bytes.
+fn measure_part(path: &Path, archive: &mut Archive, name: &str, cap: u64) -> Result<u64, WorkbookError> {
     let entry =
         archive.by_name(name).map_err(|e| corrupt(path, format!("unreadable zip entry `{name}`: {e}")))?;
     let copied = std::io::copy(&mut entry.take(cap.saturating_add(1)), &mut std::io::sink())
@@ -416,7 +433,7 @@ fn measure_part(path: &Path, archive: &mut Archive, name: &str, cap: u64) -> Res
             format!("zip entry `{name}` decompresses to more than {cap} bytes (more than it declares)"),
         ));
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// The workbook part named by the package relationships (`_rels/.rels`), else `xl/workbook.xml` when present.
@@ -424,10 +441,8 @@ fn find_workbook_part(
     path: &Path,
     archive: &mut Archive,
     names: &[String],
-    limits: &Limits,
 ) -> Result<Option<String>, WorkbookError> {
     if names.iter().any(|n| n == "_rels/.rels") {
-        measure_part(path, archive, "_rels/.rels", limits.max_part_bytes)?;
         let entry = archive
             .by_name("_rels/.rels")
             .map_err(|e| corrupt(path, format!("unreadable _rels/.rels: {e}")))?;
@@ -536,6 +551,8 @@ fn parse_sheet_layout(path: &Path, archive: &mut Archive, part: &str) -> Result<
     let mut layout = SheetLayout::default();
     let mut widths: BTreeMap<u16, f64> = BTreeMap::new();
     let mut sheet_views = 0usize;
+    // `<col>` elements may each span up to 16,384 columns; bound the work a hostile file can ask for.
+    let mut column_budget = 4 * MAX_COLS as usize;
     loop {
         match reader.read_event_into(&mut buf) {
             Ok(Event::Start(e) | Event::Empty(e)) => match e.local_name().as_ref() {
@@ -566,6 +583,10 @@ fn parse_sheet_layout(path: &Path, archive: &mut Archive, part: &str) -> Result<
                     {
                         let user_width = character_width(width);
                         for col in min..=max.min(MAX_COLS) {
+                            if column_budget == 0 {
+                                break;
+                            }
+                            column_budget -= 1;
                             widths.insert((col - 1) as u16, user_width);
                         }
                     }
