@@ -654,3 +654,46 @@ fn ole2_junk_named_xlsx_is_reported_as_encrypted_or_unreadable() {
     assert_corrupt(&error);
     assert!(error.to_string().contains("encrypted"), "{error}");
 }
+
+/// Sets the uncompressed size that the zip headers declare for entry `name` (local and central headers).
+fn patch_declared_size(bytes: &mut [u8], name: &str, declared: u32) -> usize {
+    let mut patched = 0;
+    for i in 0..bytes.len().saturating_sub(46) {
+        // Local file header / central directory header: offsets of size, name length, name.
+        let (size_at, name_len_at, name_at) = match &bytes[i..i + 4] {
+            [0x50, 0x4b, 0x03, 0x04] => (22, 26, 30),
+            [0x50, 0x4b, 0x01, 0x02] => (24, 28, 46),
+            _ => continue,
+        };
+        let name_len = u16::from_le_bytes([bytes[i + name_len_at], bytes[i + name_len_at + 1]]) as usize;
+        if bytes.get(i + name_at..i + name_at + name_len) == Some(name.as_bytes()) {
+            bytes[i + size_at..i + size_at + 4].copy_from_slice(&declared.to_le_bytes());
+            patched += 1;
+        }
+    }
+    patched
+}
+
+#[test]
+fn zip_bomb_lying_about_its_size_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let honest = dir.path().join("honest.xlsx");
+    // 8 MB of whitespace inside the sheet compresses to a few kilobytes.
+    let padding = " ".repeat(8 << 20);
+    let rows = format!(r#"<row r="1"><c r="A1"><v>1</v></c></row>{padding}"#);
+    minimal_xlsx(&honest, &sheet_xml("A1", &rows));
+    let mut bytes = std::fs::read(&honest).unwrap();
+    assert!(bytes.len() < 100_000, "test input should be small: {}", bytes.len());
+    assert_eq!(patch_declared_size(&mut bytes, "xl/worksheets/sheet1.xml", 300), 2);
+    let bomb = dir.path().join("bomb.xlsx");
+    std::fs::write(&bomb, &bytes).unwrap();
+
+    let limits = Limits { max_part_bytes: 1 << 20, ..Limits::default() };
+    let error = expect_error(&bomb, &limits);
+    assert!(
+        matches!(error, WorkbookError::TooLarge { .. } | WorkbookError::Corrupt { .. }),
+        "expected TooLarge or Corrupt, got {error:?}"
+    );
+    // The zip reader itself refuses to inflate past the declared size; we report which part lied.
+    assert!(error.to_string().contains("xl/worksheets/sheet1.xml"), "{error}");
+}
