@@ -1,29 +1,36 @@
 //! XLSX (and XLS) workbooks: read with calamine into the typed [`Workbook`] model, written with
 //! rust_xlsxwriter (SPEC §3).
 //!
-//! Reading an XLSX happens in three steps, all on the hostile-file assumption:
+//! The reader is chosen by the file's content when it clearly disagrees with the extension (a zip named
+//! `.xls` is read as XLSX, an OLE2 file named `.xlsx` as XLS; an OLE2 `.xlsx` that is not a readable XLS is
+//! reported as possibly password-protected). Reading an XLSX happens in three steps, all on the
+//! hostile-file assumption:
 //!
 //! 1. **Zip check** (our own code, `zip` + `quick-xml`): every entry's *declared* uncompressed size is
 //!    checked against [`Limits::max_part_bytes`]; every XML part (shared strings, styles, workbook,
-//!    relationships, sheets) is additionally decompressed into a counting sink and checked against the same
-//!    limit and [`Limits::max_total_xml_bytes`], so a zip bomb that lies about its size is caught before
-//!    calamine allocates or spends hours inflating. (This costs one extra inflate pass; it is cheap next to
-//!    the XML parsing.) The workbook part is located through
+//!    relationships, sheets) is then decompressed into a counting sink and checked against the same limit
+//!    and [`Limits::max_total_xml_bytes`] (the zip crate itself also refuses an entry that inflates past its
+//!    declared size), so a zip bomb is stopped before calamine allocates or spends hours inflating. This
+//!    costs one extra inflate pass, cheap next to the XML parsing. The workbook part is located through
 //!    `_rels/.rels` (fallback `xl/workbook.xml`); a zip without one is `Corrupt` with that reason. The same
-//!    pass reads each sheet's layout — frozen panes (`<pane state="frozen">`) and explicit column widths
-//!    (`<cols><col>`) — from the beginning of the sheet XML (stopping at `<sheetData>`), because calamine
-//!    does not expose them.
+//!    step reads each sheet's layout — frozen panes (`<pane state="frozen">` of the first sheet view) and
+//!    explicit column widths (`<cols><col width>`, hidden columns skipped) — from the beginning of the sheet
+//!    XML, stopping at `<sheetData>`, because calamine does not expose them.
 //! 2. **Cells** (calamine's streaming `worksheet_cells_reader`): the declared `<dimension>` is checked
-//!    against [`Limits::max_sheet_cells`] first; then cells are streamed into the model, counting every
-//!    allocated slot (row entries plus cells, including the empty cells padded in front of a value), and
-//!    reading stops with `TooLarge` as soon as the count passes the limit — declared dimensions can lie.
-//!    Positions are absolute: `rows[0]` is sheet row 1 and every row starts at column A, whatever the used
-//!    range's top-left corner is.
+//!    against [`Limits::max_sheet_cells`] and Excel's grid first; then cells are streamed into the model,
+//!    counting every allocated slot (row entries plus cells, including the empty cells padded in front of a
+//!    value), and reading stops with `TooLarge` as soon as the count passes the limit — declared dimensions
+//!    can lie. Positions are absolute: `rows[0]` is sheet row 1 and every row starts at column A, whatever
+//!    the used range's top-left corner is. Shared formulas are expanded per cell.
 //! 3. **Number formats of date cells**: only when a sheet holds date/time values, a second streaming pass
 //!    (`next_style_id`) looks up each such cell's style in the workbook's style palette (calamine 0.38 style
 //!    API) and records its number format code.
 //!
-//! Every calamine call runs under `catch_unwind`, so a reader panic on a malformed file becomes `Corrupt`.
+//! XLS: calamine's XLS reader parses every sheet when the file is opened (there is no streaming reader), so
+//! the file-size limit is the real guard there; the cell limit is checked on each sheet's range afterwards.
+//!
+//! Every calamine call runs under `catch_unwind`, so a reader panic on a malformed file becomes `Corrupt`;
+//! the writer is guarded the same way (a panic becomes an `Io` error).
 //!
 //! Decisions where SPEC is silent:
 //! * Error cells: rust_xlsxwriter has no error-cell writer. We write `#N/A` as the formula `=#N/A` with the
@@ -37,7 +44,10 @@
 //! * Number formats of plain numbers (e.g. `0.00`), fonts, fills, merged cells, comments, charts and hidden
 //!   columns are not carried over (the model has no place for them); values and types are.
 //! * Chart sheets, dialog sheets and macro sheets come out as empty worksheets with the same name and place,
-//!   so sheet order and names survive.
+//!   so sheet order and names survive. Sheet visibility (hidden sheets) is not kept.
+//! * `.xlsm`: the macro project is not part of the model. [`extract_vba_project`] copies it out of the input
+//!   and [`WriteOptions::vba_project`] embeds it in the output (macro-enabled content type); without that, an
+//!   `.xlsm` output would be a plain XLSX under an `.xlsm` name, which Excel refuses to open.
 //! * Text longer than Excel's 32,767 characters (UTF-16 units) is truncated on writing rather than failing
 //!   the file; a formula's cached text result likewise.
 //! * rust_xlsxwriter infers the type of a formula's cached result from its text: a cached text that looks
@@ -87,7 +97,7 @@ const ERROR_LITERALS: [&str; 7] = ["#DIV/0!", "#N/A", "#NAME?", "#NULL!", "#NUM!
 pub struct Limits {
     /// Largest number of cell slots (declared dimension area, and real rows + cells while reading) per sheet.
     pub max_sheet_cells: u64,
-    /// Largest uncompressed size of one zip entry (declared, and measured for the parts loaded whole).
+    /// Largest uncompressed size of one zip entry (declared for every entry, measured for every XML part).
     pub max_part_bytes: u64,
     /// Largest uncompressed size of all XML parts together (measured).
     pub max_total_xml_bytes: u64,
