@@ -697,3 +697,17 @@ fn zip_bomb_lying_about_its_size_is_stopped() {
     // The zip reader itself refuses to inflate past the declared size; we report which part lied.
     assert!(error.to_string().contains("xl/worksheets/sheet1.xml"), "{error}");
 }
+
+#[test]
+fn unicode_names_markup_and_control_characters_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.xlsx");
+    let mut sheet = Sheet { name: "Résultats d'été".into(), ..Sheet::default() };
+    sheet.push_row(vec![text("Scanned Item"), text("WHOIS")]);
+    sheet.push_row(vec![text("пример.рф"), text("<b>&amp; \"quoted\"</b>\r\nline two\ttab")]);
+    sheet.push_row(vec![text("bell\u{7}char"), text("_x0041_ literal")]);
+    let workbook = Workbook { sheets: vec![sheet, Sheet { name: "二".into(), ..Sheet::default() }] };
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    let back = read_workbook(&output).unwrap();
+    assert_eq!(back, workbook);
+}
