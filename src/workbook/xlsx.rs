@@ -1,1 +1,987 @@
-//! XLSX (and XLS) workbooks: read with calamine into the typed model, written with rust_xlsxwriter.
+//! XLSX (and XLS) workbooks: read with calamine into the typed [`Workbook`] model, written with
+//! rust_xlsxwriter (SPEC §3).
+//!
+//! The reader is chosen by the file's content when it clearly disagrees with the extension (a zip named
+//! `.xls` is read as XLSX, an OLE2 file named `.xlsx` as XLS; an OLE2 `.xlsx` that is not a readable XLS is
+//! reported as possibly password-protected). Reading an XLSX happens in three steps, all on the
+//! hostile-file assumption:
+//!
+//! 1. **Zip check** (our own code, `zip` + `quick-xml`): every entry's *declared* uncompressed size is
+//!    checked against [`Limits::max_part_bytes`]; every XML part (shared strings, styles, workbook,
+//!    relationships, sheets) is then decompressed into a counting sink and checked against the same limit
+//!    and [`Limits::max_total_xml_bytes`] (the zip crate itself also refuses an entry that inflates past its
+//!    declared size), so a zip bomb is stopped before calamine allocates or spends hours inflating. This
+//!    costs one extra inflate pass, cheap next to the XML parsing. The workbook part is located through
+//!    `_rels/.rels` (fallback `xl/workbook.xml`); a zip without one is `Corrupt` with that reason. The same
+//!    step reads each sheet's layout — frozen panes (`<pane state="frozen">` of the first sheet view) and
+//!    explicit column widths (`<cols><col width>`, hidden columns skipped) — from the beginning of the sheet
+//!    XML, stopping at `<sheetData>`, because calamine does not expose them.
+//! 2. **Cells** (calamine's streaming `worksheet_cells_reader`): the declared `<dimension>` is checked
+//!    against [`Limits::max_sheet_cells`] and Excel's grid first; then cells are streamed into the model,
+//!    counting every allocated slot (row entries plus cells, including the empty cells padded in front of a
+//!    value), and reading stops with `TooLarge` as soon as the count passes the limit — declared dimensions
+//!    can lie. Positions are absolute: `rows[0]` is sheet row 1 and every row starts at column A, whatever
+//!    the used range's top-left corner is. Shared formulas are expanded per cell.
+//! 3. **Number formats of date cells**: only when a sheet holds date/time values, a second streaming pass
+//!    (`next_style_id`) looks up each such cell's style in the workbook's style palette (calamine 0.38 style
+//!    API) and records its number format code.
+//!
+//! XLS: calamine's XLS reader parses every sheet when the file is opened (there is no streaming reader), so
+//! the file-size limit is the real guard there; the cell limit is checked on each sheet's range afterwards.
+//!
+//! Every calamine call runs under `catch_unwind`, so a reader panic on a malformed file becomes `Corrupt`;
+//! the writer is guarded the same way (a panic becomes an `Io` error).
+//!
+//! Decisions where SPEC is silent:
+//! * Error cells: rust_xlsxwriter has no error-cell writer. We write `#N/A` as the formula `=#N/A` with the
+//!   cached result `#N/A` (an error-typed `t="e"` cell that Excel displays identically and recalculates to the
+//!   same error). On reading, a formula whose text is exactly its cached error literal is folded back to
+//!   [`Cell::Error`], so the round trip is exact.
+//! * XLS has no per-cell number format in calamine's API: XLS date cells get `yyyy-mm-dd` (whole days),
+//!   `yyyy-mm-dd hh:mm:ss` (with a time) or `[h]:mm:ss` (durations).
+//! * 1904-epoch workbooks: date serials are shifted by 1462 days into the 1900 epoch that rust_xlsxwriter
+//!   writes, so the displayed dates stay the same.
+//! * Number formats of plain numbers (e.g. `0.00`), fonts, fills, merged cells, comments, charts and hidden
+//!   columns are not carried over (the model has no place for them); values and types are.
+//! * Chart sheets, dialog sheets and macro sheets come out as empty worksheets with the same name and place,
+//!   so sheet order and names survive. Sheet visibility (hidden sheets) is not kept.
+//! * `.xlsm`: the macro project is not part of the model. [`extract_vba_project`] copies it out of the input
+//!   and [`WriteOptions::vba_project`] embeds it in the output (macro-enabled content type); without that, an
+//!   `.xlsm` output would be a plain XLSX under an `.xlsm` name, which Excel refuses to open.
+//! * Text longer than Excel's 32,767 characters (UTF-16 units) is truncated on writing rather than failing
+//!   the file; a formula's cached text result likewise.
+//! * rust_xlsxwriter infers the type of a formula's cached result from its text: a cached text that looks
+//!   like a number (`"42"`), `"TRUE"`/`"FALSE"` or an error literal comes back as a number, boolean or error,
+//!   and a formula stored without a cached value gets the cached result 0. Excel recalculates every formula
+//!   on open (rust_xlsxwriter sets full recalculation), so only the cached value seen by other readers
+//!   changes; the formula text is always kept.
+//! * Array formulas are written back as ordinary formulas (calamine does not say a formula was an array).
+//! * Non-finite numbers (only possible in a hand-made file) are written as text, since XLSX cannot hold
+//!   them.
+//! * Writing uses rust_xlsxwriter's constant-memory mode: rows are flushed to a temp file one by one, so a
+//!   100,000 × 43 sheet costs almost no writer memory. Text is always written with `write_string`, never as
+//!   a formula, even when it starts with `=` (formula-injection defence).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use calamine::{Data, DataRef, Dimensions, Reader, SheetType, Xls, Xlsx};
+use quick_xml::XmlVersion;
+use quick_xml::events::{BytesStart, Event};
+use rust_xlsxwriter::{Format as CellFormat, Formula, Worksheet};
+
+use super::{
+    Cell, Format, MAX_CELL_CHARS, MAX_COLS, MAX_FILE_BYTES, MAX_ROWS, MAX_SHEET_CELLS, Sheet, Workbook,
+    WorkbookError, check_input_file,
+};
+
+/// Number format of the Date First Seen values we write, and of XLS date/times that have a time of day.
+pub const DATETIME_FORMAT: &str = "yyyy-mm-dd hh:mm:ss";
+/// Number format given to XLS dates without a time of day.
+pub const DATE_FORMAT: &str = "yyyy-mm-dd";
+/// Number format given to XLS durations.
+pub const DURATION_FORMAT: &str = "[h]:mm:ss";
+
+/// Days between the 1904 and the 1900 date epochs.
+const EPOCH_1904_OFFSET: f64 = 1462.0;
+
+/// The error literals Excel accepts as a formula constant (and rust_xlsxwriter writes as an error result).
+const ERROR_LITERALS: [&str; 7] = ["#DIV/0!", "#N/A", "#NAME?", "#NULL!", "#NUM!", "#REF!", "#VALUE!"];
+
+/// Size limits applied while reading. [`Limits::default`] uses the crate-wide limits; tests lower them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest number of cell slots (declared dimension area, and real rows + cells while reading) per sheet.
+    pub max_sheet_cells: u64,
+    /// Largest uncompressed size of one zip entry (declared for every entry, measured for every XML part).
+    pub max_part_bytes: u64,
+    /// Largest uncompressed size of all XML parts together (measured).
+    pub max_total_xml_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sheet_cells: MAX_SHEET_CELLS,
+            max_part_bytes: MAX_FILE_BYTES,
+            max_total_xml_bytes: 2 * MAX_FILE_BYTES,
+        }
+    }
+}
+
+/// Reads every sheet, in order, with its name, using the default [`Limits`]. Dispatches on the extension:
+/// `.xlsx`/`.xlsm` through calamine's XLSX reader, `.xls` through its XLS reader.
+pub fn read_workbook(path: &Path) -> Result<Workbook, WorkbookError> {
+    read_workbook_with_limits(path, &Limits::default())
+}
+
+/// [`read_workbook`] with explicit limits.
+pub fn read_workbook_with_limits(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
+    let size = check_input_file(path)?;
+    if size == 0 {
+        return Err(corrupt(path, "the file is empty (0 bytes)"));
+    }
+    let format = match Format::from_path(path) {
+        Some(format @ (Format::Xlsx | Format::Xls)) => format,
+        _ => return Err(WorkbookError::Unsupported { path: path.to_path_buf() }),
+    };
+    // The content decides the reader when it clearly disagrees with the extension: users rename files, and
+    // an XLSX saved as `.xls` (or the reverse) is still the analyst's workbook.
+    let container = sniff_container(path)?;
+    let as_xlsx = match (format, container) {
+        (_, Container::Zip) => true,
+        (_, Container::Cfb) => false,
+        (Format::Xlsx, Container::Other) => true,
+        _ => false,
+    };
+    if as_xlsx {
+        let layouts = guarded(path, || read_xlsx_layouts(path, limits))?;
+        guarded(path, || read_xlsx_cells(path, limits, &layouts))
+    } else {
+        guarded(path, || read_xls(path, limits)).map_err(|error| match (format, error) {
+            (Format::Xlsx, WorkbookError::Corrupt { path, reason }) => WorkbookError::Corrupt {
+                path,
+                reason: format!(
+                    "an OLE2 container, not an XLSX zip: a password-protected (encrypted) workbook or an \
+                     unreadable XLS file ({reason})"
+                ),
+            },
+            (_, error) => error,
+        })
+    }
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Container {
+    /// A zip archive (`PK\x03\x04`): XLSX/XLSM.
+    Zip,
+    /// An OLE2 compound file: XLS, or an encrypted XLSX.
+    Cfb,
+    Other,
+}
+
+fn sniff_container(path: &Path) -> Result<Container, WorkbookError> {
+    let mut file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
+    let mut magic = [0u8; 8];
+    let mut filled = 0;
+    while filled < magic.len() {
+        match file.read(&mut magic[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(WorkbookError::io(path, "read", e)),
+        }
+    }
+    Ok(if magic[..filled].starts_with(b"PK\x03\x04") {
+        Container::Zip
+    } else if magic[..filled] == [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1] {
+        Container::Cfb
+    } else {
+        Container::Other
+    })
+}
+
+/// Writes the workbook as XLSX into `out` and hands `out` back (the caller passes a temp file in the
+/// outbox; `path` is only used in error messages). Memory stays flat: constant-memory worksheets, written
+/// strictly row by row, their rows buffered in the system temp directory.
+pub fn write_workbook<W: Write + Send>(workbook: &Workbook, out: W, path: &Path) -> Result<W, WorkbookError> {
+    write_workbook_with_options(workbook, out, path, &WriteOptions::default())
+}
+
+/// Optional settings of [`write_workbook_with_options`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Where constant-memory worksheets buffer their rows (e.g. on the outbox's disk rather than a
+    /// RAM-backed `/tmp`); the system temp directory when `None`.
+    pub tempdir: Option<PathBuf>,
+    /// A `vbaProject.bin` to embed, making the output a macro-enabled workbook (for `.xlsm` inputs; see
+    /// [`extract_vba_project`]). Without it, an `.xlsm` input comes out without macros and with the XLSX
+    /// content type.
+    pub vba_project: Option<PathBuf>,
+}
+
+/// [`write_workbook`] with explicit [`WriteOptions`]. A panic inside the writer (rust_xlsxwriter panics on
+/// some I/O failures of its temp files) is reported as an I/O error instead of crashing the run.
+pub fn write_workbook_with_options<W: Write + Send>(
+    workbook: &Workbook,
+    mut out: W,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<W, WorkbookError> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| write_into(workbook, &mut out, path, options)));
+    match outcome {
+        Ok(result) => result.map(|()| out),
+        Err(_) => Err(WorkbookError::io(
+            path,
+            "write XLSX",
+            std::io::Error::other("the XLSX writer failed (panicked) while writing"),
+        )),
+    }
+}
+
+/// Copies the macro project (`xl/vbaProject.bin`) of an `.xlsm`/`.xlsx` input into a temp file in
+/// `dest_dir` (deleted when the returned path is dropped), for [`WriteOptions::vba_project`]. `None` when the
+/// workbook has no macros. The copy is limited to [`MAX_FILE_BYTES`].
+pub fn extract_vba_project(
+    input: &Path,
+    dest_dir: &Path,
+) -> Result<Option<tempfile::TempPath>, WorkbookError> {
+    guarded(input, || {
+        let mut archive = open_archive(input)?;
+        let Some(index) = archive.index_for_name("xl/vbaProject.bin") else { return Ok(None) };
+        let entry = archive
+            .by_index(index)
+            .map_err(|e| corrupt(input, format!("unreadable zip entry `xl/vbaProject.bin`: {e}")))?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".vbaProject")
+            .suffix(".bin")
+            .tempfile_in(dest_dir)
+            .map_err(|e| WorkbookError::io(dest_dir, "create a temp file in", e))?;
+        let copied = std::io::copy(&mut entry.take(MAX_FILE_BYTES + 1), &mut temp)
+            .map_err(|e| corrupt(input, format!("cannot decompress `xl/vbaProject.bin`: {e}")))?;
+        if copied > MAX_FILE_BYTES {
+            return Err(too_large(input, "`xl/vbaProject.bin` is larger than the file size limit"));
+        }
+        Ok(Some(temp.into_temp_path()))
+    })
+}
+
+fn write_into<W: Write + Send>(
+    workbook: &Workbook,
+    out: &mut W,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<(), WorkbookError> {
+    let written = |e: rust_xlsxwriter::XlsxError| write_error(path, e);
+    let mut book = rust_xlsxwriter::Workbook::new();
+    if let Some(dir) = &options.tempdir {
+        book.set_tempdir(dir).map_err(written)?;
+    }
+    if let Some(vba_project) = &options.vba_project {
+        book.add_vba_project(vba_project).map_err(written)?;
+    }
+    let mut formats = FormatCache::default();
+    for sheet in &workbook.sheets {
+        let worksheet = book.add_worksheet_with_constant_memory().map_err(written)?;
+        worksheet.set_name(&sheet.name).map_err(written)?;
+        if let Some((rows, cols)) = sheet.freeze {
+            worksheet.set_freeze_panes(rows, cols).map_err(written)?;
+        }
+        for &(col, width) in &sheet.column_widths {
+            worksheet.set_column_width(col, width).map_err(written)?;
+        }
+        for (row_index, row) in sheet.rows.iter().enumerate() {
+            let row_number = u32::try_from(row_index).ok().filter(|r| *r < MAX_ROWS).ok_or_else(|| {
+                too_large(path, format!("sheet `{}` has more than {MAX_ROWS} rows", sheet.name))
+            })?;
+            if row.len() > MAX_COLS as usize {
+                return Err(too_large(
+                    path,
+                    format!("sheet `{}` row {} has more than {MAX_COLS} columns", sheet.name, row_index + 1),
+                ));
+            }
+            for (col_index, cell) in row.iter().enumerate() {
+                // Fits: checked against MAX_COLS (16,384) just above.
+                let col_number = col_index as u16;
+                write_cell(worksheet, row_number, col_number, cell, &mut formats).map_err(written)?;
+            }
+        }
+    }
+    book.save_to_writer(out).map_err(written)?;
+    Ok(())
+}
+
+/// A Date First Seen value: `Cell::DateTime` with the 1900-epoch serial of `ndt` (Excel's fictitious
+/// 1900-02-29 included, so dates before 1900-03-01 count one day less) and the format [`DATETIME_FORMAT`].
+pub fn datetime_cell(ndt: chrono::NaiveDateTime) -> Cell {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1899, 12, 30)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or_default();
+    let millis = (ndt - epoch).num_milliseconds();
+    let mut serial = millis as f64 / 86_400_000.0;
+    if serial < 61.0 {
+        serial -= 1.0;
+    }
+    Cell::DateTime { serial, format: DATETIME_FORMAT.to_string() }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors and panic guard
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> WorkbookError {
+    WorkbookError::Corrupt { path: path.to_path_buf(), reason: reason.into() }
+}
+
+fn too_large(path: &Path, reason: impl Into<String>) -> WorkbookError {
+    WorkbookError::TooLarge { path: path.to_path_buf(), reason: reason.into() }
+}
+
+fn write_error(path: &Path, error: rust_xlsxwriter::XlsxError) -> WorkbookError {
+    match error {
+        rust_xlsxwriter::XlsxError::IoError(source) => WorkbookError::io(path, "write XLSX", source),
+        other => WorkbookError::io(path, "write XLSX", std::io::Error::other(other.to_string())),
+    }
+}
+
+/// Runs a reader step, turning a panic inside calamine (or zip/quick-xml) into `Corrupt`.
+fn guarded<T>(path: &Path, step: impl FnOnce() -> Result<T, WorkbookError>) -> Result<T, WorkbookError> {
+    match catch_unwind(AssertUnwindSafe(step)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            Err(corrupt(path, format!("the workbook reader crashed on malformed data ({detail})")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Step 1: zip checks and sheet layouts (frozen panes, column widths)
+
+/// What we read from a sheet's XML ourselves.
+#[derive(Debug, Default)]
+struct SheetLayout {
+    freeze: Option<(u32, u16)>,
+    column_widths: Vec<(u16, f64)>,
+}
+
+type Archive = zip::ZipArchive<BufReader<File>>;
+
+fn open_archive(path: &Path) -> Result<Archive, WorkbookError> {
+    let file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
+    zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
+        corrupt(path, format!("not a readable XLSX file (broken or truncated zip archive: {e})"))
+    })
+}
+
+/// Checks the archive's entry sizes and returns the layout of every worksheet, keyed by sheet name.
+fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, SheetLayout>, WorkbookError> {
+    let mut archive = open_archive(path)?;
+    let mut names = Vec::with_capacity(archive.len());
+    for index in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(index)
+            .map_err(|e| corrupt(path, format!("unreadable zip entry #{index}: {e}")))?;
+        let name = entry.name().map(Cow::into_owned).unwrap_or_else(|_| format!("#{index}"));
+        if entry.size() > limits.max_part_bytes {
+            return Err(too_large(
+                path,
+                format!(
+                    "zip entry `{}` declares {} uncompressed bytes; the limit is {}",
+                    name,
+                    entry.size(),
+                    limits.max_part_bytes
+                ),
+            ));
+        }
+        names.push(name);
+    }
+
+    // Every XML part the readers may parse (calamine loads shared strings and styles whole, and streams the
+    // sheets): decompress it into a counting sink first, so a zip bomb that lies about its size is stopped
+    // here rather than by memory or hours of inflating.
+    let mut total_xml = 0u64;
+    for name in &names {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".xml") || lower.ends_with(".rels") {
+            total_xml =
+                total_xml.saturating_add(measure_part(path, &mut archive, name, limits.max_part_bytes)?);
+            if total_xml > limits.max_total_xml_bytes {
+                return Err(too_large(
+                    path,
+                    format!(
+                        "the workbook's XML parts decompress to more than {} bytes",
+                        limits.max_total_xml_bytes
+                    ),
+                ));
+            }
+        }
+    }
+
+    let workbook_part = find_workbook_part(path, &mut archive, &names)?.ok_or_else(|| {
+        corrupt(path, "the zip archive is not an Excel workbook (it has no xl/workbook.xml part)")
+    })?;
+
+    let sheets = parse_workbook_sheets(path, &mut archive, &workbook_part)?;
+    let (dir, file_name) = match workbook_part.rfind('/') {
+        Some(slash) => (&workbook_part[..=slash], &workbook_part[slash + 1..]),
+        None => ("", workbook_part.as_str()),
+    };
+    let rels_part = format!("{dir}_rels/{file_name}.rels");
+    let targets = parse_relationships(path, &mut archive, &rels_part)?;
+
+    let mut layouts = HashMap::new();
+    for (sheet_name, relationship_id) in sheets {
+        let Some(target) = targets.get(&relationship_id) else { continue };
+        let part = resolve_target(dir, target);
+        if archive.index_for_name(&part).is_none() {
+            continue;
+        }
+        let layout = parse_sheet_layout(path, &mut archive, &part)?;
+        layouts.insert(sheet_name, layout);
+    }
+    Ok(layouts)
+}
+
+/// Decompresses one entry into a counting sink and returns its real size; `TooLarge` above `cap` bytes.
+fn measure_part(path: &Path, archive: &mut Archive, name: &str, cap: u64) -> Result<u64, WorkbookError> {
+    let entry =
+        archive.by_name(name).map_err(|e| corrupt(path, format!("unreadable zip entry `{name}`: {e}")))?;
+    let copied = std::io::copy(&mut entry.take(cap.saturating_add(1)), &mut std::io::sink())
+        .map_err(|e| corrupt(path, format!("cannot decompress zip entry `{name}`: {e}")))?;
+    if copied > cap {
+        return Err(too_large(
+            path,
+            format!("zip entry `{name}` decompresses to more than {cap} bytes (more than it declares)"),
+        ));
+    }
+    Ok(copied)
+}
+
+/// The workbook part named by the package relationships (`_rels/.rels`), else `xl/workbook.xml` when present.
+fn find_workbook_part(
+    path: &Path,
+    archive: &mut Archive,
+    names: &[String],
+) -> Result<Option<String>, WorkbookError> {
+    if names.iter().any(|n| n == "_rels/.rels") {
+        let entry = archive
+            .by_name("_rels/.rels")
+            .map_err(|e| corrupt(path, format!("unreadable _rels/.rels: {e}")))?;
+        let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
+        let mut buf = Vec::new();
+        loop {
+            match reader.read_event_into(&mut buf) {
+                Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == "Relationship" => {
+                    let is_document = attribute(&e, "Type").is_some_and(|t| t.ends_with("/officeDocument"));
+                    if let (true, Some(target)) = (is_document, attribute(&e, "Target")) {
+                        let part = resolve_target("", &target);
+                        if names.contains(&part) {
+                            return Ok(Some(part));
+                        }
+                    }
+                }
+                Ok(Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => return Err(corrupt(path, format!("malformed _rels/.rels: {e}"))),
+            }
+            buf.clear();
+        }
+    }
+    Ok(names.iter().find(|n| *n == "xl/workbook.xml").cloned())
+}
+
+/// `(sheet name, relationship id)` for every `<sheet>` of the workbook part, in order.
+fn parse_workbook_sheets(
+    path: &Path,
+    archive: &mut Archive,
+    part: &str,
+) -> Result<Vec<(String, String)>, WorkbookError> {
+    let entry = archive.by_name(part).map_err(|e| corrupt(path, format!("unreadable `{part}`: {e}")))?;
+    let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
+    let mut buf = Vec::new();
+    let mut sheets = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == "sheet" => {
+                if let (Some(name), Some(id)) = (attribute(&e, "name"), attribute(&e, "id")) {
+                    sheets.push((name, id));
+                }
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(corrupt(path, format!("malformed `{part}`: {e}"))),
+        }
+        buf.clear();
+    }
+    Ok(sheets)
+}
+
+/// Relationship id → target of a `.rels` part (empty when the part is missing).
+fn parse_relationships(
+    path: &Path,
+    archive: &mut Archive,
+    part: &str,
+) -> Result<HashMap<String, String>, WorkbookError> {
+    let mut targets = HashMap::new();
+    if archive.index_for_name(part).is_none() {
+        return Ok(targets);
+    }
+    let entry = archive.by_name(part).map_err(|e| corrupt(path, format!("unreadable `{part}`: {e}")))?;
+    let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == "Relationship" => {
+                if let (Some(id), Some(target)) = (attribute(&e, "Id"), attribute(&e, "Target")) {
+                    targets.insert(id, target);
+                }
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(corrupt(path, format!("malformed `{part}`: {e}"))),
+        }
+        buf.clear();
+    }
+    Ok(targets)
+}
+
+/// Resolves a relationship target against the directory of the part that names it (`/x` is absolute).
+fn resolve_target(dir: &str, target: &str) -> String {
+    let joined = match target.strip_prefix('/') {
+        Some(absolute) => absolute.to_string(),
+        None => format!("{dir}{target}"),
+    };
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in joined.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    segments.join("/")
+}
+
+/// Reads the frozen pane of the first sheet view and the explicit column widths; stops at `<sheetData>`.
+fn parse_sheet_layout(path: &Path, archive: &mut Archive, part: &str) -> Result<SheetLayout, WorkbookError> {
+    let entry = archive.by_name(part).map_err(|e| corrupt(path, format!("unreadable `{part}`: {e}")))?;
+    let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
+    let mut buf = Vec::new();
+    let mut layout = SheetLayout::default();
+    let mut widths: BTreeMap<u16, f64> = BTreeMap::new();
+    let mut sheet_views = 0usize;
+    // `<col>` elements may each span up to 16,384 columns; bound the work a hostile file can ask for.
+    let mut column_budget = 4 * MAX_COLS as usize;
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e) | Event::Empty(e)) => match e.local_name().as_ref() {
+                "sheetView" => sheet_views += 1,
+                "pane" if sheet_views == 1 && layout.freeze.is_none() => {
+                    let state = attribute(&e, "state").unwrap_or_default();
+                    if state == "frozen" || state == "frozenSplit" {
+                        let split = |name: &str| {
+                            attribute(&e, name)
+                                .and_then(|v| v.trim().parse::<f64>().ok())
+                                .filter(|v| v.is_finite())
+                        };
+                        let rows = split("ySplit").unwrap_or(0.0).clamp(0.0, f64::from(MAX_ROWS - 1)) as u32;
+                        let cols = split("xSplit").unwrap_or(0.0).clamp(0.0, f64::from(MAX_COLS - 1)) as u16;
+                        if rows > 0 || cols > 0 {
+                            layout.freeze = Some((rows, cols));
+                        }
+                    }
+                }
+                "col" => {
+                    let number = |name: &str| attribute(&e, name).and_then(|v| v.trim().parse::<u32>().ok());
+                    let hidden = attribute(&e, "hidden").is_some_and(|h| h == "1" || h == "true");
+                    let width = attribute(&e, "width").and_then(|v| v.trim().parse::<f64>().ok());
+                    if let (Some(min), Some(max), Some(width), false) =
+                        (number("min"), number("max"), width, hidden)
+                        && width.is_finite()
+                        && min >= 1
+                    {
+                        let user_width = character_width(width);
+                        for col in min..=max.min(MAX_COLS) {
+                            if column_budget == 0 {
+                                break;
+                            }
+                            column_budget -= 1;
+                            widths.insert((col - 1) as u16, user_width);
+                        }
+                    }
+                }
+                "sheetData" => break,
+                _ => {}
+            },
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(corrupt(path, format!("malformed sheet `{part}`: {e}"))),
+        }
+        buf.clear();
+    }
+    layout.column_widths = widths.into_iter().collect();
+    Ok(layout)
+}
+
+/// Converts a `<col width>` (which includes Excel's cell padding) back to the width in characters that
+/// Excel shows and `set_column_width` takes, using Calibri 11 metrics (7-pixel digits, 5 pixels padding) —
+/// the inverse of rust_xlsxwriter's conversion, so a written width reads back unchanged.
+fn character_width(xml_width: f64) -> f64 {
+    let pixels = (xml_width.clamp(0.0, 255.0) * 7.0).round();
+    if pixels >= 12.0 { (pixels - 5.0) / 7.0 } else { pixels / 12.0 }
+}
+
+/// The value of the attribute with local name `name` (namespace prefix ignored), unescaped.
+fn attribute(element: &BytesStart<'_>, name: &str) -> Option<String> {
+    element
+        .attributes()
+        .flatten()
+        .find(|a| a.key.local_name().as_ref() == name)
+        .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(Cow::into_owned))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Step 2 and 3: cells (XLSX)
+
+fn read_xlsx_cells(
+    path: &Path,
+    limits: &Limits,
+    layouts: &HashMap<String, SheetLayout>,
+) -> Result<Workbook, WorkbookError> {
+    let file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
+    let mut book: Xlsx<_> = Xlsx::new(BufReader::new(file))
+        .map_err(|e| corrupt(path, format!("not a readable XLSX workbook: {e}")))?;
+    let is_1904 = book.has_1904_epoch();
+    let metadata = book.sheets_metadata().to_vec();
+    let mut workbook = Workbook::default();
+    for meta in metadata {
+        let mut sheet = Sheet { name: meta.name.clone(), ..Sheet::default() };
+        if meta.typ == SheetType::WorkSheet {
+            read_xlsx_sheet(path, limits, &mut book, &mut sheet, is_1904)?;
+        }
+        if let Some(layout) = layouts.get(&meta.name) {
+            sheet.freeze = layout.freeze;
+            sheet.column_widths = layout.column_widths.clone();
+        }
+        workbook.sheets.push(sheet);
+    }
+    Ok(workbook)
+}
+
+fn read_xlsx_sheet<RS: Read + Seek>(
+    path: &Path,
+    limits: &Limits,
+    book: &mut Xlsx<RS>,
+    sheet: &mut Sheet,
+    is_1904: bool,
+) -> Result<(), WorkbookError> {
+    let sheet_error = |e: calamine::XlsxError, name: &str| corrupt(path, format!("sheet `{name}`: {e}"));
+    let mut budget = CellBudget::new(limits.max_sheet_cells);
+    let mut has_dates = false;
+    {
+        let mut reader = book.worksheet_cells_reader(&sheet.name).map_err(|e| sheet_error(e, &sheet.name))?;
+        check_dimensions(path, &sheet.name, reader.dimensions(), limits)?;
+        while let Some(record) = reader.next_cell_with_formula().map_err(|e| sheet_error(e, &sheet.name))? {
+            let value = cell_from_data_ref(record.value, is_1904);
+            let cell = match record.formula {
+                Some(formula) if !formula.is_empty() => formula_cell(formula, value),
+                _ => value,
+            };
+            if cell == Cell::Empty {
+                continue;
+            }
+            has_dates |= holds_datetime(&cell);
+            place(path, sheet, record.pos, cell, &mut budget)?;
+        }
+    }
+    if has_dates {
+        let mut reader = book.worksheet_cells_reader(&sheet.name).map_err(|e| sheet_error(e, &sheet.name))?;
+        let format_codes: Vec<Option<String>> = reader
+            .styles()
+            .iter()
+            .map(|style| style.number_format.as_ref().map(|n| n.format_code.clone()))
+            .collect();
+        while let Some((row, col, style_id)) =
+            reader.next_style_id().map_err(|e| sheet_error(e, &sheet.name))?
+        {
+            let Some(Some(code)) = format_codes.get(style_id) else { continue };
+            let Some(cell) = sheet.rows.get_mut(row as usize).and_then(|r| r.get_mut(col as usize)) else {
+                continue;
+            };
+            match cell {
+                Cell::DateTime { format, .. } => *format = code.clone(),
+                Cell::Formula { cached, .. } => {
+                    if let Cell::DateTime { format, .. } = cached.as_mut() {
+                        *format = code.clone();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn holds_datetime(cell: &Cell) -> bool {
+    match cell {
+        Cell::DateTime { .. } => true,
+        Cell::Formula { cached, .. } => matches!(cached.as_ref(), Cell::DateTime { .. }),
+        _ => false,
+    }
+}
+
+/// Refuses a sheet whose declared used range is beyond Excel's grid or larger than the cell limit.
+fn check_dimensions(
+    path: &Path,
+    sheet: &str,
+    dims: Dimensions,
+    limits: &Limits,
+) -> Result<(), WorkbookError> {
+    let (first_row, first_col) = dims.start;
+    let (last_row, last_col) = dims.end;
+    if last_row >= MAX_ROWS || last_col >= MAX_COLS {
+        return Err(too_large(path, format!("sheet `{sheet}` declares a used range beyond Excel's grid")));
+    }
+    let rows = u64::from(last_row.saturating_sub(first_row)) + 1;
+    let cols = u64::from(last_col.saturating_sub(first_col)) + 1;
+    let area = rows.saturating_mul(cols);
+    if area > limits.max_sheet_cells {
+        return Err(too_large(
+            path,
+            format!(
+                "sheet `{sheet}` declares {rows} rows × {cols} columns = {area} cells; the limit is {}",
+                limits.max_sheet_cells
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts the slots the model allocates for one sheet (row entries and cells, padding included).
+struct CellBudget {
+    used: u64,
+    limit: u64,
+}
+
+impl CellBudget {
+    fn new(limit: u64) -> Self {
+        CellBudget { used: 0, limit }
+    }
+}
+
+/// Puts a cell at its absolute (0-based) sheet position, charging the budget for every slot it allocates.
+fn place(
+    path: &Path,
+    sheet: &mut Sheet,
+    pos: (u32, u32),
+    cell: Cell,
+    budget: &mut CellBudget,
+) -> Result<(), WorkbookError> {
+    let (row, col) = pos;
+    if row >= MAX_ROWS || col >= MAX_COLS {
+        return Err(corrupt(path, format!("sheet `{}` has a cell outside Excel's grid", sheet.name)));
+    }
+    let (row, col) = (row as usize, col as usize);
+    let new_rows = (row + 1).saturating_sub(sheet.rows.len());
+    let row_len = sheet.rows.get(row).map_or(0, Vec::len);
+    let new_cells = (col + 1).saturating_sub(row_len);
+    budget.used = budget.used.saturating_add((new_rows + new_cells) as u64);
+    if budget.used > budget.limit {
+        return Err(too_large(
+            path,
+            format!(
+                "sheet `{}` holds more than {} cells (counted while reading, whatever its declared size)",
+                sheet.name, budget.limit
+            ),
+        ));
+    }
+    sheet.set(row, col, cell);
+    Ok(())
+}
+
+/// A formula cell, except that a formula that is just its own error literal (`=#N/A` caching `#N/A`, how
+/// we write error cells) is an error cell.
+fn formula_cell(formula: String, cached: Cell) -> Cell {
+    if let Cell::Error(error) = &cached
+        && formula.trim() == error
+    {
+        return cached;
+    }
+    Cell::Formula { formula, cached: Box::new(cached) }
+}
+
+fn datetime_from_serial(serial: f64, is_duration: bool, is_1904: bool) -> Cell {
+    let serial = if is_1904 && !is_duration { serial + EPOCH_1904_OFFSET } else { serial };
+    let format = if is_duration {
+        DURATION_FORMAT
+    } else if serial.fract() == 0.0 {
+        DATE_FORMAT
+    } else {
+        DATETIME_FORMAT
+    };
+    Cell::DateTime { serial, format: format.to_string() }
+}
+
+fn cell_from_data_ref(value: DataRef<'_>, is_1904: bool) -> Cell {
+    match value {
+        DataRef::Empty => Cell::Empty,
+        DataRef::Int(n) => Cell::Int(n),
+        DataRef::Float(f) => Cell::Float(f),
+        DataRef::String(s) => Cell::Text(s),
+        DataRef::SharedString(s) => Cell::Text(s.to_string()),
+        DataRef::Bool(b) => Cell::Bool(b),
+        DataRef::DateTime(dt) => datetime_from_serial(dt.as_f64(), dt.is_duration(), is_1904),
+        DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => Cell::IsoDateTime(s),
+        DataRef::Error(e) => Cell::Error(e.to_string()),
+    }
+}
+
+fn cell_from_data(value: &Data, is_1904: bool) -> Cell {
+    match value {
+        Data::Empty => Cell::Empty,
+        Data::Int(n) => Cell::Int(*n),
+        Data::Float(f) => Cell::Float(*f),
+        Data::String(s) => Cell::Text(s.clone()),
+        Data::Bool(b) => Cell::Bool(*b),
+        Data::DateTime(dt) => datetime_from_serial(dt.as_f64(), dt.is_duration(), is_1904),
+        Data::DateTimeIso(s) | Data::DurationIso(s) => Cell::IsoDateTime(s.clone()),
+        Data::Error(e) => Cell::Error(e.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// XLS
+
+fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
+    let file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
+    let mut book: Xls<_> = Xls::new(BufReader::new(file))
+        .map_err(|e| corrupt(path, format!("not a readable XLS workbook: {e}")))?;
+    let is_1904 = book.has_1904_epoch();
+    let metadata = book.sheets_metadata().to_vec();
+    let mut workbook = Workbook::default();
+    for meta in metadata {
+        let mut sheet = Sheet { name: meta.name.clone(), ..Sheet::default() };
+        if meta.typ == SheetType::WorkSheet {
+            let sheet_error = |e: calamine::XlsError| corrupt(path, format!("sheet `{}`: {e}", meta.name));
+            let values = book.worksheet_range(&meta.name).map_err(sheet_error)?;
+            let formulas = book.worksheet_formula(&meta.name).map_err(sheet_error)?;
+            let mut budget = CellBudget::new(limits.max_sheet_cells);
+            if let (Some(start), Some(end)) = (values.start(), values.end()) {
+                check_dimensions(path, &meta.name, Dimensions { start, end }, limits)?;
+                for (row, col, value) in values.used_cells() {
+                    let pos = (start.0 + row as u32, start.1 + col as u32);
+                    let cached = cell_from_data(value, is_1904);
+                    let cell = match formulas.get_value(pos) {
+                        Some(formula) if !formula.is_empty() => formula_cell(formula.clone(), cached),
+                        _ => cached,
+                    };
+                    if cell != Cell::Empty {
+                        place(path, &mut sheet, pos, cell, &mut budget)?;
+                    }
+                }
+            }
+            // Formulas whose cached value is missing.
+            if let Some(start) = formulas.start() {
+                for (row, col, formula) in formulas.used_cells() {
+                    let pos = (start.0 + row as u32, start.1 + col as u32);
+                    if !formula.is_empty() && *sheet.cell(pos.0 as usize, pos.1 as usize) == Cell::Empty {
+                        let cell = formula_cell(formula.clone(), Cell::Empty);
+                        place(path, &mut sheet, pos, cell, &mut budget)?;
+                    }
+                }
+            }
+        }
+        workbook.sheets.push(sheet);
+    }
+    Ok(workbook)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Writing
+
+/// One rust_xlsxwriter format per number format code.
+#[derive(Default)]
+struct FormatCache {
+    by_code: HashMap<String, CellFormat>,
+}
+
+impl FormatCache {
+    fn get(&mut self, code: &str) -> &CellFormat {
+        self.by_code.entry(code.to_string()).or_insert_with(|| CellFormat::new().set_num_format(code))
+    }
+}
+
+/// `text` cut to Excel's limit of [`MAX_CELL_CHARS`] UTF-16 units, at a character boundary.
+fn excel_text(text: &str) -> Cow<'_, str> {
+    // Quick exit: a string of at most MAX_CELL_CHARS bytes has at most as many UTF-16 units.
+    if text.len() <= MAX_CELL_CHARS {
+        return Cow::Borrowed(text);
+    }
+    let mut units = 0usize;
+    for (index, ch) in text.char_indices() {
+        units += ch.len_utf16();
+        if units > MAX_CELL_CHARS {
+            return Cow::Owned(text[..index].to_string());
+        }
+    }
+    Cow::Borrowed(text)
+}
+
+fn number_text(value: f64) -> String {
+    value.to_string()
+}
+
+fn write_cell(
+    worksheet: &mut Worksheet,
+    row: u32,
+    col: u16,
+    cell: &Cell,
+    formats: &mut FormatCache,
+) -> Result<(), rust_xlsxwriter::XlsxError> {
+    match cell {
+        Cell::Empty => {}
+        Cell::Text(text) | Cell::IsoDateTime(text) => {
+            worksheet.write_string(row, col, excel_text(text).as_ref())?;
+        }
+        Cell::Int(n) => {
+            worksheet.write_number(row, col, *n as f64)?;
+        }
+        Cell::Float(f) if f.is_finite() => {
+            worksheet.write_number(row, col, *f)?;
+        }
+        Cell::Float(f) => {
+            worksheet.write_string(row, col, number_text(*f))?;
+        }
+        Cell::Bool(b) => {
+            worksheet.write_boolean(row, col, *b)?;
+        }
+        Cell::DateTime { serial, format } => {
+            worksheet.write_number_with_format(row, col, *serial, formats.get(format))?;
+        }
+        Cell::Error(error) => {
+            if ERROR_LITERALS.contains(&error.as_str()) {
+                worksheet.write_formula(row, col, Formula::new(error).set_result(error))?;
+            } else {
+                worksheet.write_string(row, col, excel_text(error).as_ref())?;
+            }
+        }
+        Cell::Formula { formula, cached } => {
+            let result = formula_result(cached);
+            let formula = Formula::new(formula).set_result(result);
+            match cached.as_ref() {
+                Cell::DateTime { format, .. } => {
+                    worksheet.write_formula_with_format(row, col, formula, formats.get(format))?;
+                }
+                _ => {
+                    worksheet.write_formula(row, col, formula)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cached result of a formula as rust_xlsxwriter wants it: a number, `TRUE`/`FALSE`, an error literal
+/// or text.
+fn formula_result(cached: &Cell) -> String {
+    match cached {
+        Cell::Empty => String::new(),
+        Cell::Int(n) => n.to_string(),
+        Cell::Float(f) => number_text(*f),
+        Cell::DateTime { serial, .. } => number_text(*serial),
+        Cell::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+        Cell::Text(text) | Cell::IsoDateTime(text) | Cell::Error(text) => excel_text(text).into_owned(),
+        Cell::Formula { cached, .. } => formula_result(cached),
+    }
+}
