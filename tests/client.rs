@@ -674,3 +674,100 @@ fn the_token_appears_nowhere() {
     }
     assert!(!logs_text().contains(token), "token in the logs");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// More edge cases
+
+#[test]
+fn the_body_cap_holds_for_chunked_bodies_of_unknown_length() {
+    let server = ApiServer::start();
+    let big = json!({"id": "192.0.2.1", "padding": "y".repeat(10_000)});
+    server.set("/ips/192.0.2.1", Behaviour::chunked_document(big, 1000));
+    server.set("/ips/192.0.2.2", Behaviour::chunked_document(ip_document("192.0.2.2"), 7));
+    let mut settings = settings(&server, "tok-chunked");
+    settings.max_body_bytes = 4096;
+    let client = client(&settings);
+    let answers = lookup(&client, &[indicator("192.0.2.1"), indicator("192.0.2.2")], false).unwrap();
+    assert!(failed_reason(&answers[0]).contains("larger than 4096"), "{answers:?}");
+    assert!(
+        matches!(&answers[1], Answer::Found { body, .. } if body.contains("Example Networks")),
+        "{answers:?}"
+    );
+    assert_eq!(server.request_count(), 2);
+}
+
+#[test]
+fn a_huge_retry_after_is_capped() {
+    let server = ApiServer::start();
+    server.set(
+        "/ips/192.0.2.1",
+        Behaviour::fail_then(
+            1,
+            Behaviour::too_many_requests(Some("86400")),
+            Behaviour::document(ip_document("a")),
+        ),
+    );
+    let settings = settings(&server, "tok-cap");
+    let tuning = ClientTuning { retry_after_max: Duration::from_millis(300), ..tuning() };
+    let client = Client::with_tuning(&settings, tuning).unwrap();
+    let started = Instant::now();
+    let answers = lookup(&client, &[indicator("192.0.2.1")], false).unwrap();
+    assert!(is_found(&answers[0], AnswerSource::Api));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(280) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[test]
+fn a_wrong_token_against_a_checking_server_is_fatal_and_the_right_one_works() {
+    let server = ApiServer::start();
+    let indicators = serve_ips(&server, 3);
+    server.require_token(Some("tok-right"));
+    let wrong = client(&settings(&server, "tok-wrong"));
+    let error = lookup(&wrong, &indicators, false).unwrap_err();
+    assert!(matches!(error, FatalError::TokenRefused { status: 401, .. }));
+    let mut right = settings(&server, "tok-right");
+    right.auth = AuthMode::Query;
+    let answers = lookup(&client(&right), &indicators, false).unwrap();
+    assert!(answers.iter().all(|a| is_found(a, AnswerSource::Api)), "{answers:?}");
+}
+
+#[test]
+fn offline_and_api_answers_agree_for_the_same_recorded_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ips")).unwrap();
+    std::fs::create_dir(dir.path().join("hosts")).unwrap();
+    let v6 = support::api_server::api_json(&ip_document("2001:db8::5"));
+    std::fs::write(dir.path().join("ips/2001_db8__5.json"), &v6).unwrap();
+    let host = support::api_server::api_json(&json!({"id": "example.net", "type": "host"}));
+    std::fs::write(dir.path().join("hosts/example.net.json"), &host).unwrap();
+    let server = ApiServer::start();
+    assert_eq!(server.load_offline_dir(dir.path()).unwrap(), 2);
+    let input = [indicator("2001:db8::5"), indicator("example.net"), indicator("absent.example")];
+
+    let api = lookup(&client(&settings(&server, "tok-agree")), &input, false).unwrap();
+    let mut offline_settings = settings(&server, "tok-agree");
+    offline_settings.offline_dir = Some(dir.path().to_path_buf());
+    let offline = lookup(&client(&offline_settings), &input, false).unwrap();
+    assert_eq!(server.request_count(), 3, "only the API client asked the server");
+    let bodies = |answers: &[Answer]| -> Vec<Option<String>> {
+        answers
+            .iter()
+            .map(|a| match a {
+                Answer::Found { body, .. } => Some(body.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(bodies(&api), bodies(&offline));
+    assert_eq!(bodies(&api), vec![Some(v6), Some(host), None]);
+    assert!(v6_sorted_like_the_api(&bodies(&api)[0]));
+}
+
+/// The fake server's bodies use sorted keys and `": "`, like the real API.
+fn v6_sorted_like_the_api(body: &Option<String>) -> bool {
+    let body = body.as_deref().unwrap_or_default();
+    let asn = body.find("\"asn\": {").unwrap_or(usize::MAX);
+    let context = body.find("\"context\": {").unwrap_or(0);
+    let id = body.find("\"id\": ").unwrap_or(0);
+    asn < context && context < id
+}

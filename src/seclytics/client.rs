@@ -444,7 +444,11 @@ impl Http {
                 }),
                 Err(reason) => Attempt::Retryable(reason),
             },
-            404 => Attempt::Done(Answer::NotFound { source: AnswerSource::Api }),
+            404 => {
+                // Read the (small) body so the connection can go back to the pool.
+                let _ = self.error_message(&mut response).await;
+                Attempt::Done(Answer::NotFound { source: AnswerSource::Api })
+            }
             401 | 403 => {
                 let message = self.error_message(&mut response).await;
                 let message = if message.is_empty() { "no explanation given".to_string() } else { message };

@@ -7,9 +7,12 @@
 //! * **Behaviour is scriptable** per path ([`ApiServer::set`]) or for every unknown path
 //!   ([`ApiServer::set_default`], initially a Werkzeug-style 404): fixed documents, any status, 429 with or
 //!   without `Retry-After`, "fail N times then succeed" ([`Behaviour::fail_then`]), delays, a response that
-//!   sends its headers and then stalls, garbage bodies, hang-ups. On top of that, a global latency
-//!   ([`ApiServer::set_latency`]) and a quota mode ([`ApiServer::set_quota`]: 429 once more than N requests
-//!   arrived in the sliding window) that mimics a quota-enforcing server.
+//!   sends its headers and then stalls, chunked bodies of unknown length, garbage bodies, hang-ups. On top of
+//!   that: a global latency ([`ApiServer::set_latency`]), a quota mode ([`ApiServer::set_quota`]: 429 once N
+//!   requests were accepted in the sliding window) that mimics a quota-enforcing server, a token check like the
+//!   real API ([`ApiServer::require_token`]: 401 without the right bearer header or `access_token` query), and
+//!   [`ApiServer::load_offline_dir`] to serve a folder of recorded bodies (the `offline_dir` layout) — handy
+//!   for end-to-end tests and benchmarks.
 //! * **Every request is recorded** ([`RecordedRequest`]: path, query, headers, arrival and response time,
 //!   status sent) and the largest number of requests in flight at once is tracked
 //!   ([`ApiServer::max_in_flight`]), so tests can assert counts, authentication and timing.
@@ -75,6 +78,8 @@ pub enum Behaviour {
     Sequence(Vec<Behaviour>),
     /// Waits, then behaves like the inner behaviour.
     Delayed(Duration, Box<Behaviour>),
+    /// 200 with `Transfer-Encoding: chunked` (no `Content-Length`), the body sent in pieces of `chunk_size`.
+    Chunked { body: Vec<u8>, chunk_size: usize },
     /// Closes the connection without answering.
     HangUp,
 }
@@ -141,6 +146,11 @@ impl Behaviour {
     /// Headers, then nothing for `stall`.
     pub fn stall(stall: Duration) -> Behaviour {
         Behaviour::Stall { stall, body: b"{}".to_vec() }
+    }
+
+    /// `document` sent chunked, without a `Content-Length`, so a client cannot know its size in advance.
+    pub fn chunked_document(document: Value, chunk_size: usize) -> Behaviour {
+        Behaviour::Chunked { body: api_json(&document).into_bytes(), chunk_size: chunk_size.max(1) }
     }
 
     /// This behaviour after `delay`.
@@ -213,6 +223,8 @@ struct Script {
     /// (limit, window) and the arrival times of requests accepted within the window.
     quota: Option<(usize, Duration)>,
     accepted: VecDeque<Instant>,
+    /// When set, a request without this token (bearer header or `access_token` query) gets a 401.
+    required_token: Option<String>,
 }
 
 struct Shared {
@@ -247,6 +259,7 @@ impl ApiServer {
                 latency: Duration::ZERO,
                 quota: None,
                 accepted: VecDeque::new(),
+                required_token: None,
             }),
             log: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -297,6 +310,38 @@ impl ApiServer {
         let mut script = lock(&self.shared.script);
         script.quota = Some((limit, window));
         script.accepted.clear();
+    }
+
+    /// Makes the server check authentication like the real API: a request that carries neither
+    /// `Authorization: Bearer <token>` nor `?access_token=<token>` gets a 401. `None` turns the check off.
+    pub fn require_token(&self, token: Option<&str>) {
+        lock(&self.shared.script).required_token = token.map(String::from);
+    }
+
+    /// Serves recorded bodies laid out like `offline_dir` (SPEC §2): `<dir>/ips/<ip>.json`,
+    /// `<dir>/hosts/<host>.json`, `<dir>/files/<hash>.json`, each as a 200 with the file's bytes unchanged at
+    /// `/ips/<ip>` etc. (`_` in an `ips` file name becomes `:`, for IPv6). Returns how many paths were set.
+    pub fn load_offline_dir(&self, dir: &std::path::Path) -> std::io::Result<usize> {
+        let mut count = 0;
+        for endpoint in ["ips", "hosts", "files"] {
+            let folder = dir.join(endpoint);
+            if !folder.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&folder)? {
+                let path = entry?.path();
+                let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                let name = if endpoint == "ips" { stem.replace('_', ":") } else { stem.to_string() };
+                let body = std::fs::read(&path)?;
+                let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+                self.set(&format!("/{endpoint}/{name}"), Behaviour::Respond { status: 200, headers, body });
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// Every request so far, in arrival order.
@@ -444,10 +489,23 @@ fn write_head(stream: &mut TcpStream, status: u16, headers: &[(String, String)],
     stream.write_all(head.as_bytes()).and_then(|_| stream.flush()).is_ok()
 }
 
-/// Picks the behaviour for a request: quota first, then the path's script (advancing a sequence).
-fn choose(shared: &Shared, path: &str, arrived: Instant) -> (Behaviour, Duration) {
+fn write_chunked_head(stream: &mut TcpStream) -> bool {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).is_ok()
+}
+
+/// Picks the behaviour for a request: authentication, quota, then the path's script (advancing a sequence).
+fn choose(shared: &Shared, request: &RecordedRequest) -> (Behaviour, Duration) {
+    let (path, arrived) = (request.path.as_str(), request.arrived);
     let mut script = lock(&shared.script);
     let latency = script.latency;
+    if let Some(token) = &script.required_token {
+        let bearer = request.header("authorization") == Some(format!("Bearer {token}").as_str());
+        let query = request.query_param("access_token").as_deref() == Some(token.as_str());
+        if !bearer && !query {
+            return (Behaviour::status(401, "Invalid access token."), latency);
+        }
+    }
     if let Some((limit, window)) = script.quota {
         while script.accepted.front().is_some_and(|t| arrived.duration_since(*t) >= window) {
             script.accepted.pop_front();
@@ -497,23 +555,24 @@ fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
         };
         let close_requested =
             head.headers.iter().any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
+        let record = RecordedRequest {
+            method: head.method.clone(),
+            path: path.clone(),
+            query,
+            headers: head.headers,
+            arrived,
+            responded: None,
+            status: 0,
+        };
+        let (mut behaviour, latency) = choose(&shared, &record);
         let index = {
             let mut log = lock(&shared.log);
-            log.push(RecordedRequest {
-                method: head.method.clone(),
-                path: path.clone(),
-                query,
-                headers: head.headers,
-                arrived,
-                responded: None,
-                status: 0,
-            });
+            log.push(record);
             log.len() - 1
         };
         let now_in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
 
-        let (mut behaviour, latency) = choose(&shared, &path, arrived);
         let mut alive = nap(&shared, latency);
         while let (true, Behaviour::Delayed(delay, inner)) = (alive, &behaviour) {
             alive = nap(&shared, *delay);
@@ -534,6 +593,15 @@ fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                         let _ = stream.write_all(&body);
                     }
                     (200, false)
+                }
+                Behaviour::Chunked { body, chunk_size } => {
+                    let mut ok = write_chunked_head(&mut stream);
+                    for piece in body.chunks(chunk_size) {
+                        ok = ok && write!(stream, "{:x}\r\n", piece.len()).is_ok();
+                        ok = ok && stream.write_all(piece).and_then(|_| stream.write_all(b"\r\n")).is_ok();
+                    }
+                    ok = ok && stream.write_all(b"0\r\n\r\n").and_then(|_| stream.flush()).is_ok();
+                    (200, ok && !close_requested)
                 }
                 Behaviour::HangUp | Behaviour::Sequence(_) | Behaviour::Delayed(..) => (0, false),
             }
