@@ -223,6 +223,8 @@ struct Script {
     /// (limit, window) and the arrival times of requests accepted within the window.
     quota: Option<(usize, Duration)>,
     accepted: VecDeque<Instant>,
+    /// The next this-many requests (any path) get a 429 with this `Retry-After`.
+    throttle_next: (usize, Option<String>),
     /// When set, a request without this token (bearer header or `access_token` query) gets a 401.
     required_token: Option<String>,
 }
@@ -260,6 +262,7 @@ impl ApiServer {
                 quota: None,
                 accepted: VecDeque::new(),
                 required_token: None,
+                throttle_next: (0, None),
             }),
             log: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -342,6 +345,12 @@ impl ApiServer {
             }
         }
         Ok(count)
+    }
+
+    /// The next `count` requests, whatever their path, get a 429 (with `Retry-After: <retry_after>` when
+    /// given) before any script is consulted.
+    pub fn throttle_next(&self, count: usize, retry_after: Option<&str>) {
+        lock(&self.shared.script).throttle_next = (count, retry_after.map(String::from));
     }
 
     /// Every request so far, in arrival order.
@@ -494,7 +503,7 @@ fn write_chunked_head(stream: &mut TcpStream) -> bool {
     stream.write_all(head.as_bytes()).is_ok()
 }
 
-/// Picks the behaviour for a request: authentication, quota, then the path's script (advancing a sequence).
+/// Picks the behaviour for a request: authentication, forced throttling, quota, then the path's script (advancing a sequence).
 fn choose(shared: &Shared, request: &RecordedRequest) -> (Behaviour, Duration) {
     let (path, arrived) = (request.path.as_str(), request.arrived);
     let mut script = lock(&shared.script);
@@ -505,6 +514,10 @@ fn choose(shared: &Shared, request: &RecordedRequest) -> (Behaviour, Duration) {
         if !bearer && !query {
             return (Behaviour::status(401, "Invalid access token."), latency);
         }
+    }
+    if script.throttle_next.0 > 0 {
+        script.throttle_next.0 -= 1;
+        return (Behaviour::too_many_requests(script.throttle_next.1.as_deref()), latency);
     }
     if let Some((limit, window)) = script.quota {
         while script.accepted.front().is_some_and(|t| arrived.duration_since(*t) >= window) {
