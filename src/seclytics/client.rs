@@ -1,1 +1,865 @@
-//! The SecLytics client: offline answers, HTTP with one shared rate limiter, retries, and the cache.
+//! The SecLytics client (SPEC §8): answers from recorded files (offline mode) or from the HTTP API with one
+//! shared rate limiter, one connection pool, retries with backoff, a client-wide 429 pause, and the persistent
+//! cache ([`super::cache`]).
+//!
+//! The public API is synchronous: [`Client`] owns a small tokio runtime and every call to
+//! [`Client::lookup_all`] drives its lookups on it, so rayon workers and plain threads can share one `Client`
+//! (it is `Send + Sync`). It must not be called from inside an async runtime (tokio's `block_on` panics there).
+//!
+//! Decisions where the SPEC is silent:
+//!
+//! * **Offline answers bypass the cache** (they are already local) and never touch HTTP or the limiter. An
+//!   indicator that cannot be a plain file name (anything but letters, digits, `.`, `-`, `_` after `:` → `_`)
+//!   is a failed lookup, so a crafted value can never read outside `offline_dir`.
+//! * **Fatal is sticky**: once the token has been refused (401/403), every later `lookup_all` on this client
+//!   returns the same [`FatalError`] at once without sending anything. When it is first seen, every lookup of
+//!   the call is abandoned (aborted), so no new request is started.
+//! * **Rate**: the limiter lets one request through per `60 s / requests_per_minute` plus a 1 % margin (burst
+//!   1), so that over any 60-second window — even with a little network jitter — no more than
+//!   `requests_per_minute` requests arrive. Every attempt, retries included, passes it.
+//! * **429**: the whole client is paused ("no request before T", honoured by every worker before it even asks
+//!   the limiter) for `Retry-After` (seconds or an HTTP date, capped at [`ClientTuning::retry_after_max`]) or
+//!   else the exponential backoff. A 429 counts as one retry; after `max_retries` the lookup fails.
+//! * **Backoff**: `backoff_base * 2^attempt`, capped at `backoff_max`, with "equal jitter" (a random 50–100 %
+//!   of that). The concurrency slot is released while a lookup waits for its retry.
+//! * `concurrency` bounds requests in flight for the **whole client**, not per call.
+//! * Redirects are not followed (a 3xx is a failed lookup): a redirect could carry a query token elsewhere.
+//! * Other 4xx statuses (400, 405, …) fail the lookup without retrying; a body over `max_body_bytes` and a 200
+//!   whose body is not a document (invalid UTF-8, not JSON, `{"error": …}`) fail it too, are not retried and
+//!   not cached.
+//! * `progress` is called once per **distinct** indicator (a duplicate in the input shares the answer).
+//! * Cached bodies are checked with `parse_document` again when read; one that no longer passes is a miss.
+//! * Every message that leaves this module (reasons, errors, logs) goes through the token redaction (raw and
+//!   URL-encoded forms); reqwest errors are stripped of their URL first. Server-provided text is also cleaned
+//!   of control characters and capped at [`MAX_SERVER_MESSAGE_CHARS`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+
+use super::cache::{Cache, CachedAnswer, token_fingerprint};
+use super::model::parse_document;
+use crate::config::{AuthMode, SeclyticsSettings, Secret};
+use crate::vttl::Indicator;
+
+/// Longest piece of server-provided text kept in a message.
+pub const MAX_SERVER_MESSAGE_CHARS: usize = 300;
+
+/// How much of a 401/403/5xx body is read to find its message.
+const ERROR_BODY_LIMIT: usize = 8 * 1024;
+
+/// Knobs that are not in `vttl.ini`: backoff timing and the runtime size. Tests shorten the backoff.
+#[derive(Debug, Clone)]
+pub struct ClientTuning {
+    /// First backoff delay; doubled on every further attempt.
+    pub backoff_base: Duration,
+    /// Longest backoff delay.
+    pub backoff_max: Duration,
+    /// Longest pause honoured from a `Retry-After` header.
+    pub retry_after_max: Duration,
+    /// Worker threads of the internal tokio runtime.
+    pub runtime_threads: usize,
+}
+
+impl Default for ClientTuning {
+    fn default() -> Self {
+        ClientTuning {
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            retry_after_max: Duration::from_secs(300),
+            runtime_threads: 2,
+        }
+    }
+}
+
+/// The client cannot be built (bad settings).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid SecLytics base_url {url:?}: {reason}")]
+    BaseUrl { url: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    #[error("cannot start the HTTP runtime: {0}")]
+    Runtime(String),
+}
+
+/// The token was refused: every further lookup would fail the same way, so the run stops.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FatalError {
+    /// HTTP 401/403. `message` is the server's (redacted, capped) explanation.
+    #[error("SecLytics refused the access token (HTTP {status}): {message}")]
+    TokenRefused { status: u16, message: String },
+}
+
+impl From<FatalError> for crate::error::CriticalError {
+    fn from(error: FatalError) -> Self {
+        match error {
+            FatalError::TokenRefused { status, message } => {
+                crate::error::CriticalError::TokenRefused { status, message }
+            }
+        }
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnswerSource {
+    Api,
+    Cache,
+    Offline,
+}
+
+/// The outcome of one lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A document; `body` passed `parse_document`.
+    Found { body: Arc<str>, source: AnswerSource },
+    /// 404 (or no offline file): SecLytics has nothing on it.
+    NotFound { source: AnswerSource },
+    /// The lookup failed; `reason` never contains the token.
+    Failed { reason: String },
+}
+
+/// Cumulative counters since the client was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// HTTP requests sent, retries included.
+    pub api_requests: u64,
+    /// Answers served from the cache.
+    pub cache_hits: u64,
+    /// Answers served from `offline_dir` (found or not).
+    pub offline_hits: u64,
+    /// Not-found answers, from any source.
+    pub not_found: u64,
+    /// Failed lookups.
+    pub failed: u64,
+    /// Attempts repeated after a 429, 5xx, timeout or connection error.
+    pub retries: u64,
+    /// 429 answers seen.
+    pub throttled: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    api_requests: AtomicU64,
+    cache_hits: AtomicU64,
+    offline_hits: AtomicU64,
+    not_found: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+    throttled: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> ClientStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientStats {
+            api_requests: get(&self.api_requests),
+            cache_hits: get(&self.cache_hits),
+            offline_hits: get(&self.offline_hits),
+            not_found: get(&self.not_found),
+            failed: get(&self.failed),
+            retries: get(&self.retries),
+            throttled: get(&self.throttled),
+        }
+    }
+
+    fn count_answer(&self, answer: &Answer) {
+        match answer {
+            Answer::Found { source, .. } | Answer::NotFound { source } => {
+                match source {
+                    AnswerSource::Cache => bump(&self.cache_hits),
+                    AnswerSource::Offline => bump(&self.offline_hits),
+                    AnswerSource::Api => {}
+                }
+                if matches!(answer, Answer::NotFound { .. }) {
+                    bump(&self.not_found);
+                }
+            }
+            Answer::Failed { .. } => bump(&self.failed),
+        }
+    }
+}
+
+/// The token in the forms it can take in text: raw, and URL-encoded as it appears in a query string.
+#[derive(Clone)]
+struct Redactor {
+    raw: Secret,
+    encoded: Secret,
+}
+
+impl Redactor {
+    fn new(token: &Secret) -> Redactor {
+        let mut probe = reqwest::Url::parse("http://localhost/").expect("static URL parses");
+        probe.query_pairs_mut().append_pair("t", token.expose());
+        let encoded = probe.query().and_then(|q| q.strip_prefix("t=")).unwrap_or_default().to_string();
+        let encoded = if encoded == token.expose() { Secret::default() } else { Secret::new(encoded) };
+        Redactor { raw: token.clone(), encoded }
+    }
+
+    fn redact(&self, text: &str) -> String {
+        self.encoded.redact(&self.raw.redact(text))
+    }
+
+    /// Server-provided (attacker-controlled) text: redacted, control characters replaced, length capped.
+    fn clean_server_text(&self, text: &str) -> String {
+        let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let redacted = self.redact(one_line.trim());
+        if redacted.chars().count() > MAX_SERVER_MESSAGE_CHARS {
+            let mut capped: String = redacted.chars().take(MAX_SERVER_MESSAGE_CHARS).collect();
+            capped.push('…');
+            capped
+        } else {
+            redacted
+        }
+    }
+
+    /// A reqwest error as text: without its URL, with its causes, redacted.
+    fn describe(&self, error: reqwest::Error) -> String {
+        let kind = if error.is_timeout() {
+            "timed out"
+        } else if error.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        let error = error.without_url();
+        let mut text = format!("{kind}: {error}");
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.redact(&text)
+    }
+}
+
+/// The server's explanation in an error body: `error.message`, `error` as a string, `message`, or the text.
+fn server_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+        let candidates = [value.pointer("/error/message"), value.get("error"), value.get("message")];
+        for candidate in candidates.into_iter().flatten() {
+            if let Some(message) = candidate.as_str() {
+                return message.to_string();
+            }
+        }
+    }
+    text.into_owned()
+}
+
+/// Everything shared by the lookups running on the runtime.
+struct Http {
+    base_url: reqwest::Url,
+    token: Secret,
+    auth: AuthMode,
+    redactor: Redactor,
+    client: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    /// No request may start before this instant (set by 429s).
+    gate: Mutex<Option<Instant>>,
+    in_flight: tokio::sync::Semaphore,
+    /// Set once the token has been refused.
+    fatal: Mutex<Option<FatalError>>,
+    timeout: Duration,
+    max_retries: u32,
+    max_body_bytes: usize,
+    tuning: ClientTuning,
+    counters: Arc<Counters>,
+}
+
+/// What one lookup task reports back.
+enum Outcome {
+    Answer(Answer),
+    /// The token was refused (recorded in `Http::fatal`).
+    Fatal,
+    /// Not attempted because the token has been refused.
+    Stopped,
+}
+
+/// What one HTTP attempt produced.
+enum Attempt {
+    Done(Answer),
+    Fatal(FatalError),
+    Throttled { retry_after: Option<Duration> },
+    Retryable(String),
+}
+
+/// A body read with a size cap.
+enum Body {
+    Complete(Vec<u8>),
+    TooLarge,
+}
+
+impl Http {
+    fn fatal(&self) -> Option<FatalError> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_fatal(&self, error: &FatalError) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(error.clone());
+        }
+    }
+
+    fn gate(&self) -> Option<Instant> {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pauses the whole client for `delay` (never shortens an existing pause).
+    fn close_gate_for(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if gate.is_none_or(|current| current < until) {
+            *gate = Some(until);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.min(20));
+        let full = self.tuning.backoff_base.saturating_mul(factor).min(self.tuning.backoff_max);
+        full.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    fn url_for(&self, indicator: &Indicator) -> reqwest::Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().push(indicator.kind.endpoint()).push(&indicator.value);
+        }
+        if self.auth == AuthMode::Query && !self.token.is_empty() {
+            url.query_pairs_mut().append_pair("access_token", self.token.expose());
+        }
+        url
+    }
+
+    /// Waits until both the 429 pause is over and the rate limiter grants a cell.
+    async fn wait_turn(&self) {
+        loop {
+            if let Some(until) = self.gate()
+                && until > Instant::now()
+            {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            if let Err(not_until) = self.limiter.check() {
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            // A 429 may have closed the gate while we waited for the limiter: then wait again.
+            match self.gate() {
+                Some(until) if until > Instant::now() => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Looks one indicator up, with retries.
+    async fn fetch(self: Arc<Self>, indicator: Indicator) -> Outcome {
+        let url = self.url_for(&indicator);
+        let mut attempt: u32 = 0;
+        loop {
+            if self.fatal().is_some() {
+                return Outcome::Stopped;
+            }
+            let result = {
+                let Ok(_permit) = self.in_flight.acquire().await else { return Outcome::Stopped };
+                self.wait_turn().await;
+                if self.fatal().is_some() {
+                    return Outcome::Stopped;
+                }
+                bump(&self.counters.api_requests);
+                tracing::debug!(indicator = %indicator, attempt, "SecLytics request");
+                let result = match tokio::time::timeout(self.timeout, self.attempt(url.clone())).await {
+                    Ok(result) => result,
+                    Err(_) => Attempt::Retryable(format!("timed out after {:?}", self.timeout)),
+                };
+                if let Attempt::Fatal(error) = &result {
+                    // Before the slot is released, so no waiting lookup starts another request.
+                    self.set_fatal(error);
+                }
+                result
+            };
+            match result {
+                Attempt::Done(answer) => return Outcome::Answer(answer),
+                Attempt::Fatal(error) => {
+                    tracing::warn!("{error}");
+                    return Outcome::Fatal;
+                }
+                Attempt::Throttled { retry_after } => {
+                    bump(&self.counters.throttled);
+                    let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                    self.close_gate_for(delay);
+                    if attempt >= self.max_retries {
+                        return Outcome::Answer(Answer::Failed {
+                            reason: format!("HTTP 429 (rate limited), gave up after {attempt} retries"),
+                        });
+                    }
+                    tracing::warn!(indicator = %indicator, "SecLytics answered 429: pausing all requests for {delay:?}");
+                }
+                Attempt::Retryable(reason) => {
+                    if attempt >= self.max_retries {
+                        return Outcome::Answer(Answer::Failed {
+                            reason: format!("{reason} (gave up after {attempt} retries)"),
+                        });
+                    }
+                    let delay = self.backoff(attempt);
+                    tracing::debug!(indicator = %indicator, "retrying in {delay:?}: {reason}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            attempt += 1;
+            bump(&self.counters.retries);
+        }
+    }
+
+    /// One HTTP request and its classification.
+    async fn attempt(&self, url: reqwest::Url) -> Attempt {
+        let mut request = self.client.get(url);
+        if self.auth == AuthMode::Header && !self.token.is_empty() {
+            request = request.bearer_auth(self.token.expose());
+        }
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return Attempt::Retryable(self.redactor.describe(error)),
+        };
+        let status = response.status().as_u16();
+        match status {
+            200 => match self.read_body(&mut response, self.max_body_bytes).await {
+                Ok(Body::Complete(bytes)) => Attempt::Done(self.document_answer(bytes)),
+                Ok(Body::TooLarge) => Attempt::Done(Answer::Failed {
+                    reason: format!("response body larger than {} bytes", self.max_body_bytes),
+                }),
+                Err(reason) => Attempt::Retryable(reason),
+            },
+            404 => {
+                // Read the (small) body so the connection can go back to the pool.
+                let _ = self.error_message(&mut response).await;
+                Attempt::Done(Answer::NotFound { source: AnswerSource::Api })
+            }
+            401 | 403 => {
+                let message = self.error_message(&mut response).await;
+                let message = if message.is_empty() { "no explanation given".to_string() } else { message };
+                Attempt::Fatal(FatalError::TokenRefused { status, message })
+            }
+            429 => Attempt::Throttled { retry_after: self.retry_after(&response) },
+            500..=599 => {
+                let message = self.error_message(&mut response).await;
+                Attempt::Retryable(
+                    format!("HTTP {status}: {message}").trim_end_matches([':', ' ']).to_string(),
+                )
+            }
+            _ => {
+                let message = self.error_message(&mut response).await;
+                let text = format!("unexpected HTTP {status}: {message}");
+                Attempt::Done(Answer::Failed { reason: text.trim_end_matches([':', ' ']).to_string() })
+            }
+        }
+    }
+
+    fn document_answer(&self, bytes: Vec<u8>) -> Answer {
+        let body = match String::from_utf8(bytes) {
+            Ok(body) => body,
+            Err(_) => return Answer::Failed { reason: "response body is not UTF-8".into() },
+        };
+        match parse_document(&body) {
+            Ok(_) => Answer::Found { body: Arc::from(body), source: AnswerSource::Api },
+            Err(error) => Answer::Failed { reason: self.redactor.clean_server_text(&error.to_string()) },
+        }
+    }
+
+    /// Reads the body in chunks, stopping as soon as it grows past `limit`.
+    async fn read_body(&self, response: &mut reqwest::Response, limit: usize) -> Result<Body, String> {
+        if response.content_length().is_some_and(|length| length > limit as u64) {
+            return Ok(Body::TooLarge);
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Ok(Body::TooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(Body::Complete(body)),
+                Err(error) => return Err(self.redactor.describe(error)),
+            }
+        }
+    }
+
+    /// The cleaned explanation from an error response (best effort, empty when there is none).
+    async fn error_message(&self, response: &mut reqwest::Response) -> String {
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(ERROR_BODY_LIMIT);
+        self.redactor.clean_server_text(&server_message(&body))
+    }
+
+    /// `Retry-After` as seconds or an HTTP date, capped.
+    fn retry_after(&self, response: &reqwest::Response) -> Option<Duration> {
+        let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+        let delay = if let Ok(seconds) = value.parse::<u64>() {
+            Duration::from_secs(seconds)
+        } else {
+            let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            let millis = (date.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+            Duration::from_millis(millis.max(0) as u64)
+        };
+        Some(delay.min(self.tuning.retry_after_max))
+    }
+}
+
+/// Where answers come from.
+enum Backend {
+    Offline { dir: PathBuf, max_body_bytes: usize },
+    Http(Box<HttpBackend>),
+}
+
+/// The HTTP side: the shared state, the runtime that drives it, and the cache.
+struct HttpBackend {
+    http: Arc<Http>,
+    runtime: Option<tokio::runtime::Runtime>,
+    cache: Option<Cache>,
+    token_fp: String,
+}
+
+/// The SecLytics client, shared by every worker and every workbook: one connection pool, one rate limiter,
+/// one 429 pause, one cache.
+pub struct Client {
+    backend: Backend,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            Backend::Offline { dir, .. } => f.debug_struct("Client").field("offline_dir", dir).finish(),
+            Backend::Http(backend) => f
+                .debug_struct("Client")
+                .field("base_url", &backend.http.base_url.as_str())
+                .field("auth", &backend.http.auth)
+                .field("token", &backend.http.token)
+                .field("max_retries", &backend.http.max_retries)
+                .field("cache", &backend.cache.as_ref().map(Cache::path))
+                .finish(),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Backend::Http(backend) = &mut self.backend
+            && let Some(runtime) = backend.runtime.take()
+        {
+            // Safe even when the client is dropped inside an async context.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Client {
+    /// Builds the client for these settings with the default [`ClientTuning`].
+    pub fn new(settings: &SeclyticsSettings) -> Result<Client, ClientError> {
+        Client::with_tuning(settings, ClientTuning::default())
+    }
+
+    /// Builds the client with explicit backoff timing (tests use short delays).
+    pub fn with_tuning(settings: &SeclyticsSettings, tuning: ClientTuning) -> Result<Client, ClientError> {
+        let counters = Arc::new(Counters::default());
+        if let Some(dir) = &settings.offline_dir {
+            let backend = Backend::Offline { dir: dir.clone(), max_body_bytes: settings.max_body_bytes };
+            return Ok(Client { backend, counters });
+        }
+        let redactor = Redactor::new(&settings.access_token);
+        let url_error = |reason: &str| ClientError::BaseUrl {
+            url: redactor.redact(&settings.base_url),
+            reason: reason.to_string(),
+        };
+        let base_url = reqwest::Url::parse(&settings.base_url).map_err(|e| url_error(&e.to_string()))?;
+        if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {
+            return Err(url_error("expected an http:// or https:// URL"));
+        }
+
+        // reqwest is built without a default crypto provider; a second install attempt is harmless. (ring's
+        // provider is deprecated only for lacking post-quantum key exchange; it is the one the project ships.)
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout.min(settings.timeout))
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(settings.concurrency.max(1))
+            .user_agent(concat!("vttl-seclytics/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Http(redactor.describe(e)))?;
+
+        let period = Duration::from_secs(60).mul_f64(1.01) / settings.requests_per_minute.max(1);
+        let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+            .ok_or_else(|| ClientError::Http("invalid requests_per_minute".into()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(tuning.runtime_threads.max(1))
+            .thread_name("seclytics-http")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Runtime(e.to_string()))?;
+
+        let cache = settings.cache.as_deref().and_then(|path| match Cache::open(path, settings.cache_ttl) {
+            Ok(cache) => Some(cache),
+            Err(error) => {
+                tracing::warn!(
+                    "{}; continuing without the response cache",
+                    redactor.redact(&error.to_string())
+                );
+                None
+            }
+        });
+        let http = Http {
+            base_url,
+            token: settings.access_token.clone(),
+            auth: settings.auth,
+            redactor,
+            client,
+            limiter: RateLimiter::direct(quota),
+            gate: Mutex::new(None),
+            in_flight: tokio::sync::Semaphore::new(settings.concurrency.max(1)),
+            fatal: Mutex::new(None),
+            timeout: settings.timeout,
+            max_retries: settings.max_retries,
+            max_body_bytes: settings.max_body_bytes,
+            tuning,
+            counters: counters.clone(),
+        };
+        let backend = Backend::Http(Box::new(HttpBackend {
+            http: Arc::new(http),
+            runtime: Some(runtime),
+            cache,
+            token_fp: token_fingerprint(&settings.access_token),
+        }));
+        Ok(Client { backend, counters })
+    }
+
+    /// Cumulative counters since the client was built.
+    pub fn stats(&self) -> ClientStats {
+        self.counters.snapshot()
+    }
+
+    /// Looks up every indicator (distinct ones concurrently, each at most once), at most `concurrency` requests
+    /// in flight, never faster than `requests_per_minute`. `refresh` bypasses the cache for reading (answers
+    /// are still written to it). `progress` is called once per finished distinct indicator. Returns the answers
+    /// in input order, or the fatal error when the token is refused (401/403); then no new request is started.
+    ///
+    /// Must be called from synchronous code (not inside an async runtime).
+    pub fn lookup_all(
+        &self,
+        indicators: &[Indicator],
+        refresh: bool,
+        progress: &(dyn Fn(&Indicator, &Answer) + Sync),
+    ) -> Result<Vec<Answer>, FatalError> {
+        let mut distinct: Vec<&Indicator> = Vec::new();
+        let mut slot_of_distinct: HashMap<&Indicator, usize> = HashMap::new();
+        let slots: Vec<usize> = indicators
+            .iter()
+            .map(|indicator| {
+                *slot_of_distinct.entry(indicator).or_insert_with(|| {
+                    distinct.push(indicator);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let mut answers: Vec<Option<Answer>> = vec![None; distinct.len()];
+
+        match &self.backend {
+            Backend::Offline { dir, max_body_bytes } => {
+                for (slot, indicator) in distinct.iter().enumerate() {
+                    let answer = offline_answer(dir, indicator, *max_body_bytes);
+                    self.finish(indicator, answer, &mut answers[slot], progress);
+                }
+            }
+            Backend::Http(backend) => {
+                let HttpBackend { http, runtime, cache, token_fp } = &**backend;
+                if let Some(fatal) = http.fatal() {
+                    return Err(fatal);
+                }
+                let mut pending = Vec::new();
+                for (slot, indicator) in distinct.iter().enumerate() {
+                    let cached =
+                        if refresh { None } else { cached_answer(cache.as_ref(), token_fp, indicator) };
+                    match cached {
+                        Some(answer) => self.finish(indicator, answer, &mut answers[slot], progress),
+                        None => pending.push(slot),
+                    }
+                }
+                if !pending.is_empty() {
+                    let Some(runtime) = runtime else {
+                        return Err(FatalError::TokenRefused {
+                            status: 0,
+                            message: "client shut down".into(),
+                        });
+                    };
+                    runtime.block_on(async {
+                        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for &slot in &pending {
+                            let sender = sender.clone();
+                            let task = http.clone().fetch(distinct[slot].clone());
+                            tasks.spawn(async move {
+                                let _ = sender.send((slot, task.await));
+                            });
+                        }
+                        drop(sender);
+                        while let Some((slot, outcome)) = receiver.recv().await {
+                            match outcome {
+                                Outcome::Answer(answer) => {
+                                    store_answer(cache.as_ref(), token_fp, distinct[slot], &answer);
+                                    self.finish(distinct[slot], answer, &mut answers[slot], progress);
+                                }
+                                Outcome::Fatal | Outcome::Stopped => {
+                                    tasks.abort_all();
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                }
+                if let Some(fatal) = http.fatal() {
+                    return Err(fatal);
+                }
+            }
+        }
+
+        Ok(slots
+            .iter()
+            .map(|&slot| {
+                answers[slot]
+                    .clone()
+                    .unwrap_or_else(|| Answer::Failed { reason: "lookup did not complete".into() })
+            })
+            .collect())
+    }
+
+    fn finish(
+        &self,
+        indicator: &Indicator,
+        answer: Answer,
+        slot: &mut Option<Answer>,
+        progress: &(dyn Fn(&Indicator, &Answer) + Sync),
+    ) {
+        self.counters.count_answer(&answer);
+        progress(indicator, &answer);
+        *slot = Some(answer);
+    }
+}
+
+fn cached_answer(cache: Option<&Cache>, token_fp: &str, indicator: &Indicator) -> Option<Answer> {
+    match cache?.get(indicator.kind.endpoint(), &indicator.value, token_fp)? {
+        CachedAnswer::Found(body) => parse_document(&body)
+            .is_ok()
+            .then(|| Answer::Found { body: Arc::from(body), source: AnswerSource::Cache }),
+        CachedAnswer::NotFound => Some(Answer::NotFound { source: AnswerSource::Cache }),
+    }
+}
+
+/// Writes an API answer to the cache: documents and 404s only, never failures.
+fn store_answer(cache: Option<&Cache>, token_fp: &str, indicator: &Indicator, answer: &Answer) {
+    let Some(cache) = cache else { return };
+    let cached = match answer {
+        Answer::Found { body, source: AnswerSource::Api } => CachedAnswer::Found(body.to_string()),
+        Answer::NotFound { source: AnswerSource::Api } => CachedAnswer::NotFound,
+        _ => return,
+    };
+    cache.put(indicator.kind.endpoint(), &indicator.value, token_fp, &cached);
+}
+
+/// The offline file name of an indicator (`:` written as `_`), or `None` when it cannot be a plain file name.
+fn offline_file_name(indicator: &Indicator) -> Option<String> {
+    let name = indicator.value.replace(':', "_");
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    plain.then(|| format!("{name}.json"))
+}
+
+/// The answer recorded under `dir` for this indicator.
+fn offline_answer(dir: &Path, indicator: &Indicator, max_body_bytes: usize) -> Answer {
+    use std::io::Read;
+    let Some(name) = offline_file_name(indicator) else {
+        return Answer::Failed { reason: format!("{:?} cannot be an offline file name", indicator.value) };
+    };
+    let path = dir.join(indicator.kind.endpoint()).join(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Answer::NotFound { source: AnswerSource::Offline };
+        }
+        Err(e) => return Answer::Failed { reason: format!("cannot read {}: {e}", path.display()) },
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = file.take(max_body_bytes as u64 + 1).read_to_end(&mut bytes) {
+        return Answer::Failed { reason: format!("cannot read {}: {e}", path.display()) };
+    }
+    if bytes.len() > max_body_bytes {
+        return Answer::Failed {
+            reason: format!("{} is larger than {max_body_bytes} bytes", path.display()),
+        };
+    }
+    let Ok(body) = String::from_utf8(bytes) else {
+        return Answer::Failed { reason: format!("{} is not UTF-8", path.display()) };
+    };
+    match parse_document(&body) {
+        Ok(_) => Answer::Found { body: Arc::from(body), source: AnswerSource::Offline },
+        Err(e) => Answer::Failed { reason: format!("{}: {e}", path.display()) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redactor_covers_raw_and_encoded_token() {
+        let redactor = Redactor::new(&Secret::new("a b+c/d"));
+        let text = redactor.redact("x a b+c/d y a+b%2Bc%2Fd z");
+        assert!(!text.contains("a b+c/d") && !text.contains("a+b%2Bc%2Fd"), "{text}");
+    }
+
+    #[test]
+    fn server_text_is_cleaned_and_capped() {
+        let redactor = Redactor::new(&Secret::new("tok-999"));
+        let long = format!("bad\r\ntoken tok-999 {}", "x".repeat(2000));
+        let text = redactor.clean_server_text(&long);
+        assert!(!text.contains("tok-999") && !text.contains('\n'));
+        assert!(text.chars().count() <= MAX_SERVER_MESSAGE_CHARS + 1);
+        assert_eq!(
+            server_message(br#"{"error": {"message": "Invalid access token."}}"#),
+            "Invalid access token."
+        );
+        assert_eq!(server_message(br#"{"error": "nope"}"#), "nope");
+        assert_eq!(server_message(b"plain"), "plain");
+    }
+
+    #[test]
+    fn offline_names() {
+        let ip6 = Indicator::classify("2001:db8::1").unwrap();
+        assert_eq!(offline_file_name(&ip6).as_deref(), Some("2001_db8__1.json"));
+        let evil = Indicator { kind: crate::vttl::IndicatorKind::Host, value: "../../etc/passwd".into() };
+        assert_eq!(offline_file_name(&evil), None);
+    }
+}

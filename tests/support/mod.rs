@@ -1,0 +1,4 @@
+//! Shared helpers for the integration tests. [`api_server`] is the fake SecLytics API (a real HTTP server on
+//! 127.0.0.1) used by the client tests, the end-to-end tests and the benchmarks.
+
+pub mod api_server;
