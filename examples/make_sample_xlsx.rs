@@ -12,10 +12,25 @@ fn main() -> Result<(), XlsxError> {
 
     let ti = book.add_worksheet().set_name("Threat Intelligence")?;
     let header = [
-        "Scanned Item", "Country Name", "Country Code", "Creation Date", "Reverse DNS", "WHOIS", "IP Address",
-        "Category", "Validation", "Keyword Watch List", "Sinkhole", "Cache", "IP Domain Watch List",
-        "Detection Name Watch List", "URL Watch List", "Open Ports", "Seclytics Reputation and Reason",
-        "Seclytics Associated File Metadata", "Seclytics File Count",
+        "Scanned Item",
+        "Country Name",
+        "Country Code",
+        "Creation Date",
+        "Reverse DNS",
+        "WHOIS",
+        "IP Address",
+        "Category",
+        "Validation",
+        "Keyword Watch List",
+        "Sinkhole",
+        "Cache",
+        "IP Domain Watch List",
+        "Detection Name Watch List",
+        "URL Watch List",
+        "Open Ports",
+        "Seclytics Reputation and Reason",
+        "Seclytics Associated File Metadata",
+        "Seclytics File Count",
     ];
     for (c, h) in header.iter().enumerate() {
         ti.write_string(0, c as u16, *h)?;
@@ -35,9 +50,10 @@ fn main() -> Result<(), XlsxError> {
     ti.write_boolean(4, 11, true)?;
 
     let hashes = book.add_worksheet().set_name("Hashes")?;
-    for (c, h) in ["Hash", "Scan Date", "Common Name", "Date First Seen", "Seclytics File Associated Metadata"]
-        .iter()
-        .enumerate()
+    for (c, h) in
+        ["Hash", "Scan Date", "Common Name", "Date First Seen", "Seclytics File Associated Metadata"]
+            .iter()
+            .enumerate()
     {
         hashes.write_string(0, c as u16, *h)?;
     }

@@ -60,7 +60,10 @@ pub fn persist_no_clobber(temp: tempfile::NamedTempFile, dir: &Path, name: &str)
             Err(e) => return Err(e.error),
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free name for {name} in {}", dir.display())))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("no free name for {name} in {}", dir.display()),
+    ))
 }
 
 /// Makes a rename durable (Unix: fsync the directory; Windows has no equivalent and does not need one).
@@ -91,7 +94,8 @@ pub fn ensure_writable(dir: &Path) -> std::io::Result<()> {
 /// process so two workbooks started in the same second never share log names.
 pub fn unique_epoch_seconds() -> u64 {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = now.max(last + 1);
@@ -112,7 +116,8 @@ pub enum SeclyticLog {
 }
 
 impl SeclyticLog {
-    pub const ALL: [SeclyticLog; 4] = [SeclyticLog::Ips, SeclyticLog::Hashes, SeclyticLog::Urls, SeclyticLog::References];
+    pub const ALL: [SeclyticLog; 4] =
+        [SeclyticLog::Ips, SeclyticLog::Hashes, SeclyticLog::Urls, SeclyticLog::References];
 
     /// File name for unique string `unique`.
     pub fn file_name(self, unique: u64) -> String {

@@ -93,11 +93,15 @@ impl Enricher {
         let mut warnings = Vec::new();
         let client = Client::new(&config.seclytics)
             .map_err(|e| CriticalError::Other(format!("cannot start the SecLytics client: {e}")))?;
-        let (lists, list_warnings) = watchlists::WatchLists::load(&config.watchlists_dir, config.url_watchlist_regex);
-        warnings.extend(list_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)));
+        let (lists, list_warnings) =
+            watchlists::WatchLists::load(&config.watchlists_dir, config.url_watchlist_regex);
+        warnings
+            .extend(list_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)));
         let sinkholes = match sinkholes::Sinkholes::load(&config.sinkholes_file) {
             Ok((sinkholes, sink_warnings)) => {
-                warnings.extend(sink_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)));
+                warnings.extend(
+                    sink_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)),
+                );
                 sinkholes
             }
             Err(e) => {
@@ -148,7 +152,13 @@ impl Enricher {
     }
 
     /// CSV: two streaming passes over the file.
-    fn enrich_csv(&self, input: &Path, outbox: &Path, name: &str, job: &mut Job) -> Result<PathBuf, EnrichError> {
+    fn enrich_csv(
+        &self,
+        input: &Path,
+        outbox: &Path,
+        name: &str,
+        job: &mut Job,
+    ) -> Result<PathBuf, EnrichError> {
         let before = file_stamp(input);
         let mut reader = csvio::CsvReader::open(input).map_err(|e| file_error("read", e))?;
         let header = reader
@@ -169,12 +179,16 @@ impl Enricher {
         reader.rewind().map_err(|e| file_error("read", e))?;
         let temp = outbox::temp_file_for(outbox, name)
             .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
-        let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
+        let write_err =
+            |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
         let mut writer =
             csvio::CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())
                 .map_err(write_err)?;
         let header = reader.next_record().map_err(|e| file_error("read", e))?.ok_or_else(|| {
-            file_error("read", WorkbookError::Corrupt { path: input.to_path_buf(), reason: "file changed".into() })
+            file_error(
+                "read",
+                WorkbookError::Corrupt { path: input.to_path_buf(), reason: "file changed".into() },
+            )
         })?;
         let header_patches: Vec<(usize, String)> =
             table.plan.appended_headers().iter().map(|(c, h)| (*c, h.to_string())).collect();
@@ -194,7 +208,10 @@ impl Enricher {
         if file_stamp(input) != before {
             return Err(file_error(
                 "read",
-                WorkbookError::Corrupt { path: input.to_path_buf(), reason: "the file changed while it was read".into() },
+                WorkbookError::Corrupt {
+                    path: input.to_path_buf(),
+                    reason: "the file changed while it was read".into(),
+                },
             ));
         }
         outbox::persist_no_clobber(temp, outbox, name)
@@ -202,7 +219,13 @@ impl Enricher {
     }
 
     /// XLSX/XLS: read into the typed model, fill, write back.
-    fn enrich_xlsx(&self, input: &Path, outbox: &Path, name: &str, job: &mut Job) -> Result<PathBuf, EnrichError> {
+    fn enrich_xlsx(
+        &self,
+        input: &Path,
+        outbox: &Path,
+        name: &str,
+        job: &mut Job,
+    ) -> Result<PathBuf, EnrichError> {
         let mut book = xlsx::read_workbook(input).map_err(|e| file_error("read", e))?;
         let mut tables = Vec::new();
         let mut sheet_of_table = Vec::new();
@@ -276,7 +299,8 @@ fn csv_text(value: FillValue) -> String {
 }
 
 fn csv_patches(fills: Vec<Fill>) -> Vec<(usize, String)> {
-    let mut patches: Vec<(usize, String)> = fills.into_iter().map(|f| (f.column, csv_text(f.value))).collect();
+    let mut patches: Vec<(usize, String)> =
+        fills.into_iter().map(|f| (f.column, csv_text(f.value))).collect();
     patches.sort_by_key(|(c, _)| *c);
     patches
 }
@@ -344,10 +368,10 @@ impl TableScan {
             return;
         };
         match indicator.kind {
-            IndicatorKind::Host if self.plan.mode() == crate::vttl::Mode::IpDomain => {
-                if self.plan.wants_passive_dns(row) {
-                    self.passive_dns_rows.push(indicator.clone());
-                }
+            IndicatorKind::Host
+                if self.plan.mode() == crate::vttl::Mode::IpDomain && self.plan.wants_passive_dns(row) =>
+            {
+                self.passive_dns_rows.push(indicator.clone());
             }
             IndicatorKind::Ip if self.plan.wants_ip_notes(row) => {
                 if let Some(ip) = indicator.ip() {
@@ -449,10 +473,9 @@ impl<'a> Job<'a> {
             let mut ips: Vec<IpAddr> = Vec::new();
             let mut unique = HashSet::new();
             for table in tables.iter().filter(|t| t.plan.has_ip_note_columns()) {
-                let passive = table
-                    .passive_dns_rows
-                    .iter()
-                    .filter_map(|host| self.facts.get(host).cloned().flatten().and_then(|f| f.passive_dns_ip));
+                let passive = table.passive_dns_rows.iter().filter_map(|host| {
+                    self.facts.get(host).cloned().flatten().and_then(|f| f.passive_dns_ip)
+                });
                 let appended = table.appended.iter().filter_map(Indicator::ip);
                 for ip in table.noted_ips.iter().copied().chain(passive).chain(appended) {
                     if unique.insert(ip) {
@@ -473,13 +496,14 @@ impl<'a> Job<'a> {
             return Ok(());
         }
         let bar = progress_bar(&self.input, indicators.len() as u64);
-        let answers = self
-            .enricher
-            .client
-            .lookup_all(indicators, self.enricher.refresh, &|_, _| bar.inc(1))
-            .map_err(|fatal| match fatal {
-                FatalError::TokenRefused { status, message } => CriticalError::TokenRefused { status, message },
-            })?;
+        let answers =
+            self.enricher.client.lookup_all(indicators, self.enricher.refresh, &|_, _| bar.inc(1)).map_err(
+                |fatal| match fatal {
+                    FatalError::TokenRefused { status, message } => {
+                        CriticalError::TokenRefused { status, message }
+                    }
+                },
+            )?;
         bar.finish_and_clear();
         for (indicator, answer) in indicators.iter().zip(answers) {
             *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
@@ -546,7 +570,10 @@ impl<'a> Job<'a> {
             keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
             url_watch: join(&lists.url_matches(findings.urls.iter().map(String::as_str)), "   "),
             ip_domain_watch: join(&lists.ip_domain_matches(iocs), "^"),
-            detection_watch: join(&lists.detection_matches(findings.detection_candidates.iter().map(String::as_str)), "^"),
+            detection_watch: join(
+                &lists.detection_matches(findings.detection_candidates.iter().map(String::as_str)),
+                "^",
+            ),
         };
         let switches = self.enricher.config.logs;
         let item = indicator.value.as_str();
@@ -613,12 +640,16 @@ impl<'a> Job<'a> {
         unique: u64,
         started: Instant,
     ) -> Result<FileReport, EnrichError> {
-        let outbox_error = |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
+        let outbox_error =
+            |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
         let unique = outbox::free_unique(outbox, unique);
         for log in SeclyticLog::ALL {
             if let Some(lines) = self.logs.get(&log).filter(|l| !l.is_empty()) {
-                let path = outbox::write_new_file(outbox, &log.file_name(unique), &lines.to_bytes()).map_err(outbox_error)?;
-                self.report.log_files.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+                let path = outbox::write_new_file(outbox, &log.file_name(unique), &lines.to_bytes())
+                    .map_err(outbox_error)?;
+                self.report
+                    .log_files
+                    .push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
             }
         }
         for message in &self.errors {
@@ -665,7 +696,9 @@ fn kind_name(kind: IndicatorKind) -> &'static str {
 /// A progress bar for the lookups of one workbook; invisible when stderr is not a terminal.
 fn progress_bar(input: &Path, len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} lookups ({eta})") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} lookups ({eta})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(input.file_name().unwrap_or_default().to_string_lossy().into_owned());

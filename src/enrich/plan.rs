@@ -235,7 +235,8 @@ impl TablePlan {
         if let Some(ip) = noted_ip
             && self.mode() == Mode::IpDomain
         {
-            let existing_name = self.at.reverse_dns.map(|c| row.text(c).trim().to_string()).filter(|s| !s.is_empty());
+            let existing_name =
+                self.at.reverse_dns.map(|c| row.text(c).trim().to_string()).filter(|s| !s.is_empty());
             let reverse_name = ips.reverse_name(ip);
             put(self.at.reverse_dns, vttl::REVERSE_DNS, reverse_name.as_deref().and_then(text));
             let label = ips.sinkhole(ip, existing_name.as_deref().or(reverse_name.as_deref()));
@@ -295,10 +296,13 @@ mod tests {
 
     #[test]
     fn routable() {
-        for ip in ["10.1.2.3", "192.168.0.1", "172.16.5.4", "127.0.0.1", "169.254.1.1", "0.0.0.0", "224.0.0.1"] {
+        for ip in
+            ["10.1.2.3", "192.168.0.1", "172.16.5.4", "127.0.0.1", "169.254.1.1", "0.0.0.0", "224.0.0.1"]
+        {
             assert!(!is_globally_routable(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["255.255.255.255", "100.64.0.1", "::1", "fe80::1", "fd00::1", "ff02::1", "::ffff:10.0.0.1"] {
+        for ip in ["255.255.255.255", "100.64.0.1", "::1", "fe80::1", "fd00::1", "ff02::1", "::ffff:10.0.0.1"]
+        {
             assert!(!is_globally_routable(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["203.0.113.45", "8.8.8.8", "2001:db8::1", "2606:4700::1111"] {
