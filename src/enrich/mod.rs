@@ -132,6 +132,17 @@ impl Enricher {
 
     /// Enriches `input` into `outbox`. The input is never modified.
     pub fn enrich_file(&self, input: &Path, outbox: &Path) -> Result<FileReport, EnrichError> {
+        self.enrich_file_with(input, outbox, &NoHooks)
+    }
+
+    /// [`Enricher::enrich_file`], telling `hooks` just before and after the workbook is renamed into the
+    /// outbox (the hot folder journals this step so a crash in between is recovered without a duplicate).
+    pub fn enrich_file_with(
+        &self,
+        input: &Path,
+        outbox: &Path,
+        hooks: &dyn PublishHooks,
+    ) -> Result<FileReport, EnrichError> {
         let started = Instant::now();
         let unique = outbox::unique_epoch_seconds();
         outbox::ensure_writable(outbox)
@@ -148,6 +159,7 @@ impl Enricher {
             Format::Csv => self.enrich_csv(input, outbox, &output_name, &mut job)?,
             Format::Xlsx | Format::Xls => self.enrich_xlsx(input, outbox, &output_name, &mut job)?,
         };
+        let output = publish(output, outbox, &output_name, hooks)?;
         job.finish(outbox, output, unique, started)
     }
 
@@ -225,7 +237,7 @@ impl Enricher {
         outbox: &Path,
         name: &str,
         job: &mut Job,
-    ) -> Result<PathBuf, EnrichError> {
+    ) -> Result<tempfile::NamedTempFile, EnrichError> {
         let mut book = xlsx::read_workbook(input).map_err(|e| file_error("read", e))?;
         let mut tables = Vec::new();
         let mut sheet_of_table = Vec::new();
@@ -266,10 +278,46 @@ impl Enricher {
         }
         let temp = outbox::temp_file_for(outbox, name)
             .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
-        let temp = xlsx::write_workbook(&book, temp, input).map_err(|e| file_error("write", e))?;
-        outbox::persist_no_clobber(temp, outbox, name)
-            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source }.into())
+        xlsx::write_workbook(&book, temp, input).map_err(|e| file_error("write", e))
     }
+}
+
+/// Told around the one step that makes an output visible: the rename of the complete workbook from its
+/// temporary name in the outbox to its final name.
+pub trait PublishHooks {
+    /// The complete output sits at `temp` (in the outbox) and is about to be renamed to `final_name` (or
+    /// `_1`, `_2`… when taken). An error cancels the publication (the temporary file is removed).
+    fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()>;
+    /// The output is now visible at `published`.
+    fn after_publish(&self, published: &Path);
+}
+
+/// No hooks (the `enrich` command).
+pub struct NoHooks;
+
+impl PublishHooks for NoHooks {
+    fn before_publish(&self, _temp: &Path, _final_name: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn after_publish(&self, _published: &Path) {}
+}
+
+/// Flushes the complete output and renames it into the outbox, never over an existing file.
+fn publish(
+    temp: tempfile::NamedTempFile,
+    outbox: &Path,
+    name: &str,
+    hooks: &dyn PublishHooks,
+) -> Result<PathBuf, EnrichError> {
+    let outbox_error =
+        |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
+    temp.as_file().sync_all().map_err(outbox_error)?;
+    hooks.before_publish(temp.path(), name).map_err(|e| {
+        file_error("publish", WorkbookError::io(temp.path(), "prepare the publication of", e))
+    })?;
+    let published = outbox::persist_no_clobber(temp, outbox, name).map_err(outbox_error)?;
+    hooks.after_publish(&published);
+    Ok(published)
 }
 
 fn file_error(step: &'static str, error: WorkbookError) -> EnrichError {
