@@ -170,7 +170,7 @@ impl Enricher {
         outbox: &Path,
         name: &str,
         job: &mut Job,
-    ) -> Result<PathBuf, EnrichError> {
+    ) -> Result<tempfile::NamedTempFile, EnrichError> {
         let before = file_stamp(input);
         let mut reader = csvio::CsvReader::open(input).map_err(|e| file_error("read", e))?;
         let header = reader
@@ -226,8 +226,7 @@ impl Enricher {
                 },
             ));
         }
-        outbox::persist_no_clobber(temp, outbox, name)
-            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source }.into())
+        Ok(temp)
     }
 
     /// XLSX/XLS: read into the typed model, fill, write back.
