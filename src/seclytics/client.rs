@@ -834,6 +834,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn client_is_send_and_sync() {
+        fn shared_between_threads<T: Send + Sync>() {}
+        shared_between_threads::<Client>();
+    }
+
+    #[test]
     fn redactor_covers_raw_and_encoded_token() {
         let redactor = Redactor::new(&Secret::new("a b+c/d"));
         let text = redactor.redact("x a b+c/d y a+b%2Bc%2Fd z");
