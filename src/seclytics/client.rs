@@ -292,7 +292,10 @@ enum Outcome {
 enum Attempt {
     Done(Answer),
     Fatal(FatalError),
-    Throttled { retry_after: Option<Duration> },
+    /// 429: the whole client pauses for `delay` (`Retry-After` or backoff).
+    Throttled {
+        delay: Duration,
+    },
     Retryable(String),
 }
 
@@ -382,13 +385,16 @@ impl Http {
                 }
                 bump(&self.counters.api_requests);
                 tracing::debug!(indicator = %indicator, attempt, "SecLytics request");
-                let result = match tokio::time::timeout(self.timeout, self.attempt(url.clone())).await {
-                    Ok(result) => result,
-                    Err(_) => Attempt::Retryable(format!("timed out after {:?}", self.timeout)),
-                };
-                if let Attempt::Fatal(error) = &result {
-                    // Before the slot is released, so no waiting lookup starts another request.
-                    self.set_fatal(error);
+                let result =
+                    match tokio::time::timeout(self.timeout, self.attempt(url.clone(), attempt)).await {
+                        Ok(result) => result,
+                        Err(_) => Attempt::Retryable(format!("timed out after {:?}", self.timeout)),
+                    };
+                // Both before the slot is released, so no waiting lookup slips a request in first.
+                match &result {
+                    Attempt::Fatal(error) => self.set_fatal(error),
+                    Attempt::Throttled { delay } => self.close_gate_for(*delay),
+                    _ => {}
                 }
                 result
             };
@@ -398,10 +404,8 @@ impl Http {
                     tracing::warn!("{error}");
                     return Outcome::Fatal;
                 }
-                Attempt::Throttled { retry_after } => {
+                Attempt::Throttled { delay } => {
                     bump(&self.counters.throttled);
-                    let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
-                    self.close_gate_for(delay);
                     if attempt >= self.max_retries {
                         return Outcome::Answer(Answer::Failed {
                             reason: format!("HTTP 429 (rate limited), gave up after {attempt} retries"),
@@ -426,7 +430,7 @@ impl Http {
     }
 
     /// One HTTP request and its classification.
-    async fn attempt(&self, url: reqwest::Url) -> Attempt {
+    async fn attempt(&self, url: reqwest::Url, attempt: u32) -> Attempt {
         let mut request = self.client.get(url);
         if self.auth == AuthMode::Header && !self.token.is_empty() {
             request = request.bearer_auth(self.token.expose());
@@ -454,7 +458,10 @@ impl Http {
                 let message = if message.is_empty() { "no explanation given".to_string() } else { message };
                 Attempt::Fatal(FatalError::TokenRefused { status, message })
             }
-            429 => Attempt::Throttled { retry_after: self.retry_after(&response) },
+            429 => {
+                let delay = self.retry_after(&response).unwrap_or_else(|| self.backoff(attempt));
+                Attempt::Throttled { delay }
+            }
             500..=599 => {
                 let message = self.error_message(&mut response).await;
                 Attempt::Retryable(
