@@ -841,6 +841,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn builds_for_the_real_https_api_and_rejects_bad_urls() {
+        let settings = SeclyticsSettings { cache: None, ..SeclyticsSettings::default() };
+        let client = Client::new(&settings).expect("default settings build");
+        assert!(format!("{client:?}").contains("https://api.seclytics.com"));
+        for bad in ["ftp://example.com", "not a url", "mailto:x@example.com"] {
+            let settings =
+                SeclyticsSettings { base_url: bad.into(), cache: None, ..SeclyticsSettings::default() };
+            assert!(matches!(Client::new(&settings), Err(ClientError::BaseUrl { .. })), "{bad}");
+        }
+    }
+
+    #[test]
     fn client_is_send_and_sync() {
         fn shared_between_threads<T: Send + Sync>() {}
         shared_between_threads::<Client>();

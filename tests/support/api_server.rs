@@ -528,17 +528,13 @@ fn choose(shared: &Shared, request: &RecordedRequest) -> (Behaviour, Duration) {
         }
         script.accepted.push_back(arrived);
     }
-    let default = script.default.clone();
     let behaviour = match script.routes.get_mut(path) {
         Some(route) => {
             let hit = route.hits;
             route.hits += 1;
             route.behaviour.clone().step(hit)
         }
-        None => {
-            let hit = 0;
-            default.step(hit)
-        }
+        None => script.default.clone().step(0),
     };
     (behaviour, latency)
 }
