@@ -804,3 +804,17 @@ fn one_client_is_shared_by_many_threads_under_one_limit() {
     assert_eq!(server.max_in_flight(), 2, "the concurrency limit is client-wide");
     assert_eq!(client.stats().api_requests, 24);
 }
+
+#[test]
+fn a_fractional_retry_after_is_honoured() {
+    let server = ApiServer::start();
+    let indicators = serve_ips(&server, 1);
+    server.throttle_next(1, Some("0.4"));
+    let client = client(&settings(&server, "tok-frac"));
+    let answers = lookup(&client, &indicators, false).unwrap();
+    assert!(is_found(&answers[0], AnswerSource::Api));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    let gap = requests[1].arrived - requests[0].arrived;
+    assert!(gap >= Duration::from_millis(380) && gap < Duration::from_secs(2), "{gap:?}");
+}

@@ -18,7 +18,8 @@
 //!   1), so that over any 60-second window — even with a little network jitter — no more than
 //!   `requests_per_minute` requests arrive. Every attempt, retries included, passes it.
 //! * **429**: the whole client is paused ("no request before T", honoured by every worker before it even asks
-//!   the limiter) for `Retry-After` (seconds or an HTTP date, capped at [`ClientTuning::retry_after_max`]) or
+//!   the limiter) for `Retry-After` (seconds — fractions accepted — or an HTTP date, capped at
+//!   [`ClientTuning::retry_after_max`]) or
 //!   else the exponential backoff. A 429 counts as one retry; after `max_retries` the lookup fails.
 //! * **Backoff**: `backoff_base * 2^attempt`, capped at `backoff_max`, with "equal jitter" (a random 50–100 %
 //!   of that). The concurrency slot is released while a lookup waits for its retry.
@@ -525,6 +526,9 @@ impl Http {
         let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
         let delay = if let Ok(seconds) = value.parse::<u64>() {
             Duration::from_secs(seconds)
+        } else if let Some(seconds) = value.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0) {
+            // Not in RFC 9110, but some servers send fractions: honour them rather than guess.
+            Duration::from_secs_f64(seconds.min(1e9))
         } else {
             let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
             let millis = (date.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
