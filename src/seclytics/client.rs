@@ -718,13 +718,8 @@ impl Client {
                         None => pending.push(slot),
                     }
                 }
-                if !pending.is_empty() {
-                    let Some(runtime) = runtime else {
-                        return Err(FatalError::TokenRefused {
-                            status: 0,
-                            message: "client shut down".into(),
-                        });
-                    };
+                // The runtime is only gone while the client is being dropped; then nothing is pending here.
+                if let Some(runtime) = runtime.as_ref().filter(|_| !pending.is_empty()) {
                     runtime.block_on(async {
                         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
                         let mut tasks = tokio::task::JoinSet::new();
