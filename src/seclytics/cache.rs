@@ -86,6 +86,10 @@ impl Cache {
     pub fn open(path: &Path, ttl: Duration) -> Result<Cache, CacheError> {
         let open_error =
             |e: rusqlite::Error| CacheError::Open { path: path.to_path_buf(), reason: e.to_string() };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Best effort: `cache = cache/seclytics.sqlite` should just work; a failure shows up in `open`.
+            let _ = std::fs::create_dir_all(parent);
+        }
         let connection = Connection::open(path).map_err(open_error)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
         // `journal_mode` answers with the mode in force; reading it is what detects a corrupt file early.
@@ -198,6 +202,15 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_parent_folders_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/cache.sqlite");
+        let cache = Cache::open(&path, Duration::from_secs(60)).unwrap();
+        cache.put("files", "abc", "fp", &CachedAnswer::NotFound);
+        assert!(path.exists());
+    }
 
     #[test]
     fn fingerprint_is_stable_short_and_not_the_token() {

@@ -18,7 +18,8 @@
 //!   1), so that over any 60-second window — even with a little network jitter — no more than
 //!   `requests_per_minute` requests arrive. Every attempt, retries included, passes it.
 //! * **429**: the whole client is paused ("no request before T", honoured by every worker before it even asks
-//!   the limiter) for `Retry-After` (seconds or an HTTP date, capped at [`ClientTuning::retry_after_max`]) or
+//!   the limiter) for `Retry-After` (seconds — fractions accepted — or an HTTP date, capped at
+//!   [`ClientTuning::retry_after_max`]) or
 //!   else the exponential backoff. A 429 counts as one retry; after `max_retries` the lookup fails.
 //! * **Backoff**: `backoff_base * 2^attempt`, capped at `backoff_max`, with "equal jitter" (a random 50–100 %
 //!   of that). The concurrency slot is released while a lookup waits for its retry.
@@ -292,7 +293,10 @@ enum Outcome {
 enum Attempt {
     Done(Answer),
     Fatal(FatalError),
-    Throttled { retry_after: Option<Duration> },
+    /// 429: the whole client pauses for `delay` (`Retry-After` or backoff).
+    Throttled {
+        delay: Duration,
+    },
     Retryable(String),
 }
 
@@ -382,13 +386,16 @@ impl Http {
                 }
                 bump(&self.counters.api_requests);
                 tracing::debug!(indicator = %indicator, attempt, "SecLytics request");
-                let result = match tokio::time::timeout(self.timeout, self.attempt(url.clone())).await {
-                    Ok(result) => result,
-                    Err(_) => Attempt::Retryable(format!("timed out after {:?}", self.timeout)),
-                };
-                if let Attempt::Fatal(error) = &result {
-                    // Before the slot is released, so no waiting lookup starts another request.
-                    self.set_fatal(error);
+                let result =
+                    match tokio::time::timeout(self.timeout, self.attempt(url.clone(), attempt)).await {
+                        Ok(result) => result,
+                        Err(_) => Attempt::Retryable(format!("timed out after {:?}", self.timeout)),
+                    };
+                // Both before the slot is released, so no waiting lookup slips a request in first.
+                match &result {
+                    Attempt::Fatal(error) => self.set_fatal(error),
+                    Attempt::Throttled { delay } => self.close_gate_for(*delay),
+                    _ => {}
                 }
                 result
             };
@@ -398,10 +405,8 @@ impl Http {
                     tracing::warn!("{error}");
                     return Outcome::Fatal;
                 }
-                Attempt::Throttled { retry_after } => {
+                Attempt::Throttled { delay } => {
                     bump(&self.counters.throttled);
-                    let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
-                    self.close_gate_for(delay);
                     if attempt >= self.max_retries {
                         return Outcome::Answer(Answer::Failed {
                             reason: format!("HTTP 429 (rate limited), gave up after {attempt} retries"),
@@ -426,7 +431,7 @@ impl Http {
     }
 
     /// One HTTP request and its classification.
-    async fn attempt(&self, url: reqwest::Url) -> Attempt {
+    async fn attempt(&self, url: reqwest::Url, attempt: u32) -> Attempt {
         let mut request = self.client.get(url);
         if self.auth == AuthMode::Header && !self.token.is_empty() {
             request = request.bearer_auth(self.token.expose());
@@ -454,7 +459,10 @@ impl Http {
                 let message = if message.is_empty() { "no explanation given".to_string() } else { message };
                 Attempt::Fatal(FatalError::TokenRefused { status, message })
             }
-            429 => Attempt::Throttled { retry_after: self.retry_after(&response) },
+            429 => {
+                let delay = self.retry_after(&response).unwrap_or_else(|| self.backoff(attempt));
+                Attempt::Throttled { delay }
+            }
             500..=599 => {
                 let message = self.error_message(&mut response).await;
                 Attempt::Retryable(
@@ -518,6 +526,9 @@ impl Http {
         let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
         let delay = if let Ok(seconds) = value.parse::<u64>() {
             Duration::from_secs(seconds)
+        } else if let Some(seconds) = value.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0) {
+            // Not in RFC 9110, but some servers send fractions: honour them rather than guess.
+            Duration::from_secs_f64(seconds.min(1e9))
         } else {
             let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
             let millis = (date.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
@@ -707,13 +718,8 @@ impl Client {
                         None => pending.push(slot),
                     }
                 }
-                if !pending.is_empty() {
-                    let Some(runtime) = runtime else {
-                        return Err(FatalError::TokenRefused {
-                            status: 0,
-                            message: "client shut down".into(),
-                        });
-                    };
+                // The runtime is only gone while the client is being dropped; then nothing is pending here.
+                if let Some(runtime) = runtime.as_ref().filter(|_| !pending.is_empty()) {
                     runtime.block_on(async {
                         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
                         let mut tasks = tokio::task::JoinSet::new();
@@ -832,6 +838,24 @@ fn offline_answer(dir: &Path, indicator: &Indicator, max_body_bytes: usize) -> A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_for_the_real_https_api_and_rejects_bad_urls() {
+        let settings = SeclyticsSettings { cache: None, ..SeclyticsSettings::default() };
+        let client = Client::new(&settings).expect("default settings build");
+        assert!(format!("{client:?}").contains("https://api.seclytics.com"));
+        for bad in ["ftp://example.com", "not a url", "mailto:x@example.com"] {
+            let settings =
+                SeclyticsSettings { base_url: bad.into(), cache: None, ..SeclyticsSettings::default() };
+            assert!(matches!(Client::new(&settings), Err(ClientError::BaseUrl { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_is_send_and_sync() {
+        fn shared_between_threads<T: Send + Sync>() {}
+        shared_between_threads::<Client>();
+    }
 
     #[test]
     fn redactor_covers_raw_and_encoded_token() {

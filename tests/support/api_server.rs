@@ -297,7 +297,9 @@ impl ApiServer {
         self.set(path, Behaviour::document(document));
     }
 
-    /// What every path without its own script gets (initially the API's 404).
+    /// What every path without its own script gets (initially the API's 404). Unscripted paths keep no hit
+    /// count, so a [`Behaviour::Sequence`] here always gives its first step: use [`ApiServer::set`] or
+    /// [`ApiServer::throttle_next`] for behaviour that changes from one request to the next.
     pub fn set_default(&self, behaviour: Behaviour) {
         lock(&self.shared.script).default = behaviour;
     }
@@ -528,17 +530,13 @@ fn choose(shared: &Shared, request: &RecordedRequest) -> (Behaviour, Duration) {
         }
         script.accepted.push_back(arrived);
     }
-    let default = script.default.clone();
     let behaviour = match script.routes.get_mut(path) {
         Some(route) => {
             let hit = route.hits;
             route.hits += 1;
             route.behaviour.clone().step(hit)
         }
-        None => {
-            let hit = 0;
-            default.step(hit)
-        }
+        None => script.default.clone().step(0),
     };
     (behaviour, latency)
 }
