@@ -277,7 +277,18 @@ impl Enricher {
         }
         let temp = outbox::temp_file_for(outbox, name)
             .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
-        xlsx::write_workbook(&book, temp, input).map_err(|e| file_error("write", e))
+        // An .xlsm keeps its macro project (the output keeps the .xlsm name, so it must stay a macro workbook).
+        let is_xlsm = input.extension().is_some_and(|e| e.eq_ignore_ascii_case("xlsm"));
+        let vba_project = if is_xlsm {
+            xlsx::extract_vba_project(input, outbox).map_err(|e| file_error("read", e))?
+        } else {
+            None
+        };
+        let options = xlsx::WriteOptions {
+            vba_project: vba_project.as_ref().map(|p| p.to_path_buf()),
+            ..Default::default()
+        };
+        xlsx::write_workbook_with_options(&book, temp, input, &options).map_err(|e| file_error("write", e))
     }
 }
 

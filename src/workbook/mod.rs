@@ -41,7 +41,7 @@ impl Format {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "csv" => Some(Format::Csv),
-            "xlsx" => Some(Format::Xlsx),
+            "xlsx" | "xlsm" => Some(Format::Xlsx),
             "xls" => Some(Format::Xls),
             _ => None,
         }

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by several test binaries, each using a part
 //! A tiny DNS server on 127.0.0.1 for the reverse-DNS tests: it answers PTR queries from a table and says
 //! NXDOMAIN otherwise. Messages are built and parsed with hickory-proto (the version hickory-resolver uses,
 //! through its `proto` re-export). Also a "server" that receives queries and never answers.
