@@ -209,7 +209,7 @@ fn start_worker(config: Config, refresh: bool, tx: mpsc::Sender<Msg>) -> mpsc::S
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let outbox = config.watch.outbox.clone();
     let spawned = std::thread::Builder::new().name("vttl-worker".into()).spawn(move || {
-        let enricher = match Enricher::new(config, refresh) {
+        let mut enricher = match Enricher::new(config.clone(), refresh) {
             Ok((enricher, warnings)) => {
                 for warning in &warnings {
                     tracing::warn!("{warning}");
@@ -222,8 +222,22 @@ fn start_worker(config: Config, refresh: bool, tx: mpsc::Sender<Msg>) -> mpsc::S
                 return;
             }
         };
+        let mut refused = false;
         for job in job_rx {
-            let result = enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks);
+            let result = if refused {
+                // The client remembers a refused token for good: start a fresh one, with the ini read again
+                // so a token renewed in the file is used.
+                match rebuild(&config, refresh) {
+                    Ok(fresh) => {
+                        enricher = fresh;
+                        enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
+                    }
+                    Err(e) => Err(EnrichError::Critical(e)),
+                }
+            } else {
+                enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
+            };
+            refused = matches!(result, Err(EnrichError::Critical(CriticalError::TokenRefused { .. })));
             if tx.send(Msg::Done(result)).is_err() {
                 return;
             }
@@ -233,6 +247,22 @@ fn start_worker(config: Config, refresh: bool, tx: mpsc::Sender<Msg>) -> mpsc::S
         tracing::error!("cannot start the worker thread: {e}");
     }
     job_tx
+}
+
+/// A new enricher after a refused token, from the ini file read again when it exists.
+fn rebuild(config: &Config, refresh: bool) -> Result<Enricher, CriticalError> {
+    let config = if config.source.is_file() {
+        match Config::load(&config.source, false) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!("{e}; keeping the configuration read at start");
+                config.clone()
+            }
+        }
+    } else {
+        config.clone()
+    };
+    Enricher::new(config, refresh).map(|(enricher, _)| enricher)
 }
 
 fn wait_for_worker(rx: &mpsc::Receiver<Msg>) -> Result<(), CriticalError> {
