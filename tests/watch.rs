@@ -640,3 +640,27 @@ fn claims_of_a_dead_instance_on_another_host_are_recovered_by_the_lease_rule_onl
     assert!(!dead.exists());
     assert_eq!(outputs(&site.outbox), set(&["orphan.csv"]));
 }
+
+#[test]
+fn an_outbox_that_is_the_inbox_is_refused_and_names_are_never_overwritten() {
+    let looped = Site::new("same", "same", Answers::Offline, "");
+    std::fs::write(looped.inbox.join("a.csv"), tiny_csv("a")).unwrap();
+    let (code, stderr) = looped.once();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.lines().last().unwrap_or_default().contains("same folder"), "{stderr}");
+    assert_eq!(names(&looped.inbox), set(&["a.csv"]));
+
+    // an earlier file of the same name in processed/ and in the outbox is kept; the new ones get `_1`
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::create_dir_all(site.processed()).unwrap();
+    std::fs::create_dir_all(&site.outbox).unwrap();
+    std::fs::write(site.processed().join("dup.csv"), b"earlier input").unwrap();
+    std::fs::write(site.outbox.join("dup.csv"), b"earlier output").unwrap();
+    std::fs::write(site.inbox.join("dup.csv"), tiny_csv("dup")).unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read(site.processed().join("dup.csv")).unwrap(), b"earlier input");
+    assert_eq!(std::fs::read_to_string(site.processed().join("dup_1.csv")).unwrap(), tiny_csv("dup"));
+    assert_eq!(std::fs::read(site.outbox.join("dup.csv")).unwrap(), b"earlier output");
+    assert!(std::fs::read_to_string(site.outbox.join("dup_1.csv")).unwrap().contains("dup"));
+}

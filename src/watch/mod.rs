@@ -15,7 +15,7 @@
 //!   goes on. A critical error (token refused, outbox not writable) → the input is handed back to the inbox
 //!   and no file is taken any more: `--once` returns the error (exit 2, one line on stderr); the service logs
 //!   it loudly and tries again after `critical_retry_secs`.
-//! * **Shutdown** (Ctrl-C, SIGTERM, SIGHUP; Ctrl-C/close on Windows): no new file is taken; the current
+//! * **Shutdown** (Ctrl-C, SIGTERM, SIGHUP; Ctrl-C/Ctrl-Break on Windows): no new file is taken; the current
 //!   workbook may finish for `shutdown_grace_secs`, else its input is handed back to the inbox (and its
 //!   output can no longer be published: the hooks refuse once the hand-back is decided).
 //! * **`--once`** handles every candidate in the inbox — waiting for files still being written to settle —
@@ -67,6 +67,11 @@ pub struct Counts {
     pub failed: usize,
     pub recovered: usize,
 }
+
+/// `--once` gives up on a file that cannot be claimed after this many attempts (and exits 2 at the end).
+const CLAIM_ATTEMPTS: u32 = 3;
+/// The service tries again to claim a file that could not be claimed after this long.
+const CLAIM_RETRY: Duration = Duration::from_secs(30);
 
 /// Set by the signal handler; a process has one.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -336,6 +341,8 @@ impl Watcher<'_> {
         let mut current: Option<InFlight> = None;
         let mut stop_at: Option<Instant> = None;
         let mut hand_back_deadline_passed = false;
+        let mut claim_failures: std::collections::HashMap<String, u32> = Default::default();
+        let mut given_up: Vec<String> = Vec::new();
 
         loop {
             let now = Instant::now();
@@ -414,14 +421,31 @@ impl Watcher<'_> {
                     }
                     match settler.next_ready(&settings.inbox, settings.settle, now) {
                         Readiness::Ready(name) => {
-                            settler.forget(&name);
                             match self.work.claim(&name) {
                                 Ok(Some(claimed)) => {
+                                    settler.forget(&name);
+                                    claim_failures.remove(&name);
                                     current = self.start_job(name, claimed, abort_after_publish);
                                 }
-                                Ok(None) => tracing::debug!("{name} was taken by another instance"),
+                                Ok(None) => {
+                                    settler.forget(&name);
+                                    tracing::debug!("{name} was taken by another instance");
+                                }
                                 Err(e) => {
-                                    tracing::warn!("cannot take {name} now ({e}); trying again later");
+                                    let failures = claim_failures.entry(name.clone()).or_insert(0);
+                                    *failures += 1;
+                                    if self.once && *failures >= CLAIM_ATTEMPTS {
+                                        tracing::error!("cannot take {name} from the inbox ({e}); giving up");
+                                        settler.ignore(&name);
+                                        given_up.push(name);
+                                    } else {
+                                        tracing::warn!(
+                                            "cannot take {name} from the inbox now ({e}); trying again in {} s",
+                                            CLAIM_RETRY.as_secs()
+                                        );
+                                        let retry = if self.once { Duration::ZERO } else { CLAIM_RETRY };
+                                        settler.hold(&name, now + retry);
+                                    }
                                 }
                             }
                             dirty = true;
@@ -430,6 +454,13 @@ impl Watcher<'_> {
                         Readiness::WaitUntil(at) => wake = wake.min(at),
                         Readiness::Empty => {
                             if self.once {
+                                if !given_up.is_empty() {
+                                    return Err(CriticalError::Other(format!(
+                                        "{} file(s) could not be taken from the inbox: {}",
+                                        given_up.len(),
+                                        given_up.join(", ")
+                                    )));
+                                }
                                 return Ok(WatchEnd::Finished(counts));
                             }
                         }

@@ -79,6 +79,8 @@ struct Candidate {
 pub struct Settler {
     candidates: HashMap<String, Candidate>,
     warned: HashSet<OsString>,
+    /// Names given up on for this run (`--once`: a file that cannot be taken).
+    ignored: HashSet<String>,
 }
 
 /// What [`Settler::next_ready`] found.
@@ -105,7 +107,7 @@ impl Settler {
                 }
                 continue;
             };
-            if !filter.accepts(name) {
+            if !filter.accepts(name) || self.ignored.contains(name) {
                 continue;
             }
             // DirEntry::metadata does not follow symbolic links.
@@ -152,12 +154,19 @@ impl Settler {
         self.candidates.remove(name);
     }
 
-    /// Starts the settling of `name` again (it could not be claimed right now, e.g. locked by another program).
-    pub fn restart(&mut self, name: &str, now: Instant) {
+    /// Holds `name` back: it counts as first seen at `from` (it could not be claimed right now, e.g. it is
+    /// locked by another program).
+    pub fn hold(&mut self, name: &str, from: Instant) {
         if let Some(candidate) = self.candidates.get_mut(name) {
-            candidate.since = now;
+            candidate.since = from;
             candidate.opens = None;
         }
+    }
+
+    /// Never looks at `name` again in this run.
+    pub fn ignore(&mut self, name: &str) {
+        self.candidates.remove(name);
+        self.ignored.insert(name.to_string());
     }
 
     /// The candidate to take now (the one waiting longest), or when to look again.
