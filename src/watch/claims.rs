@@ -11,7 +11,12 @@
 //!   lease has **not changed for `claim_stale_secs` of the observer's own monotonic clock**: it remembers what it
 //!   read and when, and only compares its own readings, so clock skew between machines (or a wrong clock
 //!   on the share) cannot fool it. On the same host a dead process is detected at once: on Linux, when the
-//!   lease's host is ours and `/proc/<pid>` does not exist. A reused pid only delays recovery to the lease rule.
+//!   lease's host name, kernel boot id and pid namespace are ours and `/proc/<pid>` does not exist (containers or
+//!   machines that share a host name never share all three). A reused pid only delays recovery to the lease rule.
+//! * **Taken over while alive.** If our lease could not be renewed for `claim_stale_secs` (a share unreachable
+//!   for that long), another instance may adopt our folder. We then find our folders gone at the next claim and
+//!   recreate them; the workbook we were on cannot be published (its journal entry cannot be written, or the
+//!   recovery removed its temporary file) and belongs to the adopter.
 //! * **Recovery.** The dead folder is first *adopted*: renamed (atomically) to `<our work>/adopted/<id>`, so two
 //!   live instances never recover the same folder, and if we die while recovering, whoever recovers us
 //!   recovers the adopted folder too. Then every claimed input is settled by its journal (below) or handed
@@ -39,6 +44,22 @@ const LEASE: &str = "lease";
 const FILES: &str = "files";
 const JOURNAL: &str = "journal";
 const ADOPTED: &str = "adopted";
+
+/// What makes a process id meaningful: on Linux the kernel boot and the pid namespace (two containers, or two
+/// machines, with the same host name never share both). Empty where we cannot tell: then only the lease rule
+/// applies.
+pub fn pid_scope() -> String {
+    if !cfg!(target_os = "linux") {
+        return String::new();
+    }
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let namespace =
+        std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
+    if boot.trim().is_empty() || namespace.is_empty() {
+        return String::new();
+    }
+    format!("{}/{namespace}", boot.trim())
+}
 
 /// This machine's name, as far as we can tell without extra dependencies ("" when unknown).
 pub fn host_name() -> String {
@@ -84,6 +105,8 @@ pub struct WorkArea {
     pub journal: PathBuf,
     pub id: String,
     pub host: String,
+    /// [`pid_scope`] of this process.
+    pub scope: String,
     lease: Option<LeaseKeeper>,
 }
 
@@ -106,8 +129,9 @@ impl WorkArea {
         std::fs::create_dir_all(&files)?;
         std::fs::create_dir_all(&journal)?;
         let lease_path = dir.join(LEASE);
+        let scope = pid_scope();
         let header = format!(
-            "vttl-seclytics claim lease\nhost={host}\npid={}\nstarted={}\n",
+            "vttl-seclytics claim lease\nhost={host}\nscope={scope}\npid={}\nstarted={}\n",
             std::process::id(),
             started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
@@ -143,6 +167,7 @@ impl WorkArea {
             journal,
             id,
             host,
+            scope,
             lease: Some(LeaseKeeper { stop, thread: Some(thread) }),
         })
     }
@@ -150,12 +175,27 @@ impl WorkArea {
     /// Atomically moves `<inbox>/<name>` into our `files/`. `Ok(None)`: another instance was faster (or the
     /// file went away).
     pub fn claim(&self, name: &str) -> std::io::Result<Option<PathBuf>> {
+        self.ensure_folders()?;
         let target = self.files.join(name);
         match std::fs::rename(self.inbox.join(name), &target) {
             Ok(()) => Ok(Some(target)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Recreates our folders if they vanished: another instance judged us dead (our lease could not be renewed,
+    /// e.g. the share was unreachable for longer than `claim_stale_secs`) and adopted our work folder.
+    fn ensure_folders(&self) -> std::io::Result<()> {
+        if self.files.is_dir() && self.journal.is_dir() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "our work folder {} was taken over by another instance (our lease went stale); recreating it",
+            self.dir.display()
+        );
+        std::fs::create_dir_all(&self.files)?;
+        std::fs::create_dir_all(&self.journal)
     }
 
     /// Puts a claimed file back into the inbox (never over a new file of the same name).
@@ -366,7 +406,7 @@ impl Liveness {
             }
             present.insert(id.clone());
             let lease = std::fs::read(entry.path().join(LEASE)).unwrap_or_default();
-            if process_is_gone(&lease, &work.host) {
+            if process_is_gone(&lease, &work.host, &work.scope) {
                 dead.push(id);
                 continue;
             }
@@ -387,15 +427,15 @@ impl Liveness {
     }
 }
 
-/// Same host, and its pid no longer runs (Linux, where `/proc` tells).
-fn process_is_gone(lease: &[u8], our_host: &str) -> bool {
-    if our_host.is_empty() || !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
+/// Same host, same kernel boot and pid namespace, and its pid no longer runs (Linux, where `/proc` tells).
+fn process_is_gone(lease: &[u8], our_host: &str, our_scope: &str) -> bool {
+    if our_host.is_empty() || our_scope.is_empty() || !Path::new("/proc/self").exists() {
         return false;
     }
     let text = String::from_utf8_lossy(lease);
     let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-    match (field("host="), field("pid=").and_then(|p| p.parse::<u32>().ok())) {
-        (Some(host), Some(pid)) if host == our_host => {
+    match (field("host="), field("scope="), field("pid=").and_then(|p| p.parse::<u32>().ok())) {
+        (Some(host), Some(scope), Some(pid)) if host == our_host && scope == our_scope => {
             pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
         }
         _ => false,
@@ -477,4 +517,79 @@ fn settle_folder(
         std::fs::remove_dir_all(folder)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::PublishHooks;
+
+    fn hooks(dir: &Path, outbox: &Path) -> JournalHooks {
+        JournalHooks {
+            gate: Gate::new(),
+            entry: dir.join("book.csv.json"),
+            outbox: outbox.to_path_buf(),
+            abort_after_publish: false,
+        }
+    }
+
+    #[test]
+    fn journal_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        std::fs::create_dir(&outbox).unwrap();
+
+        // crash before the rename: the temporary file is still there → not published, temp removed
+        let h = hooks(dir.path(), &outbox);
+        let temp = outbox.join(".book.tmp");
+        std::fs::write(&temp, b"complete").unwrap();
+        h.before_publish(&temp, "book.csv").unwrap();
+        assert_eq!(h.gate.state(), GateState::Publishing);
+        assert_eq!(judge_journal(&h.entry), JournalVerdict::NotPublished);
+        assert!(!temp.exists());
+
+        // crash right after the rename, before the journal said so → published (found by inode on Unix)
+        std::fs::write(outbox.join("book.csv"), b"an older output").unwrap();
+        std::fs::write(&temp, b"complete").unwrap();
+        h.before_publish(&temp, "book.csv").unwrap();
+        std::fs::rename(&temp, outbox.join("book_1.csv")).unwrap();
+        assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
+
+        // the journal says published
+        h.after_publish(&outbox.join("book_1.csv"));
+        assert_eq!(h.gate.state(), GateState::Published(outbox.join("book_1.csv")));
+        assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
+
+        // the rename failed and the temporary file was dropped → not published (Unix: no file has its inode)
+        #[cfg(unix)]
+        {
+            let h = hooks(dir.path(), &outbox);
+            std::fs::write(&temp, b"complete").unwrap();
+            h.before_publish(&temp, "book.csv").unwrap();
+            std::fs::remove_file(&temp).unwrap();
+            assert_eq!(judge_journal(&h.entry), JournalVerdict::NotPublished);
+        }
+
+        // a cancelled gate refuses to publish and writes no journal
+        let h = hooks(dir.path(), &outbox);
+        std::fs::remove_file(&h.entry).unwrap();
+        assert_eq!(h.gate.cancel(), GateState::Working);
+        assert!(h.before_publish(&temp, "book.csv").is_err());
+        assert!(!h.entry.exists());
+    }
+
+    #[test]
+    fn same_scope_dead_pid_is_gone_other_hosts_never() {
+        let lease = |host: &str, scope: &str, pid: u32| format!("host={host}\nscope={scope}\npid={pid}\n");
+        // a pid that cannot exist on Linux (above pid_max)
+        let dead = 4_999_999;
+        if cfg!(target_os = "linux") && !pid_scope().is_empty() {
+            let scope = pid_scope();
+            assert!(process_is_gone(lease("me", &scope, dead).as_bytes(), "me", &scope));
+            assert!(!process_is_gone(lease("me", &scope, std::process::id()).as_bytes(), "me", &scope));
+        }
+        assert!(!process_is_gone(lease("other", "s", dead).as_bytes(), "me", "s"));
+        assert!(!process_is_gone(lease("me", "another-boot", dead).as_bytes(), "me", "s"));
+        assert!(!process_is_gone(b"", "me", "s"));
+    }
 }

@@ -539,6 +539,15 @@ impl Watcher<'_> {
         counts: &mut Counts,
     ) -> Option<CriticalError> {
         let published = matches!(job.gate.state(), GateState::Published(_));
+        if !published && !job.claimed.exists() {
+            // Our work folder was adopted by another instance meanwhile (see `claims`): it owns the input now,
+            // and our output was not published (the journal write failed or the recovery removed the temp).
+            tracing::warn!(
+                "{} was recovered by another instance while we worked on it; leaving it to it",
+                job.name
+            );
+            return None;
+        }
         let critical = match result {
             Ok(_) => None,
             Err(EnrichError::Critical(e)) => Some(e),
