@@ -664,3 +664,38 @@ fn an_outbox_that_is_the_inbox_is_refused_and_names_are_never_overwritten() {
     assert_eq!(std::fs::read(site.outbox.join("dup.csv")).unwrap(), b"earlier output");
     assert!(std::fs::read_to_string(site.outbox.join("dup_1.csv")).unwrap().contains("dup"));
 }
+
+#[test]
+fn a_running_instance_recovers_the_claim_of_a_killed_neighbour() {
+    let server = ApiServer::start();
+    server.set_latency(Duration::from_millis(100));
+    let url = server.base_url();
+    let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "");
+    let expected = set(&["n1.csv", "n2.csv", "n3.csv", "n4.csv"]);
+    for name in &expected {
+        std::fs::write(site.inbox.join(name), slow_csv(name, 8)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = outbox_monitor(site.outbox.clone(), 9, stop.clone());
+    let victim = site.spawn("victim.log");
+    let survivor = site.spawn("survivor.log");
+    let victim_pid = victim.child.id();
+    let victim_claims = || {
+        claimed_files(&site.inbox)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(&format!("-{victim_pid}-")))
+            .count()
+    };
+    wait_until(Duration::from_secs(15), "the victim claims a file", || victim_claims() > 0);
+    let victim_log = victim.kill_9();
+    wait_until(Duration::from_secs(40), "every file is processed", || names(&site.processed()).len() == 4);
+    let (code, survivor_log) = survivor.terminate();
+    stop.store(true, Ordering::SeqCst);
+    let violations = monitor.join().unwrap();
+    assert_eq!(code, 0, "{survivor_log}");
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(names(&site.processed()), expected);
+    assert_eq!(outputs(&site.outbox), expected, "{victim_log}\n{survivor_log}");
+    assert!(survivor_log.contains("recovering the claims"), "{survivor_log}");
+    assert_eq!(work_folders(&site.inbox), 0, "{survivor_log}");
+}

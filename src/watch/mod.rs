@@ -25,6 +25,9 @@
 //! Decisions where the SPEC is silent: globs match case-insensitively; the inbox, `processed` and `failed`
 //! must not be the outbox (a loop would re-enrich our own outputs); files are taken oldest-settled first; the
 //! report's `input` is the claimed path inside the work folder (the enricher reads it there).
+//!
+//! Test hook: with `VTTL_TEST_ABORT_AFTER_PUBLISH` set in the environment the process aborts right after an
+//! output was renamed into the outbox, so the tests can crash it in the one window the journal exists for.
 
 pub mod claims;
 pub mod fsops;
