@@ -149,7 +149,7 @@ pub fn run(config: Config, options: WatchOptions) -> Result<WatchEnd, CriticalEr
     }
     install_signal_handler();
     let secret = config.seclytics.access_token.clone();
-    let job_tx = start_worker(config, options.refresh, tx.clone());
+    let (job_tx, worker) = start_worker(config, options.refresh, tx.clone());
     let result = match wait_for_worker(&rx) {
         Ok(()) => {
             let mut watcher = Watcher {
@@ -160,6 +160,7 @@ pub fn run(config: Config, options: WatchOptions) -> Result<WatchEnd, CriticalEr
                 tx,
                 rx,
                 job_tx,
+                worker,
                 once: options.once,
             };
             watcher.run()
@@ -213,7 +214,11 @@ fn prepare_folders(settings: &WatchSettings) -> Result<(), CriticalError> {
 }
 
 /// The worker thread owns the enricher and handles one job at a time.
-fn start_worker(config: Config, refresh: bool, tx: mpsc::Sender<Msg>) -> mpsc::Sender<Job> {
+fn start_worker(
+    config: Config,
+    refresh: bool,
+    tx: mpsc::Sender<Msg>,
+) -> (mpsc::Sender<Job>, Option<std::thread::JoinHandle<()>>) {
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let outbox = config.watch.outbox.clone();
     let spawned = std::thread::Builder::new().name("vttl-worker".into()).spawn(move || {
@@ -232,29 +237,56 @@ fn start_worker(config: Config, refresh: bool, tx: mpsc::Sender<Msg>) -> mpsc::S
         };
         let mut refused = false;
         for job in job_rx {
-            let result = if refused {
-                // The client remembers a refused token for good: start a fresh one, with the ini read again
-                // so a token renewed in the file is used.
-                match rebuild(&config, refresh) {
-                    Ok(fresh) => {
-                        enricher = fresh;
-                        enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
+            let result = guarded(&job.claimed, || {
+                if refused {
+                    // The client remembers a refused token for good: start a fresh one, with the ini read again
+                    // so a token renewed in the file is used.
+                    match rebuild(&config, refresh) {
+                        Ok(fresh) => {
+                            enricher = fresh;
+                            enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
+                        }
+                        Err(e) => Err(EnrichError::Critical(e)),
                     }
-                    Err(e) => Err(EnrichError::Critical(e)),
+                } else {
+                    enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
                 }
-            } else {
-                enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
-            };
+            });
             refused = matches!(result, Err(EnrichError::Critical(CriticalError::TokenRefused { .. })));
             if tx.send(Msg::Done(result)).is_err() {
                 return;
             }
         }
     });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the worker thread: {e}");
+    match spawned {
+        Ok(handle) => (job_tx, Some(handle)),
+        Err(e) => {
+            tracing::error!("cannot start the worker thread: {e}");
+            (job_tx, None)
+        }
     }
-    job_tx
+}
+
+/// Runs `work`, turning a panic (a bug, never expected) into a failure of this file, so the input goes to
+/// `failed` with the reason and the watcher keeps going instead of waiting forever for the worker.
+fn guarded(
+    input: &Path,
+    work: impl FnOnce() -> Result<FileReport, EnrichError>,
+) -> Result<FileReport, EnrichError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(EnrichError::File {
+            step: "enrich",
+            error: crate::workbook::WorkbookError::Corrupt {
+                path: input.to_path_buf(),
+                reason: format!("internal error while enriching: {what}"),
+            },
+        })
+    })
 }
 
 /// A new enricher after a refused token, from the ini file read again when it exists.
@@ -306,6 +338,7 @@ struct Watcher<'a> {
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     job_tx: mpsc::Sender<Job>,
+    worker: Option<std::thread::JoinHandle<()>>,
     once: bool,
 }
 
@@ -498,7 +531,15 @@ impl Watcher<'_> {
                     }
                     dirty = true;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(job) = &current
+                        && self.worker.as_ref().is_none_or(|w| w.is_finished())
+                    {
+                        // Not expected: the worker never ends on its own. Give the file back and stop.
+                        let _ = self.work.hand_back(&job.claimed, &job.name);
+                        return Err(CriticalError::Other("the worker thread stopped unexpectedly".into()));
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(CriticalError::Other("the worker thread stopped".into()));
                 }
