@@ -2,8 +2,9 @@
 //! inbox) ever processes it too, and how the claims of a dead instance are recovered.
 //!
 //! * **Work area.** Each running instance owns `<inbox>/.vttl-work/<instance-id>/` with `files/` (claimed
-//!   inputs), `journal/` (one small JSON file per output being published) and `lease`. The id is
-//!   `<host>-<pid>-<start time in ms>-<random>`, unique across machines and restarts.
+//!   inputs), `journal/` (one small JSON file per output being published, named by a digest of the input's
+//!   name) and `lease`. The id is `<host>-<pid>-<start time in ms>-<random>`, unique across machines and
+//!   restarts.
 //! * **Claim** = `rename(<inbox>/<name>, <work>/files/<name>)`: inside one folder tree, so atomic; of two
 //!   instances racing for a file exactly one rename succeeds, the other gets `NotFound` and moves on.
 //! * **Lease.** A thread rewrites `lease` (host, pid, start time and a beat counter; temporary file + rename)
@@ -205,7 +206,7 @@ impl WorkArea {
 
     /// The journal entry of the claimed input `name`.
     pub fn journal_entry(&self, name: &str) -> PathBuf {
-        self.journal.join(format!("{name}.json"))
+        self.journal.join(journal_file_name(name))
     }
 
     /// Stops the lease and removes our work folder, if nothing is left in it (otherwise the folder stays and
@@ -222,6 +223,14 @@ impl WorkArea {
         }
         std::fs::remove_dir_all(&self.dir).is_ok()
     }
+}
+
+/// The journal file of the input `name`: a digest, so a name near the file-system limit still gets one.
+fn journal_file_name(name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.json")
 }
 
 /// A journal entry: the one step that makes an output visible.
@@ -486,7 +495,7 @@ fn settle_folder(
                 tracing::warn!("cannot recover {}: the name is not valid Unicode", path.display());
                 continue;
             };
-            let entry_path = journal.join(format!("{name}.json"));
+            let entry_path = journal.join(journal_file_name(&name));
             let verdict =
                 if entry_path.exists() { judge_journal(&entry_path) } else { JournalVerdict::NotPublished };
             match verdict {
