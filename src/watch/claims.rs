@@ -438,7 +438,13 @@ impl Liveness {
 
 /// Same host, same kernel boot and pid namespace, and its pid no longer runs (Linux, where `/proc` tells).
 fn process_is_gone(lease: &[u8], our_host: &str, our_scope: &str) -> bool {
-    if our_host.is_empty() || our_scope.is_empty() || !Path::new("/proc/self").exists() {
+    // `/proc/1` hidden means `/proc` is mounted with `hidepid`: other users' processes are invisible, so an
+    // absent `/proc/<pid>` proves nothing; only the lease rule applies then.
+    if our_host.is_empty()
+        || our_scope.is_empty()
+        || !Path::new("/proc/self").exists()
+        || !Path::new("/proc/1").exists()
+    {
         return false;
     }
     let text = String::from_utf8_lossy(lease);
