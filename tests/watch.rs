@@ -699,3 +699,31 @@ fn a_running_instance_recovers_the_claim_of_a_killed_neighbour() {
     assert!(survivor_log.contains("recovering the claims"), "{survivor_log}");
     assert_eq!(work_folders(&site.inbox), 0, "{survivor_log}");
 }
+
+#[test]
+fn once_interrupted_by_sigterm_hands_the_file_back_and_exits_130() {
+    let server = ApiServer::start();
+    server.set_latency(Duration::from_millis(300));
+    let url = server.base_url();
+    let site =
+        Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "shutdown_grace_secs = 1\n");
+    std::fs::write(site.inbox.join("big.csv"), slow_csv("big", 20)).unwrap();
+    let log = site.root.join("once.log");
+    let child = site
+        .command(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let service = Service { child, log };
+    wait_until(Duration::from_secs(10), "the file is claimed", || !claimed_files(&site.inbox).is_empty());
+    let started = Instant::now();
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 130, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by shutdown_grace_secs");
+    assert!(stderr.lines().last().unwrap_or_default().contains("interrupted"), "{stderr}");
+    assert_eq!(names(&site.inbox), set(&["big.csv"]));
+    assert!(outputs(&site.outbox).is_empty() && names(&site.processed()).is_empty());
+    assert_eq!(work_folders(&site.inbox), 0);
+}
