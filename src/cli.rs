@@ -43,8 +43,10 @@ pub enum RawCommand {
         #[arg(long, value_name = "DIR")]
         outbox: Option<PathBuf>,
     },
-    /// The main job: watch the `[watch] inbox`, enrich every spreadsheet that lands there into the outbox, and
-    /// move the input to `processed` (or `failed`, with the reason). Runs until Ctrl-C/SIGTERM.
+    /// The main job: watch the inbox and enrich every spreadsheet that lands there.
+    ///
+    /// Every spreadsheet that lands in `[watch] inbox` is enriched into the outbox, then the input is moved to
+    /// `processed` (or to `failed`, with the reason). Runs until Ctrl-C/SIGTERM unless `--once` is given.
     Watch {
         /// Handle everything in the inbox, then exit.
         #[arg(long)]
