@@ -115,7 +115,7 @@ fn host_of(i: u32) -> String {
 /// Distinct indicator number `i` of a sheet: even = an IP, odd = a domain whose passive DNS answer is the IP
 /// of the row before (already in the sheet, so no row is appended and no extra lookup is made).
 fn indicator_of(i: u32) -> (&'static str, String) {
-    if i % 2 == 0 { ("ips", ip_of(i)) } else { ("hosts", host_of(i)) }
+    if i.is_multiple_of(2) { ("ips", ip_of(i)) } else { ("hosts", host_of(i)) }
 }
 
 /// A document like the real API's (about 1.3 KB), different per indicator.
@@ -254,6 +254,8 @@ impl Measured {
 
 /// Spawns `command` (stdout discarded, stderr to a file) and waits for it with `wait4`, killing it after
 /// `kill_after` when given.
+// The child is reaped by `wait4` (which std's `Child::wait` cannot do while returning the rusage).
+#[allow(clippy::zombie_processes)]
 fn measure(mut command: Command, stderr_path: &Path, kill_after: Option<Duration>) -> Measured {
     let stderr = std::fs::File::create(stderr_path).expect("stderr file");
     command.stdout(Stdio::null()).stderr(stderr).stdin(Stdio::null());
@@ -521,6 +523,9 @@ fn keep_files() -> bool {
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
+
+/// One target's benchmark.
+type Target = fn(&Path, &Options, &mut Results);
 
 struct Options {
     quick: bool,
@@ -979,7 +984,7 @@ fn main() {
         root.path().display()
     );
     let mut results = Results::default();
-    let targets: [(u32, fn(&Path, &Options, &mut Results)); 6] =
+    let targets: [(u32, Target); 6] =
         [(1, target_1), (2, target_2), (3, target_3), (4, target_4), (5, target_5), (6, target_6)];
     for (number, run) in targets {
         if options.wants(number) {
