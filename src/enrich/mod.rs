@@ -564,18 +564,19 @@ impl<'a> Job<'a> {
         let lists = &self.enricher.lists;
         let switches = self.enricher.config.logs;
         for chunk in indicators.chunks(LOOKUP_CHUNK) {
-            let answers =
-                self.enricher.client.lookup_all(chunk, self.enricher.refresh, &|_, _| bar.inc(1)).map_err(
-                    |fatal| match fatal {
-                        FatalError::TokenRefused { status, message } => {
-                            CriticalError::TokenRefused { status, message }
-                        }
-                    },
-                )?;
+            let answers = self
+                .enricher
+                .client
+                .lookup_all_parsed(chunk, self.enricher.refresh, &|_, _| bar.inc(1))
+                .map_err(|fatal| match fatal {
+                    FatalError::TokenRefused { status, message } => {
+                        CriticalError::TokenRefused { status, message }
+                    }
+                })?;
             let digested: Vec<Digested> = chunk
                 .par_iter()
                 .zip(answers.into_par_iter())
-                .map(|(indicator, answer)| digest(lists, switches, indicator, answer))
+                .map(|(indicator, (answer, parsed))| digest(lists, switches, indicator, answer, parsed))
                 .collect();
             for (indicator, digested) in chunk.iter().zip(digested) {
                 self.merge(indicator, digested);
@@ -731,6 +732,7 @@ fn digest(
     switches: crate::config::LogSwitches,
     indicator: &Indicator,
     answer: Answer,
+    parsed: Option<model::Document>,
 ) -> Digested {
     let failed = |reason: String| Digested {
         source: None,
@@ -740,7 +742,8 @@ fn digest(
         logs: Vec::new(),
     };
     match answer {
-        Answer::Found { body, source } => match model::parse_document(&body) {
+        // The client's parse of this very body, when it made one (cached answers): no need to parse twice.
+        Answer::Found { body, source } => match parsed.map_or_else(|| model::parse_document(&body), Ok) {
             Ok(document) => {
                 let (facts, logs) = facts_from(lists, switches, indicator, &document, &body);
                 Digested { source: Some(source), not_found: false, facts: Some(facts), failure: None, logs }

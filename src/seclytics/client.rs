@@ -45,7 +45,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::cache::{Cache, CachedAnswer, token_fingerprint};
-use super::model::parse_document;
+use super::model::{Document, parse_document};
 use crate::config::{AuthMode, SeclyticsSettings, Secret};
 use crate::vttl::Indicator;
 
@@ -684,6 +684,21 @@ impl Client {
         refresh: bool,
         progress: &(dyn Fn(&Indicator, &Answer) + Sync),
     ) -> Result<Vec<Answer>, FatalError> {
+        let answers = self.lookup_all_parsed(indicators, refresh, progress)?;
+        Ok(answers.into_iter().map(|(answer, _)| answer).collect())
+    }
+
+    /// [`Client::lookup_all`], also handing over the parsed [`Document`] of a found answer when the client
+    /// already had to parse its body (today: answers from the cache, which are re-checked when read), so the
+    /// caller need not parse the same text again. `None` means "parse the body yourself"; the document is
+    /// always exactly `parse_document(body)`. For an indicator given more than once, only its first position
+    /// gets the document.
+    pub fn lookup_all_parsed(
+        &self,
+        indicators: &[Indicator],
+        refresh: bool,
+        progress: &(dyn Fn(&Indicator, &Answer) + Sync),
+    ) -> Result<Vec<(Answer, Option<Document>)>, FatalError> {
         let mut distinct: Vec<&Indicator> = Vec::new();
         let mut slot_of_distinct: HashMap<&Indicator, usize> = HashMap::new();
         let slots: Vec<usize> = indicators
@@ -696,6 +711,7 @@ impl Client {
             })
             .collect();
         let mut answers: Vec<Option<Answer>> = vec![None; distinct.len()];
+        let mut documents: Vec<Option<Document>> = Vec::new();
 
         match &self.backend {
             Backend::Offline { dir, max_body_bytes } => {
@@ -713,9 +729,13 @@ impl Client {
                 let cached =
                     if refresh { Vec::new() } else { cached_answers(cache.as_ref(), token_fp, &distinct) };
                 let mut cached = cached.into_iter();
+                documents.resize_with(distinct.len(), || None);
                 for (slot, indicator) in distinct.iter().enumerate() {
                     match cached.next().flatten() {
-                        Some(answer) => self.finish(indicator, answer, &mut answers[slot], progress),
+                        Some((answer, document)) => {
+                            documents[slot] = document;
+                            self.finish(indicator, answer, &mut answers[slot], progress)
+                        }
                         None => pending.push(slot),
                     }
                 }
@@ -755,9 +775,10 @@ impl Client {
         Ok(slots
             .iter()
             .map(|&slot| {
-                answers[slot]
+                let answer = answers[slot]
                     .clone()
-                    .unwrap_or_else(|| Answer::Failed { reason: "lookup did not complete".into() })
+                    .unwrap_or_else(|| Answer::Failed { reason: "lookup did not complete".into() });
+                (answer, documents.get_mut(slot).and_then(Option::take))
             })
             .collect())
     }
@@ -778,7 +799,11 @@ impl Client {
 /// The usable cached answer of each indicator (`None`: not cached, expired, or a body that no longer passes
 /// `parse_document`). The SQLite reads are sequential (one connection); checking the bodies is CPU work
 /// independent per body, so it is spread over the cores with rayon.
-fn cached_answers(cache: Option<&Cache>, token_fp: &str, indicators: &[&Indicator]) -> Vec<Option<Answer>> {
+fn cached_answers(
+    cache: Option<&Cache>,
+    token_fp: &str,
+    indicators: &[&Indicator],
+) -> Vec<Option<(Answer, Option<Document>)>> {
     use rayon::prelude::*;
     let Some(cache) = cache else { return Vec::new() };
     let stored: Vec<Option<CachedAnswer>> = indicators
@@ -788,10 +813,10 @@ fn cached_answers(cache: Option<&Cache>, token_fp: &str, indicators: &[&Indicato
     stored
         .into_par_iter()
         .map(|stored| match stored? {
-            CachedAnswer::Found(body) => parse_document(&body)
-                .is_ok()
-                .then(|| Answer::Found { body: Arc::from(body), source: AnswerSource::Cache }),
-            CachedAnswer::NotFound => Some(Answer::NotFound { source: AnswerSource::Cache }),
+            CachedAnswer::Found(body) => parse_document(&body).ok().map(|document| {
+                (Answer::Found { body: Arc::from(body), source: AnswerSource::Cache }, Some(document))
+            }),
+            CachedAnswer::NotFound => Some((Answer::NotFound { source: AnswerSource::Cache }, None)),
         })
         .collect()
 }
@@ -890,6 +915,53 @@ mod tests {
         );
         assert_eq!(server_message(br#"{"error": "nope"}"#), "nope");
         assert_eq!(server_message(b"plain"), "plain");
+    }
+
+    #[test]
+    fn cached_answers_come_with_their_parsed_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_path = dir.path().join("cache.sqlite");
+        let token = Secret::new("tok-parsed-1");
+        let body = r#"{"asn": {"description": "EXAMPLE-AS"}, "id": "192.0.2.1", "type": "ip"}"#;
+        {
+            let cache = Cache::open(&cache_path, Duration::from_secs(3600)).unwrap();
+            let fp = token_fingerprint(&token);
+            cache.put("ips", "192.0.2.1", &fp, &CachedAnswer::Found(body.into()));
+            cache.put("hosts", "gone.example.com", &fp, &CachedAnswer::NotFound);
+            // A stored body that no longer passes `parse_document` is a miss, never handed over.
+            cache.put("ips", "192.0.2.2", &fp, &CachedAnswer::Found("{\"error\": \"x\"}".into()));
+        }
+        // Nothing listens on port 9: an indicator that is not answered from the cache fails to connect.
+        let settings = SeclyticsSettings {
+            base_url: "http://127.0.0.1:9".into(),
+            access_token: token,
+            cache: Some(cache_path),
+            max_retries: 0,
+            connect_timeout: Duration::from_secs(2),
+            ..SeclyticsSettings::default()
+        };
+        let client = Client::new(&settings).unwrap();
+        let indicators: Vec<Indicator> = ["192.0.2.1", "gone.example.com", "192.0.2.2", "192.0.2.1"]
+            .iter()
+            .map(|v| Indicator::classify(v).unwrap())
+            .collect();
+        let answers = client.lookup_all_parsed(&indicators, false, &|_, _| {}).unwrap();
+        let plain = client.lookup_all(&indicators, false, &|_, _| {}).unwrap();
+        assert_eq!(answers.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>(), plain);
+        match &answers[0] {
+            (Answer::Found { body: found, source: AnswerSource::Cache }, Some(document)) => {
+                assert_eq!(&**found, body);
+                assert_eq!(document.id.as_deref(), Some("192.0.2.1"));
+                let expected = parse_document(body).unwrap();
+                assert_eq!(format!("{document:?}"), format!("{expected:?}"));
+            }
+            other => panic!("expected a cached document, got {other:?}"),
+        }
+        assert!(matches!(answers[1], (Answer::NotFound { source: AnswerSource::Cache }, None)));
+        assert!(matches!(answers[2], (Answer::Failed { .. }, None)), "{:?}", answers[2]);
+        // The repeated indicator shares the answer; only its first position carries the document.
+        assert_eq!(answers[3].0, answers[0].0);
+        assert!(answers[3].1.is_none());
     }
 
     #[test]
