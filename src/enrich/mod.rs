@@ -352,7 +352,28 @@ fn csv_text(value: FillValue) -> String {
     match value {
         FillValue::Text(text) => csvio::neutralize_formula(&text).into_owned(),
         FillValue::Count(n) => n.to_string(),
-        FillValue::DateTime(when) => when.format("%Y-%m-%d %H:%M:%S").to_string(),
+        FillValue::DateTime(when) => csv_date_time(when),
+    }
+}
+
+/// `when` as `%Y-%m-%d %H:%M:%S`. Written by hand for the years 0–9999 (chrono's `format` parses the pattern
+/// again for every call, a measurable cost when a million rows get a date); other years go through chrono so
+/// the text is exactly what `format` gives.
+fn csv_date_time(when: chrono::NaiveDateTime) -> String {
+    use chrono::{Datelike, Timelike};
+    // A leap second (nanosecond ≥ 1e9) is printed as second 60 by chrono: leave that to chrono too.
+    if (0..=9999).contains(&when.year()) && when.nanosecond() < 1_000_000_000 {
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            when.year(),
+            when.month(),
+            when.day(),
+            when.hour(),
+            when.minute(),
+            when.second()
+        )
+    } else {
+        when.format("%Y-%m-%d %H:%M:%S").to_string()
     }
 }
 
@@ -471,6 +492,8 @@ struct Job<'a> {
     report: FileReport,
     requests_before: u64,
     errors: Vec<String>,
+    /// Cells filled per column header, folded into `report.cells_filled` by [`Job::finish`].
+    fills_by_header: HashMap<&'static str, usize>,
 }
 
 impl<'a> Job<'a> {
@@ -484,6 +507,7 @@ impl<'a> Job<'a> {
             report: FileReport { input: input.to_path_buf(), ..Default::default() },
             requests_before: enricher.client.stats().api_requests,
             errors: Vec::new(),
+            fills_by_header: HashMap::new(),
         }
     }
 
@@ -628,8 +652,10 @@ impl<'a> Job<'a> {
     }
 
     fn count_fills(&mut self, fills: &[Fill]) {
+        // Counted under the static header name (no String per filled cell: a million-row CSV fills millions
+        // of cells); moved into `report.cells_filled` when the report is written.
         for fill in fills {
-            *self.report.cells_filled.entry(fill.header.to_string()).or_default() += 1;
+            *self.fills_by_header.entry(fill.header).or_default() += 1;
         }
     }
 
@@ -678,6 +704,9 @@ impl<'a> Job<'a> {
         }
         for message in &self.errors {
             outbox::append_error_log(outbox, message);
+        }
+        for (header, count) in self.fills_by_header.drain() {
+            *self.report.cells_filled.entry(header.to_string()).or_default() += count;
         }
         let stats = self.enricher.client.stats();
         self.report.api_requests = stats.api_requests.saturating_sub(self.requests_before);
@@ -832,4 +861,35 @@ fn progress_bar(input: &Path, len: u64) -> indicatif::ProgressBar {
     }
     bar.set_prefix(input.file_name().unwrap_or_default().to_string_lossy().into_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_date_time_is_chrono_format() {
+        let cases = [
+            "2024-03-02T00:00:00",
+            "1999-12-31T23:59:59",
+            "0001-01-01T00:00:00",
+            "0000-01-01T00:00:00",
+            "9999-12-31T23:59:59",
+            "2024-02-29T08:05:09",
+        ];
+        for text in cases {
+            let when: chrono::NaiveDateTime = text.parse().unwrap();
+            assert_eq!(csv_date_time(when), when.format("%Y-%m-%d %H:%M:%S").to_string(), "{text}");
+        }
+        // Out of the hand-written range: chrono decides.
+        let far = chrono::NaiveDate::from_ymd_opt(12345, 6, 7).unwrap().and_hms_opt(1, 2, 3).unwrap();
+        assert_eq!(csv_date_time(far), far.format("%Y-%m-%d %H:%M:%S").to_string());
+        let before = chrono::NaiveDate::from_ymd_opt(-44, 3, 15).unwrap().and_hms_opt(12, 0, 0).unwrap();
+        assert_eq!(csv_date_time(before), before.format("%Y-%m-%d %H:%M:%S").to_string());
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_milli_opt(23, 59, 59, 1500)
+            .unwrap();
+        assert_eq!(csv_date_time(leap), leap.format("%Y-%m-%d %H:%M:%S").to_string());
+    }
 }
