@@ -154,7 +154,7 @@ impl Enricher {
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
 
-        let mut job = Job::new(self, input);
+        let mut job = Job::new(self, hooks.reported_input().unwrap_or(input));
         let output = match format {
             Format::Csv => self.enrich_csv(input, outbox, &output_name, &mut job)?,
             Format::Xlsx | Format::Xls => self.enrich_xlsx(input, outbox, &output_name, &mut job)?,
@@ -300,6 +300,11 @@ pub trait PublishHooks {
     fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()>;
     /// The output is now visible at `published`.
     fn after_publish(&self, published: &Path);
+    /// The input path to name in the report and logs, when the file being read is a working copy (the hot
+    /// folder reads a claimed file inside its work folder, but the analyst dropped it in the inbox).
+    fn reported_input(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// No hooks (the `enrich` command).

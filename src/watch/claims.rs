@@ -310,9 +310,15 @@ pub struct JournalHooks {
     pub outbox: PathBuf,
     /// Test hook: abort the process right after the output was published (`VTTL_TEST_ABORT_AFTER_PUBLISH`).
     pub abort_after_publish: bool,
+    /// Where the analyst dropped the file (named in the report instead of the claimed copy).
+    pub inbox_path: PathBuf,
 }
 
 impl crate::enrich::PublishHooks for JournalHooks {
+    fn reported_input(&self) -> Option<&Path> {
+        Some(&self.inbox_path)
+    }
+
     fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()> {
         let mut state = self.gate.state.lock().map_err(|_| std::io::Error::other("poisoned gate"))?;
         if *state == GateState::Cancelled {
@@ -545,6 +551,7 @@ mod tests {
             entry: dir.join("book.csv.json"),
             outbox: outbox.to_path_buf(),
             abort_after_publish: false,
+            inbox_path: dir.join("book.csv"),
         }
     }
 

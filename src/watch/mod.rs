@@ -566,6 +566,7 @@ impl Watcher<'_> {
             entry: entry.clone(),
             outbox: self.settings.outbox.clone(),
             abort_after_publish,
+            inbox_path: self.settings.inbox.join(&name),
         };
         if self.job_tx.send(Job { claimed: claimed.clone(), hooks }).is_err() {
             tracing::error!("the worker thread stopped; giving {name} back");
