@@ -553,47 +553,63 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    /// Looks up `indicators` and records their facts and log lines.
+    /// Looks up `indicators` (distinct) and records their facts and log lines.
+    ///
+    /// The client is asked [`LOOKUP_CHUNK`] indicators at a time, and each chunk's answers are turned into
+    /// facts (JSON parse, tokens, watch lists — independent per indicator, so spread over the cores with
+    /// rayon) before the next chunk is asked: the response bodies of a whole workbook are never in memory at
+    /// once. Results are merged in input order, so counters, log lines and error messages come out exactly as
+    /// if the indicators had been handled one by one.
     fn look_up(&mut self, indicators: &[Indicator]) -> Result<(), EnrichError> {
+        use rayon::prelude::*;
         if indicators.is_empty() {
             return Ok(());
         }
         let bar = progress_bar(&self.input, indicators.len() as u64);
-        let answers =
-            self.enricher.client.lookup_all(indicators, self.enricher.refresh, &|_, _| bar.inc(1)).map_err(
-                |fatal| match fatal {
-                    FatalError::TokenRefused { status, message } => {
-                        CriticalError::TokenRefused { status, message }
-                    }
-                },
-            )?;
-        bar.finish_and_clear();
-        for (indicator, answer) in indicators.iter().zip(answers) {
-            *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
-            let facts = match answer {
-                Answer::Found { body, source } => {
-                    self.count_source(source);
-                    match model::parse_document(&body) {
-                        Ok(document) => Some(self.facts_from(indicator, &document, &body)),
-                        Err(e) => {
-                            self.lookup_failed(indicator, &e.to_string());
-                            None
+        let lists = &self.enricher.lists;
+        let switches = self.enricher.config.logs;
+        for chunk in indicators.chunks(LOOKUP_CHUNK) {
+            let answers =
+                self.enricher.client.lookup_all(chunk, self.enricher.refresh, &|_, _| bar.inc(1)).map_err(
+                    |fatal| match fatal {
+                        FatalError::TokenRefused { status, message } => {
+                            CriticalError::TokenRefused { status, message }
                         }
-                    }
-                }
-                Answer::NotFound { source } => {
-                    self.count_source(source);
-                    self.report.not_found += 1;
-                    Some(self.facts_not_found(indicator))
-                }
-                Answer::Failed { reason } => {
-                    self.lookup_failed(indicator, &reason);
-                    None
-                }
-            };
-            self.facts.insert(indicator.clone(), facts);
+                    },
+                )?;
+            let digested: Vec<Digested> = chunk
+                .par_iter()
+                .zip(answers.into_par_iter())
+                .map(|(indicator, answer)| digest(lists, switches, indicator, answer))
+                .collect();
+            for (indicator, digested) in chunk.iter().zip(digested) {
+                self.merge(indicator, digested);
+            }
         }
+        bar.finish_and_clear();
         Ok(())
+    }
+
+    /// Records what one answer said (in input order).
+    fn merge(&mut self, indicator: &Indicator, digested: Digested) {
+        *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
+        if let Some(source) = digested.source {
+            self.count_source(source);
+        }
+        if digested.not_found {
+            self.report.not_found += 1;
+        }
+        if let Some(reason) = &digested.failure {
+            self.lookup_failed(indicator, reason);
+        }
+        let item = indicator.value.as_str();
+        for (log, values) in digested.logs {
+            let lines = self.logs.entry(log).or_default();
+            for value in &values {
+                lines.push(item, value);
+            }
+        }
+        self.facts.insert(indicator.clone(), digested.facts);
     }
 
     fn count_source(&mut self, source: AnswerSource) {
@@ -613,57 +629,6 @@ impl<'a> Job<'a> {
             reason
         ));
         self.errors.push(message);
-    }
-
-    fn facts_from(&mut self, indicator: &Indicator, document: &model::Document, body: &str) -> Facts {
-        let lists = &self.enricher.lists;
-        let findings = tokens::extract(indicator, document);
-        let join = |items: &[String], sep: &str| tokens::join_truncated(items, sep, CELL_LIMIT);
-        let mut iocs: Vec<&str> = vec![indicator.value.as_str()];
-        iocs.extend(findings.related_ips.iter().map(String::as_str));
-        iocs.extend(findings.related_domains.iter().map(String::as_str));
-        let facts = Facts {
-            reputation: join(&findings.reputation, "^"),
-            file_metadata: join(&findings.file_metadata, "^"),
-            file_count: Some(findings.file_count as u64),
-            whois: findings.whois_owner.clone(),
-            validation: findings.whitelist.clone(),
-            first_seen: findings.first_seen,
-            passive_dns_ip: findings.passive_dns_ips.first().copied(),
-            keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
-            url_watch: join(&lists.url_matches(findings.urls.iter().map(String::as_str)), "   "),
-            ip_domain_watch: join(&lists.ip_domain_matches(iocs), "^"),
-            detection_watch: join(
-                &lists.detection_matches(findings.detection_candidates.iter().map(String::as_str)),
-                "^",
-            ),
-        };
-        let switches = self.enricher.config.logs;
-        let item = indicator.value.as_str();
-        for (enabled, log, values) in [
-            (switches.ips, SeclyticLog::Ips, &findings.related_ips),
-            (switches.hashes, SeclyticLog::Hashes, &findings.hashes),
-            (switches.urls, SeclyticLog::Urls, &findings.urls),
-            (switches.reference_urls, SeclyticLog::References, &findings.reference_urls),
-        ] {
-            if enabled {
-                let lines = self.logs.entry(log).or_default();
-                for value in values {
-                    lines.push(item, value);
-                }
-            }
-        }
-        facts
-    }
-
-    /// A 404: the API knows nothing, which is an answer: File Count 0, and the item's own watch-list hit.
-    fn facts_not_found(&self, indicator: &Indicator) -> Facts {
-        let hits = self.enricher.lists.ip_domain_matches([indicator.value.as_str()]);
-        Facts {
-            file_count: Some(0),
-            ip_domain_watch: tokens::join_truncated(&hits, "^", CELL_LIMIT),
-            ..Facts::default()
-        }
     }
 
     fn count_fills(&mut self, fills: &[Fill]) {
@@ -745,6 +710,109 @@ impl<'a> Job<'a> {
         tracing::info!("{summary}");
         let _ = std::io::stderr().flush();
         Ok(self.report)
+    }
+}
+
+/// Indicators per call of [`Client::lookup_all`] in [`Job::look_up`]: large enough to keep every request
+/// slot busy (a chunk ends with at most `concurrency` requests draining), small enough that the bodies of one
+/// chunk (a few KB each) stay a few MB.
+const LOOKUP_CHUNK: usize = 2048;
+
+/// What one answer says, computed away from the [`Job`] (in parallel) and merged into it in input order.
+struct Digested {
+    /// Where a found / not-found answer came from (counted in the report).
+    source: Option<AnswerSource>,
+    not_found: bool,
+    /// `None` = the lookup failed (cells stay empty).
+    facts: Option<Facts>,
+    /// Why the lookup failed.
+    failure: Option<String>,
+    /// Values for the Seclytic logs of this item, per enabled log, in the order they are written.
+    logs: Vec<(SeclyticLog, Vec<String>)>,
+}
+
+fn digest(
+    lists: &watchlists::WatchLists,
+    switches: crate::config::LogSwitches,
+    indicator: &Indicator,
+    answer: Answer,
+) -> Digested {
+    let failed = |reason: String| Digested {
+        source: None,
+        not_found: false,
+        facts: None,
+        failure: Some(reason),
+        logs: Vec::new(),
+    };
+    match answer {
+        Answer::Found { body, source } => match model::parse_document(&body) {
+            Ok(document) => {
+                let (facts, logs) = facts_from(lists, switches, indicator, &document, &body);
+                Digested { source: Some(source), not_found: false, facts: Some(facts), failure: None, logs }
+            }
+            Err(e) => Digested { source: Some(source), ..failed(e.to_string()) },
+        },
+        Answer::NotFound { source } => Digested {
+            source: Some(source),
+            not_found: true,
+            facts: Some(facts_not_found(lists, indicator)),
+            failure: None,
+            logs: Vec::new(),
+        },
+        Answer::Failed { reason } => failed(reason),
+    }
+}
+
+/// The facts of a found document, and its values for the Seclytic logs.
+fn facts_from(
+    lists: &watchlists::WatchLists,
+    switches: crate::config::LogSwitches,
+    indicator: &Indicator,
+    document: &model::Document,
+    body: &str,
+) -> (Facts, Vec<(SeclyticLog, Vec<String>)>) {
+    let findings = tokens::extract(indicator, document);
+    let join = |items: &[String], sep: &str| tokens::join_truncated(items, sep, CELL_LIMIT);
+    let mut iocs: Vec<&str> = vec![indicator.value.as_str()];
+    iocs.extend(findings.related_ips.iter().map(String::as_str));
+    iocs.extend(findings.related_domains.iter().map(String::as_str));
+    let facts = Facts {
+        reputation: join(&findings.reputation, "^"),
+        file_metadata: join(&findings.file_metadata, "^"),
+        file_count: Some(findings.file_count as u64),
+        whois: findings.whois_owner.clone(),
+        validation: findings.whitelist.clone(),
+        first_seen: findings.first_seen,
+        passive_dns_ip: findings.passive_dns_ips.first().copied(),
+        keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
+        url_watch: join(&lists.url_matches(findings.urls.iter().map(String::as_str)), "   "),
+        ip_domain_watch: join(&lists.ip_domain_matches(iocs), "^"),
+        detection_watch: join(
+            &lists.detection_matches(findings.detection_candidates.iter().map(String::as_str)),
+            "^",
+        ),
+    };
+    let mut logs = Vec::new();
+    for (enabled, log, values) in [
+        (switches.ips, SeclyticLog::Ips, findings.related_ips),
+        (switches.hashes, SeclyticLog::Hashes, findings.hashes),
+        (switches.urls, SeclyticLog::Urls, findings.urls),
+        (switches.reference_urls, SeclyticLog::References, findings.reference_urls),
+    ] {
+        if enabled {
+            logs.push((log, values));
+        }
+    }
+    (facts, logs)
+}
+
+/// A 404: the API knows nothing, which is an answer: File Count 0, and the item's own watch-list hit.
+fn facts_not_found(lists: &watchlists::WatchLists, indicator: &Indicator) -> Facts {
+    let hits = lists.ip_domain_matches([indicator.value.as_str()]);
+    Facts {
+        file_count: Some(0),
+        ip_domain_watch: tokens::join_truncated(&hits, "^", CELL_LIMIT),
+        ..Facts::default()
     }
 }
 

@@ -710,10 +710,11 @@ impl Client {
                     return Err(fatal);
                 }
                 let mut pending = Vec::new();
+                let cached =
+                    if refresh { Vec::new() } else { cached_answers(cache.as_ref(), token_fp, &distinct) };
+                let mut cached = cached.into_iter();
                 for (slot, indicator) in distinct.iter().enumerate() {
-                    let cached =
-                        if refresh { None } else { cached_answer(cache.as_ref(), token_fp, indicator) };
-                    match cached {
+                    match cached.next().flatten() {
                         Some(answer) => self.finish(indicator, answer, &mut answers[slot], progress),
                         None => pending.push(slot),
                     }
@@ -774,13 +775,25 @@ impl Client {
     }
 }
 
-fn cached_answer(cache: Option<&Cache>, token_fp: &str, indicator: &Indicator) -> Option<Answer> {
-    match cache?.get(indicator.kind.endpoint(), &indicator.value, token_fp)? {
-        CachedAnswer::Found(body) => parse_document(&body)
-            .is_ok()
-            .then(|| Answer::Found { body: Arc::from(body), source: AnswerSource::Cache }),
-        CachedAnswer::NotFound => Some(Answer::NotFound { source: AnswerSource::Cache }),
-    }
+/// The usable cached answer of each indicator (`None`: not cached, expired, or a body that no longer passes
+/// `parse_document`). The SQLite reads are sequential (one connection); checking the bodies is CPU work
+/// independent per body, so it is spread over the cores with rayon.
+fn cached_answers(cache: Option<&Cache>, token_fp: &str, indicators: &[&Indicator]) -> Vec<Option<Answer>> {
+    use rayon::prelude::*;
+    let Some(cache) = cache else { return Vec::new() };
+    let stored: Vec<Option<CachedAnswer>> = indicators
+        .iter()
+        .map(|indicator| cache.get(indicator.kind.endpoint(), &indicator.value, token_fp))
+        .collect();
+    stored
+        .into_par_iter()
+        .map(|stored| match stored? {
+            CachedAnswer::Found(body) => parse_document(&body)
+                .is_ok()
+                .then(|| Answer::Found { body: Arc::from(body), source: AnswerSource::Cache }),
+            CachedAnswer::NotFound => Some(Answer::NotFound { source: AnswerSource::Cache }),
+        })
+        .collect()
 }
 
 /// Writes an API answer to the cache: documents and 404s only, never failures.
