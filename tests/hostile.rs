@@ -134,7 +134,7 @@ impl Env {
 
     /// The checks every scenario ends with: no panic, no token anywhere, nothing half-written in the outbox.
     fn assert_invariants(&self, run: &Run) {
-        assert_no_panic(run);
+        assert_eq!(assert_no_panic(run), 0, "an API answer crashed a workbook reader?");
         assert!(!run.stderr.contains(TOKEN) && !run.stdout.contains(TOKEN), "token on the terminal");
         for file in walk(self.dir.path()) {
             if file.file_name().is_some_and(|n| n == "vttl.ini") {
@@ -161,12 +161,22 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn assert_no_panic(run: &Run) {
-    for needle in ["panicked", "stack overflow", "RUST_BACKTRACE", "fatal runtime error", "memory allocation"]
-    {
+/// No panic of our own, no abort, no stack overflow. A panic inside a third-party workbook reader (calamine)
+/// is caught by `workbook::xlsx` and turned into a `Corrupt` refusal: the process survives it, so it is
+/// allowed here when the refusal says so. Returns how many such reader crashes were survived.
+fn assert_no_panic(run: &Run) -> usize {
+    for needle in ["stack overflow", "fatal runtime error", "memory allocation", "SIGSEGV", "Aborted"] {
         assert!(!run.stderr.contains(needle), "`{needle}` on stderr:\n{}", run.stderr);
     }
+    let mut survived = 0;
+    for line in run.stderr.lines().filter(|l| l.contains("panicked")) {
+        let in_reader = line.contains("/calamine-") || line.contains("/zip-") || line.contains("/quick-xml-");
+        assert!(in_reader, "panic outside a workbook reader:\n{}", run.stderr);
+        assert!(run.stderr.contains("crashed on malformed data"), "reader panic not caught:\n{}", run.stderr);
+        survived += 1;
+    }
     assert!((0..=2).contains(&run.code), "killed or aborted (code {}):\n{}", run.code, run.stderr);
+    survived
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -534,4 +544,238 @@ fn api_document_echoing_the_token_does_not_leak_it() {
     let bad = row(&rows, BAD_IP);
     assert_eq!(bad[1], "AS of [redacted]");
     assert!(bad[4].contains("plain"), "{bad:?}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The hostile inbox corpus (issue part 1) through `enrich`.
+// ---------------------------------------------------------------------------------------------------------
+
+/// Peak memory allowed to one enrich process on a hostile file.
+const MAX_PEAK_RSS_KIB: u64 = 1 << 20;
+
+/// What happened to one hostile file.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// An output of the same name appeared in the outbox.
+    Processed,
+    /// Exit 1 and `VTTL_Error.log` names the file with a reason.
+    Refused(String),
+}
+
+/// Enriches one file alone (its own outbox under `out/<tag>`), checks the invariants, returns the outcome.
+fn enrich_one(env: &Env, input: &Path, tag: &str) -> (Outcome, Run, usize) {
+    let outbox = env.outbox().join(tag);
+    let run = {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+            .arg("--config")
+            .arg(env.path("vttl.ini"))
+            .arg("enrich")
+            .arg(input)
+            .arg("--outbox")
+            .arg(&outbox)
+            .env_remove("SECLYTICS_ACCESS_TOKEN")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(env.path("one.stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut peak = 0;
+        let status = loop {
+            peak = peak.max(vm_hwm_kib(child.id()).unwrap_or(0));
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(240), "{}: enrich hangs", input.display());
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = std::fs::read_to_string(env.path("one.stderr")).unwrap_or_default();
+        std::fs::remove_file(env.path("one.stderr")).unwrap();
+        Run {
+            code: status.code().unwrap_or(-1),
+            stderr,
+            stdout: String::new(),
+            elapsed: started.elapsed(),
+            peak_rss_kib: peak,
+        }
+    };
+    let what = input.display().to_string();
+    let reader_crashes = assert_no_panic(&run);
+    assert!(run.peak_rss_kib < MAX_PEAK_RSS_KIB, "{what}: peak RSS {} KiB", run.peak_rss_kib);
+    for file in walk(env.dir.path()) {
+        if file.file_name().is_some_and(|n| n == "vttl.ini") {
+            continue;
+        }
+        assert!(!contains(&std::fs::read(&file).unwrap(), TOKEN.as_bytes()), "token in {}", file.display());
+    }
+    let output_name = if input.extension().is_some_and(|e| e.eq_ignore_ascii_case("xls")) {
+        format!("{}.xlsx", input.file_stem().unwrap().to_string_lossy())
+    } else {
+        input.file_name().unwrap().to_string_lossy().into_owned()
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&outbox)
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{what}: temporary file left: {names:?}");
+    let outcome = if run.code == 0 {
+        assert!(names.contains(&output_name), "{what}: exit 0 but no output {output_name}: {names:?}");
+        Outcome::Processed
+    } else {
+        assert_eq!(run.code, 1, "{what}:\n{}", run.stderr);
+        assert!(!names.contains(&output_name), "{what}: failed but an output appeared: {names:?}");
+        let log = std::fs::read_to_string(outbox.join("VTTL_Error.log")).unwrap_or_default();
+        let name = input.file_name().unwrap().to_string_lossy();
+        let line = log.lines().find(|l| l.contains(name.as_ref())).unwrap_or_else(|| {
+            panic!("{what}: exit 1 but VTTL_Error.log does not name the file:\n{log}\n{}", run.stderr)
+        });
+        assert!(line.contains("failed at step"), "{what}: {line}");
+        Outcome::Refused(line.split_once("failed at step").unwrap().1.trim().to_string())
+    };
+    (outcome, run, reader_crashes)
+}
+
+/// Every file and directory of `tests/fixtures/hostile/` (top level).
+fn committed_corpus() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "README.md"))
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Copies `from` (file or directory) to `to`.
+fn copy_entry(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_entry(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// Snapshot of every file outside the outbox: path → bytes. Nothing there may change.
+fn snapshot_outside_outbox(env: &Env) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = walk(env.dir.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(env.outbox()) && !p.starts_with(env.path("cache.sqlite")))
+        .filter(|p| !p.to_string_lossy().contains("cache.sqlite"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Files that must come out processed (valid VTTL content under hostile names, or a header alone).
+const MUST_PROCESS: &[&str] = &[
+    "valid.xlsx",
+    "name with spaces.csv",
+    "ünïcödé 名前 ☣.csv",
+    "-rf.csv",
+    "--outbox=escape.csv",
+    "..csv",
+    "CON.csv",
+    "UPPER.CSV",
+    "header_only.csv",
+    "zip_named.xls",
+    "formulas_in_input.csv",
+];
+
+/// Files that must be refused.
+const MUST_REFUSE: &[&str] = &[
+    "empty.csv",
+    "empty.xlsx",
+    "not_a_zip.xlsx",
+    "truncated_half.xlsx",
+    "truncated_no_central_directory.xlsx",
+    "zip_without_workbook.xlsx",
+    "truncated.xls",
+    "ole2_magic_only.xls",
+    "non_utf8_junk.csv",
+    "elf_named.csv",
+    "not_vttl.csv",
+    "too_many_columns.csv",
+    "dir.csv",
+    "max_dimensions.xlsx",
+];
+
+#[test]
+fn hostile_corpus_each_file_is_processed_or_refused_with_a_reason() {
+    let env = Env::new();
+    let inbox = env.path("in");
+    let mut inputs = Vec::new();
+    for entry in committed_corpus() {
+        let target = inbox.join(entry.file_name().unwrap());
+        copy_entry(&entry, &target);
+        inputs.push(target);
+    }
+    // A symlink named x.csv pointing outside the inbox (to a valid VTTL file), and a directory named x.csv.
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.csv"), "\"Scanned Item\"\r\n\"192.0.2.20\"\r\n").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.csv"), inbox.join("x.csv")).unwrap();
+    inputs.push(inbox.join("x.csv"));
+    std::fs::create_dir_all(inbox.join("sub/x.csv")).unwrap();
+    inputs.push(inbox.join("sub/x.csv"));
+    assert!(inputs.len() >= 30, "corpus of {} entries", inputs.len());
+
+    let before = snapshot_outside_outbox(&env);
+    let mut summary = Vec::new();
+    let (mut processed, mut refused, mut crashes_survived) = (0, 0, 0);
+    for (index, input) in inputs.iter().enumerate() {
+        let (outcome, run, crashes) = enrich_one(&env, input, &format!("o{index}"));
+        crashes_survived += crashes;
+        let name = input.file_name().unwrap().to_string_lossy().into_owned();
+        if MUST_PROCESS.contains(&name.as_str()) {
+            assert_eq!(outcome, Outcome::Processed, "{name}: {}", run.stderr);
+        }
+        if MUST_REFUSE.contains(&name.as_str()) {
+            assert!(matches!(outcome, Outcome::Refused(_)), "{name} should be refused");
+        }
+        match &outcome {
+            Outcome::Processed => processed += 1,
+            Outcome::Refused(_) => refused += 1,
+        }
+        summary.push(format!(
+            "{name:45} {:9} {:>7} KiB {:>6} ms {}",
+            if outcome == Outcome::Processed { "processed" } else { "refused" },
+            run.peak_rss_kib,
+            run.elapsed.as_millis(),
+            match &outcome {
+                Outcome::Refused(reason) => reason.chars().take(110).collect::<String>(),
+                Outcome::Processed => String::new(),
+            }
+        ));
+    }
+    // Nothing outside the outboxes changed (inputs, the outside target of the symlink, the lists, the ini).
+    assert_eq!(snapshot_outside_outbox(&env), before, "a file outside the outbox was written");
+    // No output contains the content of the XXE target.
+    for file in walk(&env.outbox()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!contains(&bytes, b"root:x:0:0"), "external entity expanded into {}", file.display());
+    }
+    // Only the outboxes and the cache were created in the temp folder.
+    let mut top: Vec<String> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("cache.sqlite"))
+        .collect();
+    top.sort();
+    assert_eq!(top, ["in", "lists", "out", "outside", "vttl.ini"]);
+    println!(
+        "hostile corpus: {} entries, {processed} processed, {refused} refused, {crashes_survived} reader panics caught",
+        inputs.len()
+    );
+    for line in summary {
+        println!("  {line}");
+    }
 }
