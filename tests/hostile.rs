@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -778,4 +777,211 @@ fn hostile_corpus_each_file_is_processed_or_refused_with_a_reason() {
     for line in summary {
         println!("  {line}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Large hostile files, generated at test time (streamed into the zip, never held in memory).
+// ---------------------------------------------------------------------------------------------------------
+
+/// Writes a one-sheet XLSX at `path` whose sheet XML is `head`, then `repeat` written `times` times, then
+/// `tail`, deflated at `level` while it is generated.
+fn write_generated_xlsx(path: &Path, head: &str, repeat: &[u8], times: u64, tail: &str, level: i64) {
+    use std::io::Write as _;
+    use zip::write::SimpleFileOptions;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut zip = zip::ZipWriter::new(file);
+    let options = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .compression_level(Some(level))
+        .large_file(true);
+    let ns = "xmlns=\"http://schemas.openxmlformats.org/spreadsheetml/2006/main\"";
+    let parts = [
+        (
+            "[Content_Types].xml",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\">\
+             <Default Extension=\"rels\" ContentType=\"application/vnd.openxmlformats-package.relationships+xml\"/>\
+             <Default Extension=\"xml\" ContentType=\"application/xml\"/>\
+             <Override PartName=\"/xl/workbook.xml\" ContentType=\"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml\"/>\
+             <Override PartName=\"/xl/worksheets/sheet1.xml\" ContentType=\"application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml\"/></Types>".to_string(),
+        ),
+        (
+            "_rels/.rels",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Relationships xmlns=\"http://schemas.openxmlformats.org/package/2006/relationships\">\
+             <Relationship Id=\"rId1\" Type=\"http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument\" Target=\"xl/workbook.xml\"/></Relationships>".to_string(),
+        ),
+        (
+            "xl/workbook.xml",
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><workbook {ns} xmlns:r=\"http://schemas.openxmlformats.org/officeDocument/2006/relationships\">\
+             <sheets><sheet name=\"TI\" sheetId=\"1\" r:id=\"rId1\"/></sheets></workbook>"),
+        ),
+        (
+            "xl/_rels/workbook.xml.rels",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Relationships xmlns=\"http://schemas.openxmlformats.org/package/2006/relationships\">\
+             <Relationship Id=\"rId1\" Type=\"http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet\" Target=\"worksheets/sheet1.xml\"/></Relationships>".to_string(),
+        ),
+    ];
+    for (name, text) in parts {
+        zip.start_file(name, options).unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.start_file("xl/worksheets/sheet1.xml", options).unwrap();
+    zip.write_all(head.replace("NS", ns).as_bytes()).unwrap();
+    // Batch the repeated unit so the deflater sees large writes.
+    let batch_units = (1 << 20) / repeat.len().max(1) as u64 + 1;
+    let batch: Vec<u8> = repeat.repeat(batch_units as usize);
+    let mut left = times;
+    while left > 0 {
+        let n = left.min(batch_units);
+        zip.write_all(&batch[..(n as usize) * repeat.len()]).unwrap();
+        left -= n;
+    }
+    zip.write_all(tail.as_bytes()).unwrap();
+    zip.finish().unwrap().flush().unwrap();
+}
+
+const VTTL_SHEET_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><worksheet NS><sheetData>\
+    <row r=\"1\"><c r=\"A1\" t=\"inlineStr\"><is><t>Scanned Item</t></is></c></row>";
+
+/// A generated file cached in the target folder across test runs (generation is the slow part).
+fn generated(name: &str, make: impl FnOnce(&Path)) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    if !path.exists() {
+        let partial = dir.join(format!("{name}.partial"));
+        make(&partial);
+        std::fs::rename(&partial, &path).unwrap();
+    }
+    path
+}
+
+/// Many tiny cells: `cells` cells of `<c><v>1</v></c>` in rows of 16,384, behind a VTTL header.
+fn many_cells_xlsx(cells: u64) -> PathBuf {
+    generated(&format!("many_cells_{cells}.xlsx"), |path| {
+        let row: Vec<u8> = format!("<row>{}</row>", "<c><v>1</v></c>".repeat(16_384)).into_bytes();
+        write_generated_xlsx(path, VTTL_SHEET_HEAD, &row, cells / 16_384, "</sheetData></worksheet>", 6);
+    })
+}
+
+#[test]
+#[ignore = "generates a 150 MB sheet; measures memory per cell"]
+fn probe_memory_per_cell() {
+    let env = Env::new();
+    let input = env.path("in/many.xlsx");
+    std::fs::copy(many_cells_xlsx(10_000_000), &input).unwrap();
+    let (outcome, run, _) = enrich_one(&env, &input, "probe");
+    println!("{outcome:?} peak {} KiB in {:?}", run.peak_rss_kib, run.elapsed);
+}
+
+/// Regression (hardening): the cell budget is for the whole workbook, not per sheet, so many sheets just under
+/// the limit cannot add up to gigabytes.
+#[test]
+fn cell_budget_covers_the_whole_workbook() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    for name in ["one", "two"] {
+        let sheet = book.add_worksheet().set_name(name).unwrap();
+        for r in 0..30u32 {
+            sheet.write_number(r, 0, f64::from(r)).unwrap();
+        }
+    }
+    book.save(&path).unwrap();
+    use vttl_seclytics::workbook::xlsx::{Limits, read_workbook_with_limits};
+    let each_fits = Limits { max_sheet_cells: 70, ..Limits::default() };
+    assert!(read_workbook_with_limits(&path, &each_fits).is_err(), "60 slots per sheet, 120 in all");
+    let all_fit = Limits { max_sheet_cells: 130, ..Limits::default() };
+    assert_eq!(read_workbook_with_limits(&path, &all_fit).unwrap().sheets.len(), 2);
+    assert!(Limits::default().max_sheet_cells <= 16_000_000);
+}
+
+/// 20 million one-digit cells (300 MB of XML, 1 MB zipped): refused by the cell budget before memory runs
+/// away. Long (generation and parsing take about a minute): `cargo test --test hostile -- --ignored`.
+#[test]
+#[ignore = "generates and parses a 300 MB sheet (about a minute)"]
+fn twenty_million_cells_are_refused_under_1_gib() {
+    let env = Env::new();
+    let input = env.path("in/many.xlsx");
+    std::fs::copy(many_cells_xlsx(20_000_000), &input).unwrap();
+    let (outcome, run, _) = enrich_one(&env, &input, "many");
+    println!("20M cells: {outcome:?}, peak {} KiB, {:?}", run.peak_rss_kib, run.elapsed);
+    assert!(matches!(&outcome, Outcome::Refused(r) if r.contains("too large")), "{outcome:?}");
+}
+
+/// Sets the declared uncompressed size of `entry` to `declared` in the zip's local header and central
+/// directory (a lying zip bomb). The archive must be smaller than 4 GiB (no zip64 sizes).
+fn lie_about_size(path: &Path, entry: &str, declared: u32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let name = entry.as_bytes();
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(4).position(|w| w == b"PK\x01\x02") {
+        let cd = at + found;
+        let name_len = u16::from_le_bytes([bytes[cd + 28], bytes[cd + 29]]) as usize;
+        if bytes.get(cd + 46..cd + 46 + name_len) == Some(name) {
+            let local = u32::from_le_bytes(bytes[cd + 42..cd + 46].try_into().unwrap()) as usize;
+            bytes[cd + 24..cd + 28].copy_from_slice(&declared.to_le_bytes());
+            if u32::from_le_bytes(bytes[local + 22..local + 26].try_into().unwrap()) != u32::MAX {
+                bytes[local + 22..local + 26].copy_from_slice(&declared.to_le_bytes());
+            }
+        }
+        at = cd + 4;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The zip bomb: a sheet of 2.5 GiB of repeated cells, a few MB zipped (deflate level 9), once honest about
+/// its size and once declaring 4 KB. Both are refused quickly, under 1 GiB of memory.
+#[test]
+fn zip_bomb_sheet_inflating_to_gigabytes_is_refused() {
+    let unit = b"<row><c t=\"inlineStr\"><is><t>AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA</t></is></c></row>";
+    let times = (5u64 << 29) / unit.len() as u64; // 2.5 GiB
+    let honest = generated("zip_bomb_2_5_gib.xlsx", |path| {
+        write_generated_xlsx(path, VTTL_SHEET_HEAD, unit, times, "</sheetData></worksheet>", 9)
+    });
+    let compressed = std::fs::metadata(&honest).unwrap().len();
+    assert!(compressed < 16 << 20, "the bomb should be small: {compressed} bytes");
+    let env = Env::new();
+    let honest_in = env.path("in/bomb_honest.xlsx");
+    std::fs::copy(&honest, &honest_in).unwrap();
+    let lying_in = env.path("in/bomb_lying.xlsx");
+    std::fs::copy(&honest, &lying_in).unwrap();
+    lie_about_size(&lying_in, "xl/worksheets/sheet1.xml", 4096);
+    for input in [honest_in, lying_in] {
+        let (outcome, run, _) = enrich_one(&env, &input, input.file_stem().unwrap().to_str().unwrap());
+        println!("{}: {outcome:?}, peak {} KiB, {:?}", input.display(), run.peak_rss_kib, run.elapsed);
+        assert!(matches!(outcome, Outcome::Refused(_)), "{outcome:?}");
+        assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
+    }
+}
+
+/// A 10 MB cell: in a CSV it is copied through byte for byte (the row is not an indicator row to fill); in a
+/// CSV indicator column it is skipped; in an XLSX it is read and written back truncated to Excel's limit.
+#[test]
+fn ten_mb_cell_is_handled() {
+    let env = Env::new();
+    let big = "B".repeat(10 << 20);
+    let csv_in = env.path("in/big cell.csv");
+    let csv_text = format!(
+        "\"Scanned Item\",\"Notes\",\"WHOIS\"\r\n\"{GOOD_IP}\",\"{big}\",\"\"\r\n\"{big}\",\"x\",\"\"\r\n"
+    );
+    std::fs::write(&csv_in, &csv_text).unwrap();
+    let (outcome, run, _) = enrich_one(&env, &csv_in, "csv");
+    assert_eq!(outcome, Outcome::Processed, "{}", run.stderr);
+    let out = std::fs::read(env.outbox().join("csv/big cell.csv")).unwrap();
+    let rows = read_csv(&out);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(row(&rows, GOOD_IP)[1].len(), 10 << 20);
+    assert_eq!(row(&rows, GOOD_IP)[2], "GOOD-AS");
+    assert_eq!(row(&rows, &big)[2], "", "a 10 MB indicator is not looked up");
+
+    let xlsx_in = env.path("in/big.xlsx");
+    let cell = format!("<c r=\"B2\" t=\"inlineStr\"><is><t>{big}</t></is></c>");
+    let rows_xml =
+        format!("<row r=\"2\"><c r=\"A2\" t=\"inlineStr\"><is><t>{GOOD_IP}</t></is></c>{cell}</row>");
+    write_generated_xlsx(&xlsx_in, VTTL_SHEET_HEAD, rows_xml.as_bytes(), 1, "</sheetData></worksheet>", 6);
+    let (outcome, run, _) = enrich_one(&env, &xlsx_in, "xlsx");
+    assert_eq!(outcome, Outcome::Processed, "{}", run.stderr);
+    let (rows, formulas) = xlsx_rows(&env.outbox().join("xlsx/big.xlsx"));
+    assert_eq!(formulas, 0);
+    assert!(matches!(&rows[1][1], Data::String(s) if s.len() == 32_767), "truncated to Excel's limit");
 }
