@@ -1,9 +1,13 @@
 //! The command line (SPEC §2): clap parses the raw arguments, [`Plan::resolve`] merges them with `vttl.ini`
 //! into a validated plan, and [`run`] carries it out.
 //!
-//! Exit codes: `0` every file was enriched; `1` at least one file failed (each failure is reported and logged,
-//! the others still go through); `2` a critical problem stopped the run (bad configuration, token refused,
-//! outbox not writable), with a one-line reason on stderr.
+//! Exit codes of `enrich`: `0` every file was enriched; `1` at least one file failed (each failure is reported
+//! and logged, the others still go through); `2` a critical problem stopped the run (bad configuration, token
+//! refused, outbox not writable), with a one-line reason on stderr.
+//!
+//! Exit codes of `watch`: `0` the inbox was handled (`--once`: every file processed or quarantined in
+//! `failed`) or the service stopped cleanly on a signal; `2` a critical problem (same as above); `130`
+//! `--once` was interrupted by a signal before the inbox was empty.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,12 +43,22 @@ pub enum RawCommand {
         #[arg(long, value_name = "DIR")]
         outbox: Option<PathBuf>,
     },
+    /// The main job: watch the inbox and enrich every spreadsheet that lands there.
+    ///
+    /// Every spreadsheet that lands in `[watch] inbox` is enriched into the outbox, then the input is moved to
+    /// `processed` (or to `failed`, with the reason). Runs until Ctrl-C/SIGTERM unless `--once` is given.
+    Watch {
+        /// Handle everything in the inbox, then exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// What to do, with the configuration resolved and validated.
 #[derive(Debug)]
 pub enum Plan {
     Enrich { config: Config, files: Vec<PathBuf>, outbox: PathBuf, refresh: bool },
+    Watch { config: Config, once: bool, refresh: bool },
 }
 
 impl Plan {
@@ -60,6 +74,7 @@ impl Plan {
                 let outbox = outbox.unwrap_or_else(|| config.watch.outbox.clone());
                 Ok(Plan::Enrich { config, files, outbox, refresh: args.refresh })
             }
+            RawCommand::Watch { once } => Ok(Plan::Watch { config, once, refresh: args.refresh }),
         }
     }
 }
@@ -111,6 +126,26 @@ pub fn run(plan: Plan) -> Result<ExitCode, CriticalError> {
                 }
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Plan::Watch { config, once, refresh } => {
+            match crate::watch::run(config, crate::watch::WatchOptions { once, refresh })? {
+                crate::watch::WatchEnd::Finished(counts) => {
+                    tracing::info!(
+                        "watch finished: {} processed, {} failed, {} recovered",
+                        counts.processed,
+                        counts.failed,
+                        counts.recovered
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                crate::watch::WatchEnd::Interrupted(counts) => {
+                    eprintln!(
+                        "vttl-seclytics: interrupted before the inbox was empty ({} processed, {} failed)",
+                        counts.processed, counts.failed
+                    );
+                    Ok(ExitCode::from(130))
+                }
+            }
         }
     }
 }

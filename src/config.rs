@@ -137,6 +137,15 @@ pub struct WatchSettings {
     pub poll: Option<Duration>,
     /// Full rescan of the inbox as a safety net against lost events (`rescan_secs`, default 30).
     pub rescan: Duration,
+    /// A claim folder whose lease has not changed for this long (our own monotonic clock) belongs to a dead
+    /// instance and is recovered (`claim_stale_secs`, default 120).
+    pub claim_stale: Duration,
+    /// On Ctrl-C/SIGTERM, how long the current workbook may take to finish before it is handed back
+    /// (`shutdown_grace_secs`, default 30).
+    pub shutdown_grace: Duration,
+    /// After a critical error (token refused, outbox not writable) the service waits this long before it
+    /// tries again (`critical_retry_secs`, default 300).
+    pub critical_retry: Duration,
 }
 
 /// `[vendor]` switches for the Seclytic log files.
@@ -182,8 +191,20 @@ const SECLYTICS_KEYS: &[&str] = &[
     "dns_server",
     "dns_timeout_ms",
 ];
-const WATCH_KEYS: &[&str] =
-    &["inbox", "outbox", "processed", "failed", "include", "exclude", "settle_ms", "poll_ms", "rescan_secs"];
+const WATCH_KEYS: &[&str] = &[
+    "inbox",
+    "outbox",
+    "processed",
+    "failed",
+    "include",
+    "exclude",
+    "settle_ms",
+    "poll_ms",
+    "rescan_secs",
+    "claim_stale_secs",
+    "shutdown_grace_secs",
+    "critical_retry_secs",
+];
 const WATCHLIST_KEYS: &[&str] = &["dir", "sinkholes"];
 
 /// The INI file as (section, key, value) triples, names matched case-insensitively, first occurrence wins.
@@ -377,6 +398,9 @@ impl Config {
             settle: Duration::from_millis(ini.number(W, "settle_ms", 1000u64, 0, 3_600_000)?),
             poll: (poll_ms > 0).then(|| Duration::from_millis(poll_ms)),
             rescan: Duration::from_secs(ini.number(W, "rescan_secs", 30u64, 1, 86_400)?),
+            claim_stale: Duration::from_secs(ini.number(W, "claim_stale_secs", 120u64, 1, 86_400)?),
+            shutdown_grace: Duration::from_secs(ini.number(W, "shutdown_grace_secs", 30u64, 0, 3600)?),
+            critical_retry: Duration::from_secs(ini.number(W, "critical_retry_secs", 300u64, 1, 86_400)?),
         };
 
         let watchlists_dir = resolve(ini.value("watchlists", "dir").unwrap_or("config"));
@@ -460,6 +484,21 @@ mod tests {
         assert!(err.contains("reverseDNS"), "{err}");
         let err = parse("[seclytics]\nauth=cookie\n").unwrap_err().to_string();
         assert!(err.contains("auth"), "{err}");
+    }
+
+    #[test]
+    fn watch_claim_shutdown_and_retry_keys() {
+        let config = parse("").unwrap();
+        assert_eq!(config.watch.claim_stale, Duration::from_secs(120));
+        assert_eq!(config.watch.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.watch.critical_retry, Duration::from_secs(300));
+        let config =
+            parse("[watch]\nclaim_stale_secs=3\nshutdown_grace_secs=0\ncritical_retry_secs=2\n").unwrap();
+        assert_eq!(config.watch.claim_stale, Duration::from_secs(3));
+        assert_eq!(config.watch.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.watch.critical_retry, Duration::from_secs(2));
+        let err = parse("[watch]\nclaim_stale_secs=0\n").unwrap_err().to_string();
+        assert!(err.contains("claim_stale_secs"), "{err}");
     }
 
     #[test]

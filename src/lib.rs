@@ -9,7 +9,8 @@
 //! * [`vttl`] — what VTTL's sheets mean: header names, modes, indicators;
 //! * [`seclytics`] — the API client (rate limit, retries, cache, offline answers) and what a document says;
 //! * [`enrich`] — the fill rules, passive-DNS rows, sinkholes and watch lists;
-//! * [`outbox`] — atomic output, the Seclytic log files, the report and the error log.
+//! * [`outbox`] — atomic output, the Seclytic log files, the report and the error log;
+//! * [`watch`] — the hot folder: pick-up, claims, recovery, `processed`/`failed`, shutdown.
 //!
 //! The binary (`src/main.rs`) only parses arguments and maps errors to exit codes; everything else lives here
 //! so tests can drive it directly.
@@ -21,4 +22,5 @@ pub mod error;
 pub mod outbox;
 pub mod seclytics;
 pub mod vttl;
+pub mod watch;
 pub mod workbook;

@@ -1,0 +1,610 @@
+//! Claims: how an instance takes a file so that no other instance (on this machine or another one sharing the
+//! inbox) ever processes it too, and how the claims of a dead instance are recovered.
+//!
+//! * **Work area.** Each running instance owns `<inbox>/.vttl-work/<instance-id>/` with `files/` (claimed
+//!   inputs), `journal/` (one small JSON file per output being published, named by a digest of the input's
+//!   name) and `lease`. The id is `<host>-<pid>-<start time in ms>-<random>`, unique across machines and
+//!   restarts.
+//! * **Claim** = `rename(<inbox>/<name>, <work>/files/<name>)`: inside one folder tree, so atomic; of two
+//!   instances racing for a file exactly one rename succeeds, the other gets `NotFound` and moves on.
+//! * **Lease.** A thread rewrites `lease` (host, pid, start time and a beat counter; temporary file + rename)
+//!   every quarter of `claim_stale_secs`. Another instance decides a work folder is dead when the content of its
+//!   lease has **not changed for `claim_stale_secs` of the observer's own monotonic clock**: it remembers what it
+//!   read and when, and only compares its own readings, so clock skew between machines (or a wrong clock
+//!   on the share) cannot fool it. On the same host a dead process is detected at once: on Linux, when the
+//!   lease's host name, kernel boot id and pid namespace are ours and `/proc/<pid>` does not exist (containers or
+//!   machines that share a host name never share all three). A reused pid only delays recovery to the lease rule.
+//! * **Taken over while alive.** If our lease could not be renewed for `claim_stale_secs` (a share unreachable
+//!   for that long), another instance may adopt our folder. We then find our folders gone at the next claim and
+//!   recreate them; the workbook we were on cannot be published (its journal entry cannot be written, or the
+//!   recovery removed its temporary file) and belongs to the adopter.
+//! * **Recovery.** The dead folder is first *adopted*: renamed (atomically) to `<our work>/adopted/<id>`, so two
+//!   live instances never recover the same folder, and if we die while recovering, whoever recovers us
+//!   recovers the adopted folder too. Then every claimed input is settled by its journal (below) or handed
+//!   back into the inbox under its own name (or `_1`, … when a new file took the name), where the normal path
+//!   takes it again; the folder is removed when it is empty.
+//! * **Exactly once across a crash** ([`JournalHooks`]). Just before the enricher renames a complete output
+//!   into the outbox, a journal entry records the temporary file (path, and on Unix its device and inode) and
+//!   the final name; just after, the entry is rewritten as `published`. The input is then moved to
+//!   `processed` and the entry removed. After a crash: `published` → move the input to `processed`;
+//!   `publishing` with the temporary file still there → the rename never happened: delete it, reprocess; with
+//!   the temporary file gone → look for a file in the outbox with the recorded inode (Unix): found → it was
+//!   published; not found → it was not (the rename failed), reprocess. Without inodes (Windows) a vanished
+//!   temporary file counts as published. Either way no second output is produced for a published one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::fsops;
+
+/// Name of the folder inside the inbox that holds every instance's work area.
+pub const WORK_DIR: &str = ".vttl-work";
+const LEASE: &str = "lease";
+const FILES: &str = "files";
+const JOURNAL: &str = "journal";
+const ADOPTED: &str = "adopted";
+
+/// What makes a process id meaningful: on Linux the kernel boot and the pid namespace (two containers, or two
+/// machines, with the same host name never share both). Empty where we cannot tell: then only the lease rule
+/// applies.
+pub fn pid_scope() -> String {
+    if !cfg!(target_os = "linux") {
+        return String::new();
+    }
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let namespace =
+        std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
+    if boot.trim().is_empty() || namespace.is_empty() {
+        return String::new();
+    }
+    format!("{}/{namespace}", boot.trim())
+}
+
+/// This machine's name, as far as we can tell without extra dependencies ("" when unknown).
+pub fn host_name() -> String {
+    let raw = std::env::var("COMPUTERNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    raw.trim().to_string()
+}
+
+fn safe_component(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(40)
+        .collect();
+    if cleaned.is_empty() { "host".into() } else { cleaned }
+}
+
+/// The lease thread's handle: stops it (and waits for it) when dropped.
+struct LeaseKeeper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// This instance's work folder and its lease.
+pub struct WorkArea {
+    pub inbox: PathBuf,
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    pub files: PathBuf,
+    pub journal: PathBuf,
+    pub id: String,
+    pub host: String,
+    /// [`pid_scope`] of this process.
+    pub scope: String,
+    lease: Option<LeaseKeeper>,
+}
+
+impl WorkArea {
+    /// Creates `<inbox>/.vttl-work/<id>/` and starts the lease thread.
+    pub fn create(inbox: &Path, claim_stale: Duration) -> std::io::Result<WorkArea> {
+        let host = host_name();
+        let started = chrono::Utc::now();
+        let id = format!(
+            "{}-{}-{}-{:04x}",
+            safe_component(&host),
+            std::process::id(),
+            started.timestamp_millis(),
+            fastrand::u16(..)
+        );
+        let root = inbox.join(WORK_DIR);
+        let dir = root.join(&id);
+        let files = dir.join(FILES);
+        let journal = dir.join(JOURNAL);
+        std::fs::create_dir_all(&files)?;
+        std::fs::create_dir_all(&journal)?;
+        let lease_path = dir.join(LEASE);
+        let scope = pid_scope();
+        let header = format!(
+            "vttl-seclytics claim lease\nhost={host}\nscope={scope}\npid={}\nstarted={}\n",
+            std::process::id(),
+            started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        fsops::write_replace(&lease_path, format!("{header}beat=0\n").as_bytes())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let interval = (claim_stale / 4).max(Duration::from_millis(100));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("vttl-lease".into()).spawn(move || {
+                let mut beat: u64 = 0;
+                let mut next = Instant::now() + interval;
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50).min(interval));
+                    if Instant::now() < next {
+                        continue;
+                    }
+                    next = Instant::now() + interval;
+                    beat += 1;
+                    if let Err(e) =
+                        fsops::write_replace(&lease_path, format!("{header}beat={beat}\n").as_bytes())
+                        && lease_path.parent().is_some_and(Path::exists)
+                    {
+                        tracing::warn!("cannot renew the claim lease {}: {e}", lease_path.display());
+                    }
+                }
+            })?
+        };
+        Ok(WorkArea {
+            inbox: inbox.to_path_buf(),
+            root,
+            dir,
+            files,
+            journal,
+            id,
+            host,
+            scope,
+            lease: Some(LeaseKeeper { stop, thread: Some(thread) }),
+        })
+    }
+
+    /// Atomically moves `<inbox>/<name>` into our `files/`. `Ok(None)`: another instance was faster (or the
+    /// file went away).
+    pub fn claim(&self, name: &str) -> std::io::Result<Option<PathBuf>> {
+        self.ensure_folders()?;
+        let target = self.files.join(name);
+        match std::fs::rename(self.inbox.join(name), &target) {
+            Ok(()) => Ok(Some(target)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Recreates our folders if they vanished: another instance judged us dead (our lease could not be renewed,
+    /// e.g. the share was unreachable for longer than `claim_stale_secs`) and adopted our work folder.
+    fn ensure_folders(&self) -> std::io::Result<()> {
+        if self.files.is_dir() && self.journal.is_dir() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "our work folder {} was taken over by another instance (our lease went stale); recreating it",
+            self.dir.display()
+        );
+        std::fs::create_dir_all(&self.files)?;
+        std::fs::create_dir_all(&self.journal)
+    }
+
+    /// Puts a claimed file back into the inbox (never over a new file of the same name).
+    pub fn hand_back(&self, claimed: &Path, name: &str) -> std::io::Result<PathBuf> {
+        fsops::move_no_clobber(claimed, &self.inbox, name)
+    }
+
+    /// The journal entry of the claimed input `name`.
+    pub fn journal_entry(&self, name: &str) -> PathBuf {
+        self.journal.join(journal_file_name(name))
+    }
+
+    /// Stops the lease and removes our work folder, if nothing is left in it (otherwise the folder stays and
+    /// the next instance recovers it once the lease is stale). Returns false when something was left.
+    pub fn close(mut self) -> bool {
+        drop(self.lease.take());
+        self.remove_if_empty()
+    }
+
+    fn remove_if_empty(&self) -> bool {
+        let busy = |dir: &Path| std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if busy(&self.files) || busy(&self.journal) || busy(&self.dir.join(ADOPTED)) {
+            return false;
+        }
+        std::fs::remove_dir_all(&self.dir).is_ok()
+    }
+}
+
+/// The journal file of the input `name`: a digest, so a name near the file-system limit still gets one.
+fn journal_file_name(name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.json")
+}
+
+/// A journal entry: the one step that makes an output visible.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct JournalRecord {
+    /// `publishing` or `published`.
+    state: String,
+    temp: PathBuf,
+    final_name: String,
+    outbox: PathBuf,
+    /// Device and inode of the temporary file (Unix), to recognise it under its published name.
+    file_id: Option<(u64, u64)>,
+    published: Option<PathBuf>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Where the publication of the current workbook stands; shared by the worker (through the hooks) and the
+/// main loop (which may cancel it on shutdown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateState {
+    Working,
+    Publishing,
+    Published(PathBuf),
+    /// The main loop handed the input back: the output must not be published.
+    Cancelled,
+}
+
+#[derive(Debug)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate { state: Mutex::new(GateState::Working), changed: Condvar::new() })
+    }
+
+    pub fn state(&self) -> GateState {
+        self.state.lock().map(|s| s.clone()).unwrap_or(GateState::Working)
+    }
+
+    fn set(&self, state: GateState) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = state;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Cancels the publication unless it already started. Returns the state found.
+    pub fn cancel(&self) -> GateState {
+        let Ok(mut s) = self.state.lock() else { return GateState::Working };
+        let found = s.clone();
+        if found == GateState::Working {
+            *s = GateState::Cancelled;
+        }
+        found
+    }
+}
+
+/// The publish hooks of one claimed input: journal before and after the rename into the outbox.
+pub struct JournalHooks {
+    pub gate: Arc<Gate>,
+    pub entry: PathBuf,
+    pub outbox: PathBuf,
+    /// Test hook: abort the process right after the output was published (`VTTL_TEST_ABORT_AFTER_PUBLISH`).
+    pub abort_after_publish: bool,
+}
+
+impl crate::enrich::PublishHooks for JournalHooks {
+    fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()> {
+        let mut state = self.gate.state.lock().map_err(|_| std::io::Error::other("poisoned gate"))?;
+        if *state == GateState::Cancelled {
+            return Err(std::io::Error::other("shutting down: the input was handed back"));
+        }
+        let record = JournalRecord {
+            state: "publishing".into(),
+            temp: temp.to_path_buf(),
+            final_name: final_name.to_string(),
+            outbox: self.outbox.clone(),
+            file_id: file_id(temp),
+            published: None,
+        };
+        let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+        fsops::write_replace(&self.entry, &bytes)?;
+        *state = GateState::Publishing;
+        Ok(())
+    }
+
+    fn after_publish(&self, published: &Path) {
+        let update = std::fs::read(&self.entry)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<JournalRecord>(&bytes).ok())
+            .map(|mut record| {
+                record.state = "published".into();
+                record.published = Some(published.to_path_buf());
+                record
+            });
+        if let Some(record) = update
+            && let Ok(bytes) = serde_json::to_vec_pretty(&record)
+            && let Err(e) = fsops::write_replace(&self.entry, &bytes)
+        {
+            tracing::warn!("cannot update the journal {}: {e}", self.entry.display());
+        }
+        if self.abort_after_publish {
+            std::process::abort();
+        }
+        self.gate.set(GateState::Published(published.to_path_buf()));
+    }
+}
+
+/// What a journal entry says about its input after a crash.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JournalVerdict {
+    /// The output is in the outbox: the input goes to `processed`.
+    Published,
+    /// No output was published: the input is processed again.
+    NotPublished,
+}
+
+/// Reads a journal entry left by a dead instance, deleting its orphaned temporary file.
+pub fn judge_journal(entry: &Path) -> JournalVerdict {
+    let Some(record) =
+        std::fs::read(entry).ok().and_then(|bytes| serde_json::from_slice::<JournalRecord>(&bytes).ok())
+    else {
+        // Unreadable: written atomically, so this means it never finished: nothing was published.
+        return JournalVerdict::NotPublished;
+    };
+    if record.state == "published" {
+        return JournalVerdict::Published;
+    }
+    if let Some(id) = record.file_id {
+        // Unix: find the file by its identity, under the temporary or any published name.
+        let published = (0..10_000u32)
+            .map(|attempt| record.outbox.join(crate::outbox::candidate_name(&record.final_name, attempt)))
+            .take_while(|p| p.exists())
+            .any(|p| file_id(&p) == Some(id));
+        if published {
+            // A link+unlink rename may have left the temporary name too.
+            let _ = std::fs::remove_file(&record.temp);
+            return JournalVerdict::Published;
+        }
+        let _ = std::fs::remove_file(&record.temp);
+        return JournalVerdict::NotPublished;
+    }
+    if record.temp.exists() {
+        let _ = std::fs::remove_file(&record.temp);
+        JournalVerdict::NotPublished
+    } else {
+        JournalVerdict::Published
+    }
+}
+
+/// Observations of the other instances' leases.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    seen: std::collections::HashMap<String, (Vec<u8>, Instant)>,
+}
+
+impl Liveness {
+    /// The ids of the work folders (other than ours) that are dead by now.
+    pub fn dead_folders(&mut self, work: &WorkArea, stale: Duration, now: Instant) -> Vec<String> {
+        let mut dead = Vec::new();
+        let mut present = std::collections::HashSet::new();
+        let Ok(entries) = std::fs::read_dir(&work.root) else { return dead };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(String::from) else { continue };
+            if id == work.id || !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            present.insert(id.clone());
+            let lease = std::fs::read(entry.path().join(LEASE)).unwrap_or_default();
+            if process_is_gone(&lease, &work.host, &work.scope) {
+                dead.push(id);
+                continue;
+            }
+            match self.seen.get_mut(&id) {
+                Some((content, since)) if *content == lease => {
+                    if now.duration_since(*since) >= stale {
+                        dead.push(id);
+                    }
+                }
+                Some(slot) => *slot = (lease, now),
+                None => {
+                    self.seen.insert(id, (lease, now));
+                }
+            }
+        }
+        self.seen.retain(|id, _| present.contains(id));
+        dead
+    }
+}
+
+/// Same host, same kernel boot and pid namespace, and its pid no longer runs (Linux, where `/proc` tells).
+fn process_is_gone(lease: &[u8], our_host: &str, our_scope: &str) -> bool {
+    // `/proc/1` hidden means `/proc` is mounted with `hidepid`: other users' processes are invisible, so an
+    // absent `/proc/<pid>` proves nothing; only the lease rule applies then.
+    if our_host.is_empty()
+        || our_scope.is_empty()
+        || !Path::new("/proc/self").exists()
+        || !Path::new("/proc/1").exists()
+    {
+        return false;
+    }
+    let text = String::from_utf8_lossy(lease);
+    let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    match (field("host="), field("scope="), field("pid=").and_then(|p| p.parse::<u32>().ok())) {
+        (Some(host), Some(scope), Some(pid)) if host == our_host && scope == our_scope => {
+            pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+        }
+        _ => false,
+    }
+}
+
+/// What recovery did.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub handed_back: usize,
+    pub processed: usize,
+}
+
+/// Adopts the dead work folder `id` and settles every input it held.
+pub fn recover(work: &WorkArea, id: &str, processed_dir: &Path) -> std::io::Result<Recovered> {
+    let adopted_root = work.dir.join(ADOPTED);
+    std::fs::create_dir_all(&adopted_root)?;
+    let adopted = adopted_root.join(id);
+    match std::fs::rename(work.root.join(id), &adopted) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recovered::default()),
+        Err(e) => return Err(e),
+    }
+    tracing::warn!("recovering the claims of instance {id}, which is no longer alive");
+    let mut done = Recovered::default();
+    settle_folder(work, &adopted, processed_dir, &mut done)?;
+    Ok(done)
+}
+
+/// Settles every input of a dead work folder (and, first, of the folders it had adopted itself), then removes
+/// the folder when nothing is left in it.
+fn settle_folder(
+    work: &WorkArea,
+    folder: &Path,
+    processed_dir: &Path,
+    done: &mut Recovered,
+) -> std::io::Result<()> {
+    if let Ok(nested) = std::fs::read_dir(folder.join(ADOPTED)) {
+        for entry in nested.flatten() {
+            settle_folder(work, &entry.path(), processed_dir, done)?;
+        }
+    }
+    let journal = folder.join(JOURNAL);
+    if let Ok(files) = std::fs::read_dir(folder.join(FILES)) {
+        for entry in files.flatten() {
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(String::from) else {
+                tracing::warn!("cannot recover {}: the name is not valid Unicode", path.display());
+                continue;
+            };
+            let entry_path = journal.join(journal_file_name(&name));
+            let verdict =
+                if entry_path.exists() { judge_journal(&entry_path) } else { JournalVerdict::NotPublished };
+            match verdict {
+                JournalVerdict::Published => {
+                    let to = fsops::move_no_clobber(&path, processed_dir, &name)?;
+                    tracing::info!(
+                        "recovered {name}: its output was published; input moved to {}",
+                        to.display()
+                    );
+                    done.processed += 1;
+                }
+                JournalVerdict::NotPublished => {
+                    let to = work.hand_back(&path, &name)?;
+                    tracing::info!("recovered {name}: handed back to the inbox as {}", to.display());
+                    done.handed_back += 1;
+                }
+            }
+            let _ = std::fs::remove_file(&entry_path);
+        }
+    }
+    let left = std::fs::read_dir(folder.join(FILES)).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if left {
+        tracing::warn!(
+            "{} still holds files that could not be recovered; it is left in place",
+            folder.display()
+        );
+    } else {
+        std::fs::remove_dir_all(folder)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::PublishHooks;
+
+    fn hooks(dir: &Path, outbox: &Path) -> JournalHooks {
+        JournalHooks {
+            gate: Gate::new(),
+            entry: dir.join("book.csv.json"),
+            outbox: outbox.to_path_buf(),
+            abort_after_publish: false,
+        }
+    }
+
+    #[test]
+    fn journal_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        std::fs::create_dir(&outbox).unwrap();
+
+        // crash before the rename: the temporary file is still there → not published, temp removed
+        let h = hooks(dir.path(), &outbox);
+        let temp = outbox.join(".book.tmp");
+        std::fs::write(&temp, b"complete").unwrap();
+        h.before_publish(&temp, "book.csv").unwrap();
+        assert_eq!(h.gate.state(), GateState::Publishing);
+        assert_eq!(judge_journal(&h.entry), JournalVerdict::NotPublished);
+        assert!(!temp.exists());
+
+        // crash right after the rename, before the journal said so → published (found by inode on Unix)
+        std::fs::write(outbox.join("book.csv"), b"an older output").unwrap();
+        std::fs::write(&temp, b"complete").unwrap();
+        h.before_publish(&temp, "book.csv").unwrap();
+        std::fs::rename(&temp, outbox.join("book_1.csv")).unwrap();
+        assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
+
+        // the journal says published
+        h.after_publish(&outbox.join("book_1.csv"));
+        assert_eq!(h.gate.state(), GateState::Published(outbox.join("book_1.csv")));
+        assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
+
+        // the rename failed and the temporary file was dropped → not published (Unix: no file has its inode)
+        #[cfg(unix)]
+        {
+            let h = hooks(dir.path(), &outbox);
+            std::fs::write(&temp, b"complete").unwrap();
+            h.before_publish(&temp, "book.csv").unwrap();
+            std::fs::remove_file(&temp).unwrap();
+            assert_eq!(judge_journal(&h.entry), JournalVerdict::NotPublished);
+        }
+
+        // a cancelled gate refuses to publish and writes no journal
+        let h = hooks(dir.path(), &outbox);
+        std::fs::remove_file(&h.entry).unwrap();
+        assert_eq!(h.gate.cancel(), GateState::Working);
+        assert!(h.before_publish(&temp, "book.csv").is_err());
+        assert!(!h.entry.exists());
+    }
+
+    #[test]
+    fn same_scope_dead_pid_is_gone_other_hosts_never() {
+        let lease = |host: &str, scope: &str, pid: u32| format!("host={host}\nscope={scope}\npid={pid}\n");
+        // a pid that cannot exist on Linux (above pid_max)
+        let dead = 4_999_999;
+        if cfg!(target_os = "linux") && !pid_scope().is_empty() {
+            let scope = pid_scope();
+            assert!(process_is_gone(lease("me", &scope, dead).as_bytes(), "me", &scope));
+            assert!(!process_is_gone(lease("me", &scope, std::process::id()).as_bytes(), "me", &scope));
+        }
+        assert!(!process_is_gone(lease("other", "s", dead).as_bytes(), "me", "s"));
+        assert!(!process_is_gone(lease("me", "another-boot", dead).as_bytes(), "me", "s"));
+        assert!(!process_is_gone(b"", "me", "s"));
+    }
+}

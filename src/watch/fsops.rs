@@ -1,0 +1,130 @@
+//! File moves of the hot folder that never overwrite anything.
+//!
+//! `std::fs::rename` silently replaces an existing target on Unix and Windows. Moving an input to `processed`,
+//! to `failed` or back to the inbox must never destroy a file of the same name, so every such move goes
+//! through [`move_no_clobber`]: an atomic no-replace rename (Linux/macOS `renameat2(RENAME_NOREPLACE)`,
+//! Windows `MoveFileEx` without `REPLACE_EXISTING`, elsewhere link + unlink — all through `tempfile`'s
+//! `persist_noclobber`, with deletion disabled so a failure never removes the source), trying `name`, then
+//! `stem_1.ext`, `stem_2.ext`, … like the outbox. When the target folder is on another volume (a configured
+//! `processed` elsewhere), the file is copied to a hidden temporary name there, flushed, renamed into place,
+//! and only then removed from its source.
+
+use std::path::{Path, PathBuf};
+
+use crate::outbox;
+
+/// Moves `src` into `dir` as `name` (or `_1`, `_2`, … when taken). Returns the new path.
+pub fn move_no_clobber(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    for attempt in 0..10_000 {
+        let target = dir.join(outbox::candidate_name(name, attempt));
+        match rename_no_replace(src, &target) {
+            Ok(()) => {
+                sync_dir(dir);
+                return Ok(target);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if is_cross_device(&e) => return copy_then_remove(src, dir, name),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("no free name for {name} in {}", dir.display()),
+    ))
+}
+
+/// An atomic rename that fails with `AlreadyExists` instead of replacing `target`.
+fn rename_no_replace(src: &Path, target: &Path) -> std::io::Result<()> {
+    // Make sure a symlink or a directory never gets here: only regular files are moved.
+    let meta = std::fs::symlink_metadata(src)?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::other(format!("{} is not a regular file", src.display())));
+    }
+    let mut path = tempfile::TempPath::try_from_path(src)?;
+    // Never delete the source, whatever happens.
+    path.disable_cleanup(true);
+    path.persist_noclobber(target).map_err(|e| e.error)
+}
+
+fn is_cross_device(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::CrossesDevices {
+        return true;
+    }
+    // EXDEV on Unix, ERROR_NOT_SAME_DEVICE (17) on Windows.
+    #[cfg(unix)]
+    let code = 18;
+    #[cfg(windows)]
+    let code = 17;
+    #[cfg(not(any(unix, windows)))]
+    let code = -1;
+    e.raw_os_error() == Some(code)
+}
+
+/// The move across volumes: a complete copy appears in `dir` before the source goes away.
+fn copy_then_remove(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let mut temp = outbox::temp_file_for(dir, name)?;
+    let mut source = std::fs::File::open(src)?;
+    std::io::copy(&mut source, temp.as_file_mut())?;
+    let target = outbox::persist_no_clobber(temp, dir, name)?;
+    std::fs::remove_file(src)?;
+    Ok(target)
+}
+
+/// Makes a rename durable (Unix: fsync the directory).
+pub fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// Writes `bytes` to `path` atomically (temporary file beside it, flushed, renamed over the old content).
+/// Used for our own bookkeeping files (leases, journals), which we do replace.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut temp = tempfile::Builder::new().prefix(".write.").suffix(".tmp").tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_replaces_and_keeps_the_source_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.csv");
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("a.csv"), b"old").unwrap();
+        std::fs::write(&a, b"new").unwrap();
+        let moved = move_no_clobber(&a, &dest, "a.csv").unwrap();
+        assert_eq!(moved, dest.join("a_1.csv"));
+        assert_eq!(std::fs::read(dest.join("a.csv")).unwrap(), b"old");
+        assert_eq!(std::fs::read(&moved).unwrap(), b"new");
+        assert!(!a.exists());
+        // a missing source is an error and creates nothing
+        let err = move_no_clobber(&a, &dest, "a.csv").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        // a directory is never moved
+        std::fs::create_dir(dir.path().join("d.csv")).unwrap();
+        assert!(move_no_clobber(&dir.path().join("d.csv"), &dest, "d.csv").is_err());
+        assert!(dir.path().join("d.csv").is_dir());
+    }
+
+    #[test]
+    fn write_replace_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease");
+        write_replace(&path, b"1").unwrap();
+        write_replace(&path, b"2").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"2");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,729 @@
+//! End-to-end tests of the hot folder (`vttl-seclytics watch`), through the real binary, in temporary folders:
+//! offline answers from `samples/seclytics` or the fake SecLytics server on 127.0.0.1 (for slow lookups and
+//! refused tokens), small `settle_ms` / `claim_stale_secs`, no cache, no reverse DNS.
+#![cfg(unix)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::api_server::ApiServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vttl-seclytics");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One configured hot folder in a temporary directory.
+struct Site {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    ini: PathBuf,
+    inbox: PathBuf,
+    outbox: PathBuf,
+}
+
+/// Where answers come from.
+enum Answers<'a> {
+    Offline,
+    Server { url: &'a str, token: &'a str },
+}
+
+impl Site {
+    /// `inbox`/`outbox` are relative to the site root unless absolute; `extra_watch` adds `[watch]` lines.
+    fn new(inbox: &str, outbox: &str, answers: Answers, extra_watch: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        Site::in_dir(dir, root, inbox, outbox, answers, extra_watch)
+    }
+
+    fn in_dir(
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        inbox: &str,
+        outbox: &str,
+        answers: Answers,
+        extra_watch: &str,
+    ) -> Site {
+        let seclytics = match answers {
+            Answers::Offline => format!("offline_dir = {}\n", repo().join("samples/seclytics").display()),
+            Answers::Server { url, token } => format!(
+                "base_url = {url}\naccess_token = {token}\nmax_retries = 0\nconcurrency = 1\n\
+                 requests_per_minute = 100000\ntimeout_secs = 10\n"
+            ),
+        };
+        let ini = root.join(format!("vttl-{}.ini", fastrand::u32(..)));
+        let text = format!(
+            // The first occurrence of a key wins (as in VTTL): the test's own lines come first.
+            "[seclytics]\n{seclytics}cache =\n\n[watch]\n{extra_watch}inbox = {inbox}\noutbox = {outbox}\n\
+             settle_ms = 200\nrescan_secs = 30\nclaim_stale_secs = 2\nshutdown_grace_secs = 10\n\
+             critical_retry_secs = 1\n\n[watchlists]\ndir = {}\n\n[main]\nreverseDNS = False\n",
+            repo().join("config").display()
+        );
+        std::fs::write(&ini, text).unwrap();
+        let abs = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { root.join(p) };
+        let (inbox, outbox) = (abs(inbox), abs(outbox));
+        std::fs::create_dir_all(&inbox).unwrap();
+        Site { _dir: dir, root, ini, inbox, outbox }
+    }
+
+    fn processed(&self) -> PathBuf {
+        self.inbox.join("processed")
+    }
+
+    fn failed(&self) -> PathBuf {
+        self.inbox.join("failed")
+    }
+
+    fn command(&self, once: bool) -> Command {
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(&self.ini).arg("watch");
+        if once {
+            command.arg("--once");
+        }
+        command.env("VTTL_LOG", "info").env_remove("SECLYTICS_ACCESS_TOKEN").current_dir(&self.root);
+        command
+    }
+
+    /// Runs `watch --once` to the end: (exit code, stderr).
+    fn once(&self) -> (i32, String) {
+        let output = self.command(true).stdin(Stdio::null()).output().unwrap();
+        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    /// Starts the service, its stderr going to `<root>/<log>`.
+    fn spawn(&self, log: &str) -> Service {
+        let log = self.root.join(log);
+        let file = std::fs::File::create(&log).unwrap();
+        let child =
+            self.command(false).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        let service = Service { child, log };
+        wait_until(Duration::from_secs(20), "the service starts", || service.stderr().contains("watching"));
+        service
+    }
+}
+
+struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit code (within 20 s).
+    fn terminate(mut self) -> (i32, String) {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_9(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.stderr()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Regular files directly in `dir` (not hidden, not folders).
+fn names(dir: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Workbook outputs in the outbox (`.csv` / `.xlsx`).
+fn outputs(outbox: &Path) -> BTreeSet<String> {
+    names(outbox).into_iter().filter(|n| n.ends_with(".csv") || n.ends_with(".xlsx")).collect()
+}
+
+/// Files held in any work folder of the inbox.
+fn claimed_files(inbox: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(instances) = std::fs::read_dir(inbox.join(".vttl-work")) else { return found };
+    for instance in instances.flatten() {
+        if let Ok(files) = std::fs::read_dir(instance.path().join("files")) {
+            found.extend(files.flatten().map(|f| f.path()));
+        }
+    }
+    found
+}
+
+fn work_folders(inbox: &Path) -> usize {
+    std::fs::read_dir(inbox.join(".vttl-work")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A small VTTL CSV (IP/domain mode) whose indicators have recorded answers in `samples/seclytics`.
+fn tiny_csv(tag: &str) -> String {
+    format!(
+        "\"Scanned Item\",\"Note\",\"WHOIS\"\r\n\"203.0.113.45\",\"{tag}\",\"\"\r\n\"198.51.100.53\",\"{tag}\",\"\"\r\n"
+    )
+}
+
+fn copy_sample(name: &str, to: &Path) {
+    std::fs::copy(repo().join("samples").join(name), to.join(name)).unwrap();
+}
+
+#[test]
+fn once_processes_the_files_present_at_start() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    for sample in ["vttl-ip-domain-cp1252.csv", "vttl-utf8-bom.csv", "vttl-two-sheets.xlsx"] {
+        copy_sample(sample, &site.inbox);
+    }
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    let expected = set(&["vttl-ip-domain-cp1252.csv", "vttl-two-sheets.xlsx", "vttl-utf8-bom.csv"]);
+    assert_eq!(names(&site.processed()), expected);
+    assert_eq!(outputs(&site.outbox), expected);
+    for name in &expected {
+        // inputs are moved unchanged; each output has its report
+        assert_eq!(
+            std::fs::read(site.processed().join(name)).unwrap(),
+            std::fs::read(repo().join("samples").join(name)).unwrap()
+        );
+        assert!(site.outbox.join(format!("{name}.report.json")).is_file());
+    }
+    let enriched = std::fs::read_to_string(site.outbox.join("vttl-utf8-bom.csv")).unwrap();
+    assert!(enriched.contains("Seclytics Reputation and Reason"), "{enriched}");
+    assert!(names(&site.inbox).is_empty() && names(&site.failed()).is_empty());
+    assert_eq!(work_folders(&site.inbox), 0, "the work folder is removed on exit");
+}
+
+#[test]
+fn service_takes_files_dropped_while_running_and_stops_on_sigterm() {
+    // rescan_secs is 30: only OS events can explain a quick pick-up.
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    let service = site.spawn("service.log");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(site.inbox.join("first.csv"), tiny_csv("first")).unwrap();
+    // a producer that writes under a temporary name and renames
+    std::fs::write(site.inbox.join("second.csv.part"), tiny_csv("second")).unwrap();
+    std::fs::rename(site.inbox.join("second.csv.part"), site.inbox.join("second.csv")).unwrap();
+    wait_until(Duration::from_secs(10), "both files are processed", || names(&site.processed()).len() == 2);
+    assert_eq!(outputs(&site.outbox), set(&["first.csv", "second.csv"]));
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(work_folders(&site.inbox), 0, "{stderr}");
+}
+
+#[test]
+fn polling_mode_picks_up_new_files() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "poll_ms = 100\n");
+    let service = site.spawn("service.log");
+    assert!(service.stderr().contains("polling every 100 ms"), "{}", service.stderr());
+    std::fs::write(site.inbox.join("polled.csv"), tiny_csv("polled")).unwrap();
+    wait_until(Duration::from_secs(10), "the file is processed", || {
+        site.processed().join("polled.csv").exists()
+    });
+    assert_eq!(outputs(&site.outbox), set(&["polled.csv"]));
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_file_written_slowly_is_taken_only_when_complete() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "settle_ms = 700\npoll_ms = 50\n");
+    let service = site.spawn("service.log");
+    let path = site.inbox.join("slow.csv");
+    let mut content = String::from("\"Scanned Item\",\"Note\",\"WHOIS\"\r\n");
+    std::fs::write(&path, &content).unwrap();
+    // 12 chunks, 150 ms apart; each opens the file by name again, like a copy over a share: had the watcher
+    // taken the file early, a chunk would create a new `slow.csv` in the inbox.
+    for i in 0..12 {
+        std::thread::sleep(Duration::from_millis(150));
+        let row = format!("\"203.0.113.45\",\"chunk {i}\",\"\"\r\n");
+        content.push_str(&row);
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(row.as_bytes()).unwrap();
+        assert!(names(&site.processed()).is_empty(), "taken while still being written");
+    }
+    wait_until(Duration::from_secs(10), "the file is processed", || {
+        site.processed().join("slow.csv").exists()
+    });
+    assert_eq!(std::fs::read_to_string(site.processed().join("slow.csv")).unwrap(), content);
+    let output = std::fs::read_to_string(site.outbox.join("slow.csv")).unwrap();
+    assert!(output.contains("chunk 11"), "{output}");
+    assert_eq!(output.lines().count(), 13, "{output}");
+    assert!(names(&site.inbox).is_empty() && names(&site.failed()).is_empty());
+    assert_eq!(outputs(&site.outbox), set(&["slow.csv"]));
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn excluded_reserved_and_non_file_names_are_left_alone() {
+    let site = Site::new(
+        "inbox",
+        "outbox",
+        Answers::Offline,
+        "include = *.csv, *.json, *.log, *.xlsx\nexclude = ~$*, .~lock.*, *.tmp, *.part, .*, skip-*\n",
+    );
+    std::fs::write(site.inbox.join("good.csv"), tiny_csv("good")).unwrap();
+    let ignored = [
+        "~$book.xlsx",
+        "copying.csv.part",
+        "x.csv.tmp",
+        ".hidden.csv",
+        "skip-me.csv",
+        "notes.txt",
+        "good.csv.report.json",
+        "IPs_Seclytic_1700000000.log",
+        "VTTL_Error.log",
+    ];
+    for name in ignored {
+        std::fs::write(site.inbox.join(name), tiny_csv(name)).unwrap();
+    }
+    std::fs::create_dir(site.inbox.join("folder.csv")).unwrap();
+    let outside = site.root.join("outside.csv");
+    std::fs::write(&outside, tiny_csv("outside")).unwrap();
+    std::os::unix::fs::symlink(&outside, site.inbox.join("link.csv")).unwrap();
+
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&site.processed()), set(&["good.csv"]));
+    assert_eq!(outputs(&site.outbox), set(&["good.csv"]));
+    let left: BTreeSet<String> = std::fs::read_dir(&site.inbox)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !["processed", "failed", ".vttl-work"].contains(&n.as_str()))
+        .collect();
+    let mut expected: BTreeSet<String> = ignored.iter().map(|s| s.to_string()).collect();
+    expected.extend(["folder.csv".to_string(), "link.csv".to_string()]);
+    assert_eq!(left, expected);
+    assert!(site.inbox.join("folder.csv").is_dir());
+    assert!(std::fs::symlink_metadata(site.inbox.join("link.csv")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), tiny_csv("outside"));
+    assert!(stderr.contains("symbolic links are never followed"), "{stderr}");
+    assert!(names(&site.failed()).is_empty());
+}
+
+#[test]
+fn two_instances_on_one_inbox_process_each_of_100_files_exactly_once() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "settle_ms = 100\n");
+    let mut expected = BTreeSet::new();
+    for i in 0..100 {
+        let name = format!("book-{i:03}.csv");
+        std::fs::write(site.inbox.join(&name), tiny_csv(&name)).unwrap();
+        expected.insert(name);
+    }
+    let spawn =
+        || site.command(true).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+    let a = spawn().unwrap();
+    let b = spawn().unwrap();
+    let a = a.wait_with_output().unwrap();
+    let b = b.wait_with_output().unwrap();
+    let (a_err, b_err) = (String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert!(a.status.success() && b.status.success(), "{a_err}\n{b_err}");
+    assert_eq!(names(&site.processed()), expected);
+    assert_eq!(outputs(&site.outbox), expected, "one output per input, none numbered _1");
+    let taken = |log: &str| log.lines().filter(|l| l.contains(" took book-")).count();
+    assert_eq!(taken(&a_err) + taken(&b_err), 100, "{a_err}\n{b_err}");
+    assert!(names(&site.inbox).is_empty() && names(&site.failed()).is_empty());
+    for name in &expected {
+        let output = std::fs::read_to_string(site.outbox.join(name)).unwrap();
+        assert!(output.contains(name.as_str()), "{name}: {output}");
+    }
+}
+
+/// A CSV with `count` distinct IPs (answered slowly by the fake server).
+fn slow_csv(tag: &str, count: usize) -> String {
+    let mut text = String::from("\"Scanned Item\",\"Note\",\"WHOIS\"\r\n");
+    for i in 0..count {
+        text.push_str(&format!("\"198.51.100.{}\",\"{tag}\",\"\"\r\n", i + 1));
+    }
+    text
+}
+
+/// Watches the outbox until stopped: every visible output must be complete (`lines` CSV lines, CRLF-terminated;
+/// reports parse as JSON). Returns the violations seen.
+fn outbox_monitor(
+    outbox: PathBuf,
+    lines: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut violations = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            for name in names(&outbox) {
+                let Ok(bytes) = std::fs::read(outbox.join(&name)) else { continue };
+                let text = String::from_utf8_lossy(&bytes);
+                if name.ends_with(".csv") && (text.lines().count() != lines || !text.ends_with("\r\n")) {
+                    violations.push(format!("{name} incomplete: {} lines", text.lines().count()));
+                }
+                if name.ends_with(".report.json")
+                    && serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+                {
+                    violations.push(format!("{name} is not complete JSON"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        violations
+    })
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_workbook_then_restart_processes_each_file_exactly_once() {
+    let server = ApiServer::start();
+    server.set_latency(Duration::from_millis(120));
+    let url = server.base_url();
+    let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "test-token" }, "");
+    let expected = set(&["k1.csv", "k2.csv", "k3.csv"]);
+    for name in &expected {
+        std::fs::write(site.inbox.join(name), slow_csv(name, 12)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = outbox_monitor(site.outbox.clone(), 13, stop.clone());
+
+    let service = site.spawn("first.log");
+    wait_until(Duration::from_secs(15), "a file is claimed", || !claimed_files(&site.inbox).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let first_log = service.kill_9();
+    assert_eq!(claimed_files(&site.inbox).len(), 1, "one workbook was in progress when killed:\n{first_log}");
+
+    let service = site.spawn("second.log");
+    wait_until(Duration::from_secs(40), "every file is processed", || names(&site.processed()).len() == 3);
+    let (code, second_log) = service.terminate();
+    stop.store(true, Ordering::SeqCst);
+    let violations = monitor.join().unwrap();
+    assert_eq!(code, 0, "{second_log}");
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(names(&site.processed()), expected);
+    assert_eq!(outputs(&site.outbox), expected, "exactly one output per input:\n{first_log}\n{second_log}");
+    assert!(second_log.contains("recovered") || second_log.contains("recovering"), "{second_log}");
+    assert!(claimed_files(&site.inbox).is_empty() && names(&site.inbox).is_empty());
+    assert_eq!(work_folders(&site.inbox), 0, "{second_log}");
+}
+
+#[test]
+fn a_crash_right_after_publishing_does_not_produce_a_second_output() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::write(site.inbox.join("once.csv"), tiny_csv("once")).unwrap();
+    let output = site.command(true).env("VTTL_TEST_ABORT_AFTER_PUBLISH", "1").output().unwrap();
+    assert!(!output.status.success(), "the test hook aborts the process");
+    assert_eq!(outputs(&site.outbox), set(&["once.csv"]), "the output was published before the crash");
+    assert_eq!(claimed_files(&site.inbox).len(), 1, "the input is still claimed");
+    assert!(names(&site.processed()).is_empty());
+
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&site.processed()), set(&["once.csv"]));
+    assert_eq!(outputs(&site.outbox), set(&["once.csv"]), "no second output: {stderr}");
+    assert_eq!(work_folders(&site.inbox), 0);
+}
+
+#[test]
+fn corrupt_files_go_to_failed_with_their_reason_while_the_others_go_through() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::write(site.inbox.join("good.csv"), tiny_csv("good")).unwrap();
+    std::fs::write(site.inbox.join("not-vttl.csv"), "\"Name\",\"Value\"\r\n\"a\",\"b\"\r\n").unwrap();
+    std::fs::write(site.inbox.join("broken.xlsx"), b"PK\x03\x04 this is not really a workbook").unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "quarantined files are handled files: {stderr}");
+    assert_eq!(names(&site.processed()), set(&["good.csv"]));
+    assert_eq!(outputs(&site.outbox), set(&["good.csv"]));
+    assert_eq!(
+        names(&site.failed()),
+        set(&["broken.xlsx", "broken.xlsx.error.txt", "not-vttl.csv", "not-vttl.csv.error.txt"])
+    );
+    let note = std::fs::read_to_string(site.failed().join("not-vttl.csv.error.txt")).unwrap();
+    assert!(note.contains("step: read"), "{note}");
+    assert!(note.to_lowercase().contains("vttl"), "{note}");
+    let time = note.lines().find_map(|l| l.strip_prefix("time: ")).unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(time.trim()).is_ok(), "{note}");
+    let error_log = std::fs::read_to_string(site.outbox.join("VTTL_Error.log")).unwrap();
+    assert!(error_log.contains("not-vttl.csv") && error_log.contains("broken.xlsx"), "{error_log}");
+    assert_eq!(
+        std::fs::read(site.failed().join("broken.xlsx")).unwrap(),
+        b"PK\x03\x04 this is not really a workbook"
+    );
+}
+
+#[test]
+fn a_refused_token_leaves_every_input_in_the_inbox_and_exits_2() {
+    let server = ApiServer::start();
+    server.require_token(Some("the-right-token"));
+    let url = server.base_url();
+    let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "wrong-token-4711" }, "");
+    let expected = set(&["r1.csv", "r2.csv", "r3.csv"]);
+    for name in &expected {
+        std::fs::write(site.inbox.join(name), slow_csv(name, 2)).unwrap();
+    }
+    let (code, stderr) = site.once();
+    assert_eq!(code, 2, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("refused"), "one-line reason last: {stderr}");
+    assert!(!stderr.contains("wrong-token-4711"));
+    assert_eq!(names(&site.inbox), expected);
+    for name in &expected {
+        assert_eq!(std::fs::read_to_string(site.inbox.join(name)).unwrap(), slow_csv(name, 2));
+    }
+    assert!(names(&site.processed()).is_empty() && names(&site.failed()).is_empty());
+    assert!(outputs(&site.outbox).is_empty());
+    assert!(claimed_files(&site.inbox).is_empty());
+    assert_eq!(server.count_status(401), 1, "it stops at the first refusal");
+}
+
+#[test]
+fn the_service_keeps_retrying_a_refused_token_and_resumes_when_it_is_accepted() {
+    let server = ApiServer::start();
+    server.require_token(Some("the-right-token"));
+    let url = server.base_url();
+    let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "renewed-token" }, "");
+    std::fs::write(site.inbox.join("wait.csv"), slow_csv("wait", 2)).unwrap();
+    let service = site.spawn("service.log");
+    wait_until(Duration::from_secs(10), "two refusals", || server.count_status(401) >= 2);
+    assert!(service.stderr().contains("CRITICAL"), "{}", service.stderr());
+    assert_eq!(names(&site.inbox), set(&["wait.csv"]), "the input stays in the inbox");
+    assert!(outputs(&site.outbox).is_empty());
+    // the token is renewed on the API side
+    server.require_token(Some("renewed-token"));
+    wait_until(Duration::from_secs(10), "the file is processed", || {
+        site.processed().join("wait.csv").exists()
+    });
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outputs(&site.outbox), set(&["wait.csv"]));
+}
+
+#[test]
+fn sigterm_hands_a_slow_workbook_back_when_the_grace_time_is_over() {
+    let server = ApiServer::start();
+    server.set_latency(Duration::from_millis(300));
+    let url = server.base_url();
+    let site =
+        Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "shutdown_grace_secs = 0\n");
+    std::fs::write(site.inbox.join("long.csv"), slow_csv("long", 20)).unwrap();
+    let service = site.spawn("service.log");
+    wait_until(Duration::from_secs(10), "the file is claimed", || !claimed_files(&site.inbox).is_empty());
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("handed back"), "{stderr}");
+    assert_eq!(names(&site.inbox), set(&["long.csv"]));
+    assert_eq!(std::fs::read_to_string(site.inbox.join("long.csv")).unwrap(), slow_csv("long", 20));
+    assert!(outputs(&site.outbox).is_empty());
+    assert_eq!(work_folders(&site.inbox), 0);
+}
+
+#[test]
+fn a_two_stage_chain_delivers_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let first = Site::in_dir(
+        tempfile::tempdir().unwrap(),
+        root.clone(),
+        "stage1-in",
+        "stage1-out",
+        Answers::Offline,
+        "",
+    );
+    // the second stage watches the first one's outbox, with its own settings
+    let second = Site::in_dir(
+        dir,
+        root.clone(),
+        "stage1-out",
+        "stage2-out",
+        Answers::Offline,
+        "include = *\nsettle_ms = 300\n",
+    );
+    let a = first.spawn("first.log");
+    let b = second.spawn("second.log");
+    let mut expected = BTreeSet::new();
+    for i in 0..5 {
+        let name = format!("chain-{i}.csv");
+        std::fs::write(first.inbox.join(&name), tiny_csv(&name)).unwrap();
+        expected.insert(name);
+    }
+    wait_until(Duration::from_secs(30), "every file reaches the second outbox", || {
+        outputs(&second.outbox).len() == 5
+    });
+    let (code_a, log_a) = a.terminate();
+    let (code_b, log_b) = b.terminate();
+    assert_eq!((code_a, code_b), (0, 0), "{log_a}\n{log_b}");
+    assert_eq!(outputs(&second.outbox), expected);
+    assert_eq!(names(&first.processed()), expected);
+    assert_eq!(
+        names(&second.processed()),
+        expected,
+        "stage 2 moved stage 1's outputs to its processed folder"
+    );
+    // stage 1's reports and logs stay where they are: never inputs of stage 2
+    let left = names(&first.outbox);
+    assert_eq!(left.iter().filter(|n| n.ends_with(".report.json")).count(), 5, "{left:?}");
+    assert!(left.iter().any(|n| n.contains("_Seclytic_")), "{left:?}");
+    assert!(outputs(&first.outbox).is_empty());
+    assert!(names(&second.failed()).is_empty(), "{log_b}");
+    for name in &expected {
+        let twice = std::fs::read_to_string(second.outbox.join(name)).unwrap();
+        assert!(twice.contains("Seclytics Reputation and Reason"), "{twice}");
+    }
+}
+
+#[test]
+fn claims_of_a_dead_instance_on_another_host_are_recovered_by_the_lease_rule_only() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    let work = site.inbox.join(".vttl-work");
+    // a dead instance of another machine: its lease never changes
+    let dead = work.join("otherhost-1-1-aaaa");
+    std::fs::create_dir_all(dead.join("files")).unwrap();
+    std::fs::create_dir_all(dead.join("journal")).unwrap();
+    std::fs::write(dead.join("lease"), "vttl-seclytics claim lease\nhost=otherhost\npid=1\nbeat=7\n")
+        .unwrap();
+    std::fs::write(dead.join("files/orphan.csv"), tiny_csv("orphan")).unwrap();
+    // a live one: its lease keeps changing
+    let live = work.join("farhost-2-2-bbbb");
+    std::fs::create_dir_all(live.join("files")).unwrap();
+    std::fs::write(live.join("files/busy.csv"), tiny_csv("busy")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let beat = {
+        let (stop, lease) = (stop.clone(), live.join("lease"));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                std::fs::write(&lease, format!("host=farhost\npid=2\nbeat={n}\n")).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let started = Instant::now();
+    let service = site.spawn("service.log");
+    wait_until(Duration::from_secs(15), "the orphan is processed", || {
+        site.processed().join("orphan.csv").exists()
+    });
+    assert!(started.elapsed() >= Duration::from_secs(2), "not before claim_stale_secs");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(live.join("files/busy.csv").exists(), "a live claim is never taken");
+    let (code, stderr) = service.terminate();
+    stop.store(true, Ordering::SeqCst);
+    beat.join().unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!dead.exists());
+    assert_eq!(outputs(&site.outbox), set(&["orphan.csv"]));
+}
+
+#[test]
+fn an_outbox_that_is_the_inbox_is_refused_and_names_are_never_overwritten() {
+    let looped = Site::new("same", "same", Answers::Offline, "");
+    std::fs::write(looped.inbox.join("a.csv"), tiny_csv("a")).unwrap();
+    let (code, stderr) = looped.once();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.lines().last().unwrap_or_default().contains("same folder"), "{stderr}");
+    assert_eq!(names(&looped.inbox), set(&["a.csv"]));
+
+    // an earlier file of the same name in processed/ and in the outbox is kept; the new ones get `_1`
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::create_dir_all(site.processed()).unwrap();
+    std::fs::create_dir_all(&site.outbox).unwrap();
+    std::fs::write(site.processed().join("dup.csv"), b"earlier input").unwrap();
+    std::fs::write(site.outbox.join("dup.csv"), b"earlier output").unwrap();
+    std::fs::write(site.inbox.join("dup.csv"), tiny_csv("dup")).unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read(site.processed().join("dup.csv")).unwrap(), b"earlier input");
+    assert_eq!(std::fs::read_to_string(site.processed().join("dup_1.csv")).unwrap(), tiny_csv("dup"));
+    assert_eq!(std::fs::read(site.outbox.join("dup.csv")).unwrap(), b"earlier output");
+    assert!(std::fs::read_to_string(site.outbox.join("dup_1.csv")).unwrap().contains("dup"));
+}
+
+#[test]
+fn a_running_instance_recovers_the_claim_of_a_killed_neighbour() {
+    let server = ApiServer::start();
+    server.set_latency(Duration::from_millis(100));
+    let url = server.base_url();
+    let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "");
+    let expected = set(&["n1.csv", "n2.csv", "n3.csv", "n4.csv"]);
+    for name in &expected {
+        std::fs::write(site.inbox.join(name), slow_csv(name, 8)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = outbox_monitor(site.outbox.clone(), 9, stop.clone());
+    let victim = site.spawn("victim.log");
+    let survivor = site.spawn("survivor.log");
+    let victim_pid = victim.child.id();
+    let victim_claims = || {
+        claimed_files(&site.inbox)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(&format!("-{victim_pid}-")))
+            .count()
+    };
+    wait_until(Duration::from_secs(15), "the victim claims a file", || victim_claims() > 0);
+    let victim_log = victim.kill_9();
+    wait_until(Duration::from_secs(40), "every file is processed", || names(&site.processed()).len() == 4);
+    let (code, survivor_log) = survivor.terminate();
+    stop.store(true, Ordering::SeqCst);
+    let violations = monitor.join().unwrap();
+    assert_eq!(code, 0, "{survivor_log}");
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(names(&site.processed()), expected);
+    assert_eq!(outputs(&site.outbox), expected, "{victim_log}\n{survivor_log}");
+    assert!(survivor_log.contains("recovering the claims"), "{survivor_log}");
+    assert_eq!(work_folders(&site.inbox), 0, "{survivor_log}");
+}
+
+#[test]
+fn once_interrupted_by_sigterm_hands_the_file_back_and_exits_130() {
+    let server = ApiServer::start();
+    server.set_latency(Duration::from_millis(300));
+    let url = server.base_url();
+    let site =
+        Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "shutdown_grace_secs = 1\n");
+    std::fs::write(site.inbox.join("big.csv"), slow_csv("big", 20)).unwrap();
+    let log = site.root.join("once.log");
+    let child = site
+        .command(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let service = Service { child, log };
+    wait_until(Duration::from_secs(10), "the file is claimed", || !claimed_files(&site.inbox).is_empty());
+    let started = Instant::now();
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 130, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by shutdown_grace_secs");
+    assert!(stderr.lines().last().unwrap_or_default().contains("interrupted"), "{stderr}");
+    assert_eq!(names(&site.inbox), set(&["big.csv"]));
+    assert!(outputs(&site.outbox).is_empty() && names(&site.processed()).is_empty());
+    assert_eq!(work_folders(&site.inbox), 0);
+}
