@@ -100,14 +100,6 @@ impl Site {
     }
 }
 
-fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Names of the regular files directly in `dir`, hidden ones included when `hidden`.
 fn file_names(dir: &Path, hidden: bool) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
