@@ -59,17 +59,24 @@ VTTL_ROWS = (f'<row r="1">{inline("A1", "Scanned Item")}{inline("B1", "WHOIS")}<
              f'<row r="2">{inline("A2", "192.0.2.20")}</row>')
 
 
+def put(z, part, text):
+    """Adds a deflated entry with a fixed time stamp, so regenerating gives the same bytes."""
+    info = zipfile.ZipInfo(part, date_time=(2020, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    z.writestr(info, text)
+
+
 def xlsx(name, sheet_xml, shared=None, extra=None, workbook=WORKBOOK):
     with zipfile.ZipFile(os.path.join(ROOT, name), "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", CONTENT_TYPES)
-        z.writestr("_rels/.rels", ROOT_RELS)
-        z.writestr("xl/workbook.xml", workbook)
-        z.writestr("xl/_rels/workbook.xml.rels", WORKBOOK_RELS)
-        z.writestr("xl/worksheets/sheet1.xml", sheet_xml)
+        put(z, "[Content_Types].xml", CONTENT_TYPES)
+        put(z, "_rels/.rels", ROOT_RELS)
+        put(z, "xl/workbook.xml", workbook)
+        put(z, "xl/_rels/workbook.xml.rels", WORKBOOK_RELS)
+        put(z, "xl/worksheets/sheet1.xml", sheet_xml)
         if shared is not None:
-            z.writestr("xl/sharedStrings.xml", shared)
+            put(z, "xl/sharedStrings.xml", shared)
         for part, text in (extra or {}).items():
-            z.writestr(part, text)
+            put(z, part, text)
 
 
 def write(name, data):
@@ -78,8 +85,12 @@ def write(name, data):
 
 
 def main():
+    readme = os.path.join(ROOT, "README.md")
+    kept = open(readme, "rb").read() if os.path.exists(readme) else None
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT)
+    if kept is not None:
+        write("README.md", kept)
     good_csv = '"Scanned Item","WHOIS"\r\n"192.0.2.20",""\r\n'
 
     # --- XLSX: valid baseline, then damaged copies of it.
@@ -97,7 +108,7 @@ def main():
     write("empty.xlsx", b"")
     write("zip_magic_only.xlsx", b"PK\x03\x04" + b"\x00" * 26)
     with zipfile.ZipFile(os.path.join(ROOT, "zip_without_workbook.xlsx"), "w") as z:
-        z.writestr("hello.txt", "no workbook here")
+        put(z, "hello.txt", "no workbook here")
     xlsx("missing_sheet_part.xlsx", sheet(VTTL_ROWS),
          workbook=WORKBOOK.replace('r:id="rId1"', 'r:id="rId9"'))
     # Maximum declared dimensions (17 billion cells) with two real rows.
