@@ -347,7 +347,8 @@ fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
 
 fn xlsx_cell(value: FillValue) -> Cell {
     match value {
-        FillValue::Text(text) => Cell::Text(text),
+        // Text cells are never formulas in XLSX; control characters are replaced as in CSV.
+        FillValue::Text(text) => Cell::Text(csvio::replace_control_chars(&text).into_owned()),
         FillValue::Count(n) => Cell::Float(n as f64),
         FillValue::DateTime(when) => xlsx::datetime_cell(when),
     }

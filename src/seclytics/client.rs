@@ -212,6 +212,22 @@ impl Redactor {
         self.encoded.redact(&self.raw.redact(text))
     }
 
+    /// A response body with every echo of the token replaced by `[redacted]` (JSON-safe text), so an API that
+    /// reflects the token (a self-link with `access_token=…`) cannot carry it into a cell, a log or the cache.
+    /// `\uXXXX` escapes are decoded first (by re-serialising the JSON), so an escaped echo is caught too.
+    fn redact_body(&self, body: String) -> String {
+        let body = if body.contains("\\u") {
+            serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|value| serde_json::to_string(&value).ok())
+                .unwrap_or(body)
+        } else {
+            body
+        };
+        let echoes = |secret: &Secret| !secret.is_empty() && body.contains(secret.expose());
+        if echoes(&self.raw) || echoes(&self.encoded) { self.redact(&body) } else { body }
+    }
+
     /// Server-provided (attacker-controlled) text: redacted, control characters replaced, length capped.
     fn clean_server_text(&self, text: &str) -> String {
         let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
@@ -482,6 +498,7 @@ impl Http {
             Ok(body) => body,
             Err(_) => return Answer::Failed { reason: "response body is not UTF-8".into() },
         };
+        let body = self.redactor.redact_body(body);
         match parse_document(&body) {
             Ok(_) => Answer::Found { body: Arc::from(body), source: AnswerSource::Api },
             Err(error) => Answer::Failed { reason: self.redactor.clean_server_text(&error.to_string()) },
