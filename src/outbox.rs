@@ -67,7 +67,7 @@ pub fn persist_no_clobber(temp: tempfile::NamedTempFile, dir: &Path, name: &str)
 }
 
 /// Makes a rename durable (Unix: fsync the directory; Windows has no equivalent and does not need one).
-fn sync_dir(dir: &Path) {
+pub fn sync_dir(dir: &Path) {
     #[cfg(unix)]
     if let Ok(handle) = std::fs::File::open(dir) {
         let _ = handle.sync_all();

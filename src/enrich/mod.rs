@@ -30,14 +30,14 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::error::CriticalError;
 use crate::outbox::{self, LogLines, SeclyticLog};
-use crate::seclytics::client::{Answer, AnswerSource, Client, FatalError};
+use crate::seclytics::client::{Answer, AnswerSource, Client};
 use crate::seclytics::{model, tokens};
 use crate::vttl::{ColumnMap, Indicator, IndicatorKind};
 use crate::workbook::{self, Cell, Format, WorkbookError, csv as csvio, xlsx};
 use plan::{Facts, Fill, FillValue, IpKnowledge, RowCells, TablePlan};
 
 /// Longest text we put into one cell (VTTL's `cellTruncateLength`).
-pub const CELL_LIMIT: usize = 8000;
+pub use crate::seclytics::tokens::CELL_LIMIT;
 
 /// Why one workbook could not be enriched.
 #[derive(Debug, thiserror::Error)]
@@ -326,7 +326,6 @@ fn publish(
 ) -> Result<PathBuf, EnrichError> {
     let outbox_error =
         |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
-    temp.as_file().sync_all().map_err(outbox_error)?;
     hooks.before_publish(temp.path(), name).map_err(|e| {
         file_error("publish", WorkbookError::io(temp.path(), "prepare the publication of", e))
     })?;
@@ -570,14 +569,11 @@ impl<'a> Job<'a> {
         let lists = &self.enricher.lists;
         let switches = self.enricher.config.logs;
         for chunk in indicators.chunks(LOOKUP_CHUNK) {
-            let answers =
-                self.enricher.client.lookup_all(chunk, self.enricher.refresh, &|_, _| bar.inc(1)).map_err(
-                    |fatal| match fatal {
-                        FatalError::TokenRefused { status, message } => {
-                            CriticalError::TokenRefused { status, message }
-                        }
-                    },
-                )?;
+            let answers = self
+                .enricher
+                .client
+                .lookup_all(chunk, self.enricher.refresh, &|_, _| bar.inc(1))
+                .map_err(CriticalError::from)?;
             let digested: Vec<Digested> = chunk
                 .par_iter()
                 .zip(answers.into_par_iter())
@@ -781,8 +777,9 @@ fn facts_from(
         reputation: join(&findings.reputation, "^"),
         file_metadata: join(&findings.file_metadata, "^"),
         file_count: Some(findings.file_count as u64),
-        whois: findings.whois_owner.clone(),
-        validation: findings.whitelist.clone(),
+        // Free texts are cut like token lists (SPEC §4: every cell at most 8000 characters).
+        whois: findings.whois_owner.as_ref().map(|text| join(std::slice::from_ref(text), "^")),
+        validation: findings.whitelist.as_ref().map(|text| join(std::slice::from_ref(text), "^")),
         first_seen: findings.first_seen,
         passive_dns_ip: findings.passive_dns_ips.first().copied(),
         keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
