@@ -667,16 +667,15 @@ impl<'a> Job<'a> {
     ) -> Result<FileReport, EnrichError> {
         let outbox_error =
             |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
-        let unique = outbox::free_unique(outbox, unique);
-        for log in SeclyticLog::ALL {
-            if let Some(lines) = self.logs.get(&log).filter(|l| !l.is_empty()) {
-                let path = outbox::write_new_file(outbox, &log.file_name(unique), &lines.to_bytes())
-                    .map_err(outbox_error)?;
-                self.report
-                    .log_files
-                    .push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
-            }
-        }
+        let logs: Vec<(SeclyticLog, Vec<u8>)> = SeclyticLog::ALL
+            .into_iter()
+            .filter_map(|log| {
+                self.logs.get(&log).filter(|l| !l.is_empty()).map(|lines| (log, lines.to_bytes()))
+            })
+            .collect();
+        let (unique, paths) = outbox::write_log_set(outbox, unique, &logs).map_err(outbox_error)?;
+        self.report.log_files =
+            paths.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
         for message in &self.errors {
             outbox::append_error_log(outbox, message);
         }
