@@ -309,10 +309,14 @@ fn new_text_is_cleaned_and_unrepresentable_1252_characters_become_question_marks
 
 #[test]
 fn neutralize_formula_prefixes_dangerous_leading_characters() {
-    for dangerous in ["=1+1", "+44 20", "-2", "@SUM(A1)", "\tx", "\rx", "=cmd|' /C calc'!A0"] {
+    for dangerous in ["=1+1", "+44 20", "-2", "@SUM(A1)", " =1", "=cmd|' /C calc'!A0"] {
         assert_eq!(neutralize_formula(dangerous), format!("'{dangerous}"));
     }
-    for safe in ["", "1.2.3.4", "a=b", " =1", "'=1", "malware"] {
+    // Control characters become spaces first; a formula behind them is still neutralised.
+    for (dangerous, want) in [("\tx", "' x"), ("\rx", "' x"), ("\n=1", "' =1"), ("\u{1}@A1", "' @A1")] {
+        assert_eq!(neutralize_formula(dangerous), want);
+    }
+    for safe in ["", "1.2.3.4", "a=b", "'=1", "malware"] {
         assert_eq!(neutralize_formula(safe), safe);
         assert!(matches!(neutralize_formula(safe), std::borrow::Cow::Borrowed(_)));
     }

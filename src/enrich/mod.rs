@@ -30,14 +30,14 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::error::CriticalError;
 use crate::outbox::{self, LogLines, SeclyticLog};
-use crate::seclytics::client::{Answer, AnswerSource, Client, FatalError};
+use crate::seclytics::client::{Answer, AnswerSource, Client};
 use crate::seclytics::{model, tokens};
 use crate::vttl::{ColumnMap, Indicator, IndicatorKind};
 use crate::workbook::{self, Cell, Format, WorkbookError, csv as csvio, xlsx};
 use plan::{Facts, Fill, FillValue, IpKnowledge, RowCells, TablePlan};
 
 /// Longest text we put into one cell (VTTL's `cellTruncateLength`).
-pub const CELL_LIMIT: usize = 8000;
+pub use crate::seclytics::tokens::CELL_LIMIT;
 
 /// Why one workbook could not be enriched.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ impl Enricher {
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
 
-        let mut job = Job::new(self, input);
+        let mut job = Job::new(self, hooks.reported_input().unwrap_or(input));
         let output = match format {
             Format::Csv => self.enrich_csv(input, outbox, &output_name, &mut job)?,
             Format::Xlsx | Format::Xls => self.enrich_xlsx(input, outbox, &output_name, &mut job)?,
@@ -300,6 +300,11 @@ pub trait PublishHooks {
     fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()>;
     /// The output is now visible at `published`.
     fn after_publish(&self, published: &Path);
+    /// The input path to name in the report and logs, when the file being read is a working copy (the hot
+    /// folder reads a claimed file inside its work folder, but the analyst dropped it in the inbox).
+    fn reported_input(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// No hooks (the `enrich` command).
@@ -321,7 +326,6 @@ fn publish(
 ) -> Result<PathBuf, EnrichError> {
     let outbox_error =
         |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
-    temp.as_file().sync_all().map_err(outbox_error)?;
     hooks.before_publish(temp.path(), name).map_err(|e| {
         file_error("publish", WorkbookError::io(temp.path(), "prepare the publication of", e))
     })?;
@@ -342,7 +346,8 @@ fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
 
 fn xlsx_cell(value: FillValue) -> Cell {
     match value {
-        FillValue::Text(text) => Cell::Text(text),
+        // Text cells are never formulas in XLSX; control characters are replaced as in CSV.
+        FillValue::Text(text) => Cell::Text(csvio::replace_control_chars(&text).into_owned()),
         FillValue::Count(n) => Cell::Float(n as f64),
         FillValue::DateTime(when) => xlsx::datetime_cell(when),
     }
@@ -592,11 +597,7 @@ impl<'a> Job<'a> {
                 .enricher
                 .client
                 .lookup_all_parsed(chunk, self.enricher.refresh, &|_, _| bar.inc(1))
-                .map_err(|fatal| match fatal {
-                    FatalError::TokenRefused { status, message } => {
-                        CriticalError::TokenRefused { status, message }
-                    }
-                })?;
+                .map_err(CriticalError::from)?;
             let digested: Vec<Digested> = chunk
                 .par_iter()
                 .zip(answers.into_par_iter())
@@ -692,16 +693,15 @@ impl<'a> Job<'a> {
     ) -> Result<FileReport, EnrichError> {
         let outbox_error =
             |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
-        let unique = outbox::free_unique(outbox, unique);
-        for log in SeclyticLog::ALL {
-            if let Some(lines) = self.logs.get(&log).filter(|l| !l.is_empty()) {
-                let path = outbox::write_new_file(outbox, &log.file_name(unique), &lines.to_bytes())
-                    .map_err(outbox_error)?;
-                self.report
-                    .log_files
-                    .push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
-            }
-        }
+        let logs: Vec<(SeclyticLog, Vec<u8>)> = SeclyticLog::ALL
+            .into_iter()
+            .filter_map(|log| {
+                self.logs.get(&log).filter(|l| !l.is_empty()).map(|lines| (log, lines.to_bytes()))
+            })
+            .collect();
+        let (unique, paths) = outbox::write_log_set(outbox, unique, &logs).map_err(outbox_error)?;
+        self.report.log_files =
+            paths.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
         for message in &self.errors {
             outbox::append_error_log(outbox, message);
         }
@@ -807,8 +807,9 @@ fn facts_from(
         reputation: join(&findings.reputation, "^"),
         file_metadata: join(&findings.file_metadata, "^"),
         file_count: Some(findings.file_count as u64),
-        whois: findings.whois_owner.clone(),
-        validation: findings.whitelist.clone(),
+        // Free texts are cut like token lists (SPEC §4: every cell at most 8000 characters).
+        whois: findings.whois_owner.as_ref().map(|text| join(std::slice::from_ref(text), "^")),
+        validation: findings.whitelist.as_ref().map(|text| join(std::slice::from_ref(text), "^")),
         first_seen: findings.first_seen,
         passive_dns_ip: findings.passive_dns_ips.first().copied(),
         keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),

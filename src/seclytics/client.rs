@@ -212,6 +212,22 @@ impl Redactor {
         self.encoded.redact(&self.raw.redact(text))
     }
 
+    /// A response body with every echo of the token replaced by `[redacted]` (JSON-safe text), so an API that
+    /// reflects the token (a self-link with `access_token=…`) cannot carry it into a cell, a log or the cache.
+    /// `\uXXXX` escapes are decoded first (by re-serialising the JSON), so an escaped echo is caught too.
+    fn redact_body(&self, body: String) -> String {
+        let body = if body.contains("\\u") {
+            serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|value| serde_json::to_string(&value).ok())
+                .unwrap_or(body)
+        } else {
+            body
+        };
+        let echoes = |secret: &Secret| !secret.is_empty() && body.contains(secret.expose());
+        if echoes(&self.raw) || echoes(&self.encoded) { self.redact(&body) } else { body }
+    }
+
     /// Server-provided (attacker-controlled) text: redacted, control characters replaced, length capped.
     fn clean_server_text(&self, text: &str) -> String {
         let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
@@ -482,6 +498,7 @@ impl Http {
             Ok(body) => body,
             Err(_) => return Answer::Failed { reason: "response body is not UTF-8".into() },
         };
+        let body = self.redactor.redact_body(body);
         match parse_document(&body) {
             Ok(_) => Answer::Found { body: Arc::from(body), source: AnswerSource::Api },
             Err(error) => Answer::Failed { reason: self.redactor.clean_server_text(&error.to_string()) },
@@ -550,6 +567,47 @@ struct HttpBackend {
     runtime: Option<tokio::runtime::Runtime>,
     cache: Option<Cache>,
     token_fp: String,
+    memo: Mutex<RunMemo>,
+}
+
+/// Most answers the run memo keeps; when full it starts again empty (it is an optimisation for the common case
+/// of a few thousand indicators shared by the workbooks of one run, not a second cache).
+const RUN_MEMO_MAX: usize = 20_000;
+
+/// Answers fetched from the API during this client's life, so that an indicator shared by several workbooks of
+/// one run is requested once (SPEC §3) even when the cache is disabled or `--refresh` bypasses it. Entries
+/// expire after `cache_ttl`, like cached ones.
+struct RunMemo {
+    answers: HashMap<Indicator, (Answer, std::time::Instant)>,
+    ttl: Duration,
+}
+
+impl RunMemo {
+    fn get(&self, indicator: &Indicator) -> Option<Answer> {
+        let (answer, at) = self.answers.get(indicator)?;
+        if at.elapsed() >= self.ttl {
+            return None;
+        }
+        // From this client's memory: reported like a cache hit.
+        Some(match answer {
+            Answer::Found { body, .. } => Answer::Found { body: body.clone(), source: AnswerSource::Cache },
+            Answer::NotFound { .. } => Answer::NotFound { source: AnswerSource::Cache },
+            Answer::Failed { reason } => Answer::Failed { reason: reason.clone() },
+        })
+    }
+
+    fn remember(&mut self, indicator: &Indicator, answer: &Answer) {
+        if !matches!(
+            answer,
+            Answer::Found { source: AnswerSource::Api, .. } | Answer::NotFound { source: AnswerSource::Api }
+        ) {
+            return;
+        }
+        if self.answers.len() >= RUN_MEMO_MAX {
+            self.answers.clear();
+        }
+        self.answers.insert(indicator.clone(), (answer.clone(), std::time::Instant::now()));
+    }
 }
 
 /// The SecLytics client, shared by every worker and every workbook: one connection pool, one rate limiter,
@@ -663,6 +721,7 @@ impl Client {
             runtime: Some(runtime),
             cache,
             token_fp: token_fingerprint(&settings.access_token),
+            memo: Mutex::new(RunMemo { answers: HashMap::new(), ttl: settings.cache_ttl }),
         }));
         Ok(Client { backend, counters })
     }
@@ -721,20 +780,35 @@ impl Client {
                 }
             }
             Backend::Http(backend) => {
-                let HttpBackend { http, runtime, cache, token_fp } = &**backend;
+                let HttpBackend { http, runtime, cache, token_fp, memo } = &**backend;
                 if let Some(fatal) = http.fatal() {
                     return Err(fatal);
                 }
                 let mut pending = Vec::new();
-                let cached =
-                    if refresh { Vec::new() } else { cached_answers(cache.as_ref(), token_fp, &distinct) };
+                let mut unknown = Vec::new();
+                {
+                    let memo = memo.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for (slot, indicator) in distinct.iter().enumerate() {
+                        match memo.get(indicator) {
+                            Some(answer) => self.finish(indicator, answer, &mut answers[slot], progress),
+                            None => unknown.push(slot),
+                        }
+                    }
+                }
+                let unknown_indicators: Vec<&Indicator> =
+                    unknown.iter().map(|&slot| distinct[slot]).collect();
+                let cached = if refresh {
+                    Vec::new()
+                } else {
+                    cached_answers(cache.as_ref(), token_fp, &unknown_indicators)
+                };
                 let mut cached = cached.into_iter();
                 documents.resize_with(distinct.len(), || None);
-                for (slot, indicator) in distinct.iter().enumerate() {
+                for &slot in &unknown {
                     match cached.next().flatten() {
                         Some((answer, document)) => {
                             documents[slot] = document;
-                            self.finish(indicator, answer, &mut answers[slot], progress)
+                            self.finish(distinct[slot], answer, &mut answers[slot], progress)
                         }
                         None => pending.push(slot),
                     }
@@ -756,6 +830,9 @@ impl Client {
                             match outcome {
                                 Outcome::Answer(answer) => {
                                     store_answer(cache.as_ref(), token_fp, distinct[slot], &answer);
+                                    memo.lock()
+                                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                                        .remember(distinct[slot], &answer);
                                     self.finish(distinct[slot], answer, &mut answers[slot], progress);
                                 }
                                 Outcome::Fatal | Outcome::Stopped => {

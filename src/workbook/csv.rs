@@ -40,7 +40,8 @@
 //! * **Writing new text**: CR, LF and NUL become a space (VTTL cells never hold line breaks, and a NUL would
 //!   make the file look binary); quoted per the dialect, `"` doubled; Windows-1252 output writes `?` for a
 //!   character the code page cannot represent. The writer does **not** neutralize formulas itself: callers run
-//!   API text through [`neutralize_formula`] before handing it over.
+//!   API text through [`neutralize_formula`] before handing it over, which also turns every other control
+//!   character into a space.
 //! * **Patches** replace the field at their column whatever it holds (the caller decides what is empty); a
 //!   column beyond the record pads it with empty fields in the dialect's quoting style. When several patches
 //!   name one column, the last wins. Columns at or beyond [`MAX_COLS`] are refused.
@@ -992,11 +993,24 @@ fn push_char(line: &mut Vec<u8>, ch: char, encoding: TextEncoding) {
     }
 }
 
-/// Makes text safe from being read as a spreadsheet formula: text starting with `=`, `+`, `-`, `@`, TAB or CR
-/// gets a leading `'`.
+/// Makes text safe from being read as a spreadsheet formula: control characters (C0, DEL, C1; TAB, CR and
+/// LF included) become spaces (see [`replace_control_chars`]), then text whose first non-blank character is
+/// `=`, `+`, `-` or `@`, or that started with TAB or CR, gets a leading `'`. Leading blanks do not hide a formula: `" =1+2"` is neutralised
+/// too, because some spreadsheet programs trim a cell before deciding it is a formula.
 pub fn neutralize_formula(text: &str) -> Cow<'_, str> {
-    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        Cow::Owned(format!("'{text}"))
+    let cleaned = replace_control_chars(text);
+    if text.starts_with(['\t', '\r']) || cleaned.trim_start().starts_with(['=', '+', '-', '@']) {
+        Cow::Owned(format!("'{cleaned}"))
+    } else {
+        cleaned
+    }
+}
+
+/// Replaces every control character (C0 including TAB/CR/LF/NUL, DEL, C1) with a space: API text must not
+/// carry terminal escapes, bells or record separators into a cell.
+pub fn replace_control_chars(text: &str) -> Cow<'_, str> {
+    if text.contains(char::is_control) {
+        Cow::Owned(text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
     } else {
         Cow::Borrowed(text)
     }
@@ -1035,6 +1049,17 @@ mod tests {
         assert_eq!(unquote(b"\"").as_ref(), b"");
         assert_eq!(unquote(b"\"\"").as_ref(), b"");
         assert_eq!(unquote(b"a\"b").as_ref(), b"a\"b");
+    }
+
+    #[test]
+    fn neutralize_replaces_controls_and_sees_through_leading_blanks() {
+        assert_eq!(neutralize_formula("=1+2"), "'=1+2");
+        assert_eq!(neutralize_formula("\t=1+2"), "' =1+2");
+        assert_eq!(neutralize_formula("\u{1}=1+2"), "' =1+2");
+        assert_eq!(neutralize_formula("  @SUM(A1)"), "'  @SUM(A1)");
+        assert_eq!(neutralize_formula("a\u{0}b\u{7}c\u{1b}[31m\u{7f}\u{85}"), "a b c [31m  ");
+        assert_eq!(neutralize_formula("plain ^ text"), "plain ^ text");
+        assert!(matches!(neutralize_formula("plain"), Cow::Borrowed(_)));
     }
 
     #[test]
