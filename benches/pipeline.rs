@@ -172,7 +172,7 @@ fn prime_cache(path: &Path, count: u32) -> Duration {
 // Inputs
 // ---------------------------------------------------------------------------------------------------------
 
-/// The cells of data row `row` whose indicator is number `indicator`.
+/// The cells of a data row holding indicator number `indicator` (the other vendors' cells pre-filled).
 fn row_cells(indicator: u32) -> Vec<String> {
     let mut cells = vec![String::new(); HEADER.len()];
     cells[0] = indicator_of(indicator).1;
