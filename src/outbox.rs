@@ -67,7 +67,7 @@ pub fn persist_no_clobber(temp: tempfile::NamedTempFile, dir: &Path, name: &str)
 }
 
 /// Makes a rename durable (Unix: fsync the directory; Windows has no equivalent and does not need one).
-fn sync_dir(dir: &Path) {
+pub fn sync_dir(dir: &Path) {
     #[cfg(unix)]
     if let Ok(handle) = std::fs::File::open(dir) {
         let _ = handle.sync_all();
@@ -180,6 +180,46 @@ pub fn free_unique(dir: &Path, start: u64) -> u64 {
     unique
 }
 
+/// Writes the Seclytic logs of one workbook under `<prefix>_Seclytic_<U>.log` names that are all free, with `U`
+/// starting at `start`: each file is created without ever replacing one, and when another process took one of
+/// the names first, the ones already written are removed and the next `U` is tried — so a workbook's logs always
+/// share one `U`, even when several instances write into one outbox in the same second. Returns `U` and the
+/// paths written.
+pub fn write_log_set(
+    dir: &Path,
+    start: u64,
+    logs: &[(SeclyticLog, Vec<u8>)],
+) -> std::io::Result<(u64, Vec<PathBuf>)> {
+    let mut unique = free_unique(dir, start);
+    'attempt: for _ in 0..10_000 {
+        let mut written = Vec::new();
+        for (log, bytes) in logs {
+            let name = log.file_name(unique);
+            let mut temp = temp_file_for(dir, &name)?;
+            temp.write_all(bytes)?;
+            temp.as_file().sync_all()?;
+            let target = dir.join(&name);
+            match temp.persist_noclobber(&target) {
+                Ok(_) => written.push(target),
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    for path in &written {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    unique = free_unique(dir, unique + 1);
+                    continue 'attempt;
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+        sync_dir(dir);
+        return Ok((unique, written));
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("no free log names in {}", dir.display()),
+    ))
+}
+
 /// Appends one line to `<dir>/VTTL_Error.log`. Failures to log are reported on stderr, never fatal.
 pub fn append_error_log(dir: &Path, message: &str) {
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -234,6 +274,27 @@ mod tests {
         std::fs::write(dir.path().join(SeclyticLog::Urls.file_name(100)), "x").unwrap();
         assert_eq!(free_unique(dir.path(), 100), 101);
         assert_eq!(free_unique(dir.path(), 102), 102);
+    }
+
+    #[test]
+    fn a_log_set_shares_one_free_unique_string() {
+        let dir = tempfile::tempdir().unwrap();
+        // Another process already wrote a references log for second 200.
+        std::fs::write(dir.path().join(SeclyticLog::References.file_name(200)), "theirs").unwrap();
+        let logs = vec![(SeclyticLog::Ips, b"a|1\r\n".to_vec()), (SeclyticLog::Urls, b"a|u\r\n".to_vec())];
+        let (unique, paths) = write_log_set(dir.path(), 200, &logs).unwrap();
+        assert_eq!(unique, 201);
+        assert_eq!(
+            paths,
+            vec![dir.path().join("IPs_Seclytic_201.log"), dir.path().join("URLs_Seclytic_201.log")]
+        );
+        // A second workbook in the same second gets the next one.
+        let (next, _) = write_log_set(dir.path(), 200, &logs).unwrap();
+        assert_eq!(next, 202);
+        assert_eq!(
+            std::fs::read(dir.path().join(SeclyticLog::References.file_name(200))).unwrap(),
+            b"theirs"
+        );
     }
 
     #[test]

@@ -697,7 +697,8 @@ fn report_numbers() {
     assert!(report["output"].as_str().unwrap().ends_with("book.csv"));
     assert!(report["duration_ms"].is_u64());
 
-    // A second run is answered from the cache: no request at all, same output bytes.
+    // A second run is answered from the cache: no request except the one failed lookup (errors are never
+    // cached), and the output has the same bytes.
     let before = scenario.api.request_count();
     let (code, stderr) = scenario.enrich(&[&scenario.path("book.csv")], &[]);
     assert_eq!(code, 0, "{stderr}");
@@ -772,4 +773,60 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
     }
     files
+}
+
+#[test]
+fn an_indicator_shared_by_two_workbooks_is_requested_once_per_run() {
+    let scenario = Scenario::new();
+    // No cache at all: only the run's own memory can avoid the second request.
+    let ini = std::fs::read_to_string(scenario.path("vttl.ini"))
+        .unwrap()
+        .replace("cache = cache.sqlite", "cache =");
+    std::fs::write(scenario.path("vttl.ini"), ini).unwrap();
+    let a = scenario.path("a.csv");
+    let b = scenario.path("b.csv");
+    std::fs::write(&a, "\"Scanned Item\"\r\n\"203.0.113.45\"\r\n\"cdn.example.co.uk\"\r\n").unwrap();
+    std::fs::write(&b, "\"Scanned Item\"\r\n\"203.0.113.45\"\r\n").unwrap();
+    let (code, stderr) = scenario.enrich(&[&a, &b], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(scenario.api.count_path("/ips/203.0.113.45"), 1);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(scenario.outbox().join("b.csv.report.json")).unwrap()).unwrap();
+    assert_eq!(report["api_requests"], 0);
+    assert_eq!(report["cache_hits"], 1);
+    // Both outputs are filled alike.
+    for name in ["a.csv", "b.csv"] {
+        let out = std::fs::read_to_string(scenario.outbox().join(name)).unwrap();
+        assert!(out.contains("\"203.0.113.45\",\"scanner^malicious^AgentTesla.XK"), "{name}: {out}");
+    }
+    // `--refresh` asks the API again, once per run.
+    let (code, stderr) = scenario.enrich(&[&a, &b], &["--refresh"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(scenario.api.count_path("/ips/203.0.113.45"), 2);
+}
+
+#[test]
+fn long_free_text_values_are_cut_at_8000_characters() {
+    let scenario = Scenario::new();
+    let long_owner = "OWNER-".repeat(3000);
+    let long_reason = "allow-listed because ".repeat(1000);
+    scenario.api.set_document(
+        "/ips/198.51.100.61",
+        json!({"asn": {"description": long_owner}, "id": "198.51.100.61", "type": "ip", "whitelist": long_reason}),
+    );
+    let input = scenario.path("long.csv");
+    std::fs::write(&input, "\"Scanned Item\",\"WHOIS\",\"Validation\"\r\n\"198.51.100.61\",\"\",\"\"\r\n")
+        .unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let table = read_csv_table(
+        &std::fs::read(scenario.outbox().join("long.csv")).unwrap(),
+        encoding_rs::WINDOWS_1252,
+    );
+    let whois = table.get("198.51.100.61", "WHOIS");
+    let validation = table.get("198.51.100.61", "Validation");
+    assert_eq!(whois.chars().count(), 8000);
+    assert!(long_owner.starts_with(&whois));
+    assert_eq!(validation.chars().count(), 8000);
+    assert!(long_reason.starts_with(&validation));
 }

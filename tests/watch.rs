@@ -219,7 +219,10 @@ fn once_processes_the_files_present_at_start() {
             std::fs::read(site.processed().join(name)).unwrap(),
             std::fs::read(repo().join("samples").join(name)).unwrap()
         );
-        assert!(site.outbox.join(format!("{name}.report.json")).is_file());
+        let report = std::fs::read_to_string(site.outbox.join(format!("{name}.report.json"))).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        // the report names the file where the analyst dropped it, not the claimed working copy
+        assert_eq!(report["input"].as_str().unwrap(), site.inbox.join(name).to_str().unwrap());
     }
     let enriched = std::fs::read_to_string(site.outbox.join("vttl-utf8-bom.csv")).unwrap();
     assert!(enriched.contains("Seclytics Reputation and Reason"), "{enriched}");

@@ -30,14 +30,14 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::error::CriticalError;
 use crate::outbox::{self, LogLines, SeclyticLog};
-use crate::seclytics::client::{Answer, AnswerSource, Client, FatalError};
+use crate::seclytics::client::{Answer, AnswerSource, Client};
 use crate::seclytics::{model, tokens};
 use crate::vttl::{ColumnMap, Indicator, IndicatorKind};
 use crate::workbook::{self, Cell, Format, WorkbookError, csv as csvio, xlsx};
 use plan::{Facts, Fill, FillValue, IpKnowledge, RowCells, TablePlan};
 
 /// Longest text we put into one cell (VTTL's `cellTruncateLength`).
-pub const CELL_LIMIT: usize = 8000;
+pub use crate::seclytics::tokens::CELL_LIMIT;
 
 /// Why one workbook could not be enriched.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ impl Enricher {
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
 
-        let mut job = Job::new(self, input);
+        let mut job = Job::new(self, hooks.reported_input().unwrap_or(input));
         let output = match format {
             Format::Csv => self.enrich_csv(input, outbox, &output_name, &mut job)?,
             Format::Xlsx | Format::Xls => self.enrich_xlsx(input, outbox, &output_name, &mut job)?,
@@ -300,6 +300,11 @@ pub trait PublishHooks {
     fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()>;
     /// The output is now visible at `published`.
     fn after_publish(&self, published: &Path);
+    /// The input path to name in the report and logs, when the file being read is a working copy (the hot
+    /// folder reads a claimed file inside its work folder, but the analyst dropped it in the inbox).
+    fn reported_input(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// No hooks (the `enrich` command).
@@ -321,7 +326,6 @@ fn publish(
 ) -> Result<PathBuf, EnrichError> {
     let outbox_error =
         |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
-    temp.as_file().sync_all().map_err(outbox_error)?;
     hooks.before_publish(temp.path(), name).map_err(|e| {
         file_error("publish", WorkbookError::io(temp.path(), "prepare the publication of", e))
     })?;
@@ -549,47 +553,60 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    /// Looks up `indicators` and records their facts and log lines.
+    /// Looks up `indicators` (distinct) and records their facts and log lines.
+    ///
+    /// The client is asked [`LOOKUP_CHUNK`] indicators at a time, and each chunk's answers are turned into
+    /// facts (JSON parse, tokens, watch lists — independent per indicator, so spread over the cores with
+    /// rayon) before the next chunk is asked: the response bodies of a whole workbook are never in memory at
+    /// once. Results are merged in input order, so counters, log lines and error messages come out exactly as
+    /// if the indicators had been handled one by one.
     fn look_up(&mut self, indicators: &[Indicator]) -> Result<(), EnrichError> {
+        use rayon::prelude::*;
         if indicators.is_empty() {
             return Ok(());
         }
         let bar = progress_bar(&self.input, indicators.len() as u64);
-        let answers =
-            self.enricher.client.lookup_all(indicators, self.enricher.refresh, &|_, _| bar.inc(1)).map_err(
-                |fatal| match fatal {
-                    FatalError::TokenRefused { status, message } => {
-                        CriticalError::TokenRefused { status, message }
-                    }
-                },
-            )?;
-        bar.finish_and_clear();
-        for (indicator, answer) in indicators.iter().zip(answers) {
-            *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
-            let facts = match answer {
-                Answer::Found { body, source } => {
-                    self.count_source(source);
-                    match model::parse_document(&body) {
-                        Ok(document) => Some(self.facts_from(indicator, &document, &body)),
-                        Err(e) => {
-                            self.lookup_failed(indicator, &e.to_string());
-                            None
-                        }
-                    }
-                }
-                Answer::NotFound { source } => {
-                    self.count_source(source);
-                    self.report.not_found += 1;
-                    Some(self.facts_not_found(indicator))
-                }
-                Answer::Failed { reason } => {
-                    self.lookup_failed(indicator, &reason);
-                    None
-                }
-            };
-            self.facts.insert(indicator.clone(), facts);
+        let lists = &self.enricher.lists;
+        let switches = self.enricher.config.logs;
+        for chunk in indicators.chunks(LOOKUP_CHUNK) {
+            let answers = self
+                .enricher
+                .client
+                .lookup_all(chunk, self.enricher.refresh, &|_, _| bar.inc(1))
+                .map_err(CriticalError::from)?;
+            let digested: Vec<Digested> = chunk
+                .par_iter()
+                .zip(answers.into_par_iter())
+                .map(|(indicator, answer)| digest(lists, switches, indicator, answer))
+                .collect();
+            for (indicator, digested) in chunk.iter().zip(digested) {
+                self.merge(indicator, digested);
+            }
         }
+        bar.finish_and_clear();
         Ok(())
+    }
+
+    /// Records what one answer said (in input order).
+    fn merge(&mut self, indicator: &Indicator, digested: Digested) {
+        *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
+        if let Some(source) = digested.source {
+            self.count_source(source);
+        }
+        if digested.not_found {
+            self.report.not_found += 1;
+        }
+        if let Some(reason) = &digested.failure {
+            self.lookup_failed(indicator, reason);
+        }
+        let item = indicator.value.as_str();
+        for (log, values) in digested.logs {
+            let lines = self.logs.entry(log).or_default();
+            for value in &values {
+                lines.push(item, value);
+            }
+        }
+        self.facts.insert(indicator.clone(), digested.facts);
     }
 
     fn count_source(&mut self, source: AnswerSource) {
@@ -609,57 +626,6 @@ impl<'a> Job<'a> {
             reason
         ));
         self.errors.push(message);
-    }
-
-    fn facts_from(&mut self, indicator: &Indicator, document: &model::Document, body: &str) -> Facts {
-        let lists = &self.enricher.lists;
-        let findings = tokens::extract(indicator, document);
-        let join = |items: &[String], sep: &str| tokens::join_truncated(items, sep, CELL_LIMIT);
-        let mut iocs: Vec<&str> = vec![indicator.value.as_str()];
-        iocs.extend(findings.related_ips.iter().map(String::as_str));
-        iocs.extend(findings.related_domains.iter().map(String::as_str));
-        let facts = Facts {
-            reputation: join(&findings.reputation, "^"),
-            file_metadata: join(&findings.file_metadata, "^"),
-            file_count: Some(findings.file_count as u64),
-            whois: findings.whois_owner.clone(),
-            validation: findings.whitelist.clone(),
-            first_seen: findings.first_seen,
-            passive_dns_ip: findings.passive_dns_ips.first().copied(),
-            keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
-            url_watch: join(&lists.url_matches(findings.urls.iter().map(String::as_str)), "   "),
-            ip_domain_watch: join(&lists.ip_domain_matches(iocs), "^"),
-            detection_watch: join(
-                &lists.detection_matches(findings.detection_candidates.iter().map(String::as_str)),
-                "^",
-            ),
-        };
-        let switches = self.enricher.config.logs;
-        let item = indicator.value.as_str();
-        for (enabled, log, values) in [
-            (switches.ips, SeclyticLog::Ips, &findings.related_ips),
-            (switches.hashes, SeclyticLog::Hashes, &findings.hashes),
-            (switches.urls, SeclyticLog::Urls, &findings.urls),
-            (switches.reference_urls, SeclyticLog::References, &findings.reference_urls),
-        ] {
-            if enabled {
-                let lines = self.logs.entry(log).or_default();
-                for value in values {
-                    lines.push(item, value);
-                }
-            }
-        }
-        facts
-    }
-
-    /// A 404: the API knows nothing, which is an answer: File Count 0, and the item's own watch-list hit.
-    fn facts_not_found(&self, indicator: &Indicator) -> Facts {
-        let hits = self.enricher.lists.ip_domain_matches([indicator.value.as_str()]);
-        Facts {
-            file_count: Some(0),
-            ip_domain_watch: tokens::join_truncated(&hits, "^", CELL_LIMIT),
-            ..Facts::default()
-        }
     }
 
     fn count_fills(&mut self, fills: &[Fill]) {
@@ -701,16 +667,15 @@ impl<'a> Job<'a> {
     ) -> Result<FileReport, EnrichError> {
         let outbox_error =
             |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
-        let unique = outbox::free_unique(outbox, unique);
-        for log in SeclyticLog::ALL {
-            if let Some(lines) = self.logs.get(&log).filter(|l| !l.is_empty()) {
-                let path = outbox::write_new_file(outbox, &log.file_name(unique), &lines.to_bytes())
-                    .map_err(outbox_error)?;
-                self.report
-                    .log_files
-                    .push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
-            }
-        }
+        let logs: Vec<(SeclyticLog, Vec<u8>)> = SeclyticLog::ALL
+            .into_iter()
+            .filter_map(|log| {
+                self.logs.get(&log).filter(|l| !l.is_empty()).map(|lines| (log, lines.to_bytes()))
+            })
+            .collect();
+        let (unique, paths) = outbox::write_log_set(outbox, unique, &logs).map_err(outbox_error)?;
+        self.report.log_files =
+            paths.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
         for message in &self.errors {
             outbox::append_error_log(outbox, message);
         }
@@ -741,6 +706,110 @@ impl<'a> Job<'a> {
         tracing::info!("{summary}");
         let _ = std::io::stderr().flush();
         Ok(self.report)
+    }
+}
+
+/// Indicators per call of [`Client::lookup_all`] in [`Job::look_up`]: large enough to keep every request
+/// slot busy (a chunk ends with at most `concurrency` requests draining), small enough that the bodies of one
+/// chunk (a few KB each) stay a few MB.
+const LOOKUP_CHUNK: usize = 2048;
+
+/// What one answer says, computed away from the [`Job`] (in parallel) and merged into it in input order.
+struct Digested {
+    /// Where a found / not-found answer came from (counted in the report).
+    source: Option<AnswerSource>,
+    not_found: bool,
+    /// `None` = the lookup failed (cells stay empty).
+    facts: Option<Facts>,
+    /// Why the lookup failed.
+    failure: Option<String>,
+    /// Values for the Seclytic logs of this item, per enabled log, in the order they are written.
+    logs: Vec<(SeclyticLog, Vec<String>)>,
+}
+
+fn digest(
+    lists: &watchlists::WatchLists,
+    switches: crate::config::LogSwitches,
+    indicator: &Indicator,
+    answer: Answer,
+) -> Digested {
+    let failed = |reason: String| Digested {
+        source: None,
+        not_found: false,
+        facts: None,
+        failure: Some(reason),
+        logs: Vec::new(),
+    };
+    match answer {
+        Answer::Found { body, source } => match model::parse_document(&body) {
+            Ok(document) => {
+                let (facts, logs) = facts_from(lists, switches, indicator, &document, &body);
+                Digested { source: Some(source), not_found: false, facts: Some(facts), failure: None, logs }
+            }
+            Err(e) => Digested { source: Some(source), ..failed(e.to_string()) },
+        },
+        Answer::NotFound { source } => Digested {
+            source: Some(source),
+            not_found: true,
+            facts: Some(facts_not_found(lists, indicator)),
+            failure: None,
+            logs: Vec::new(),
+        },
+        Answer::Failed { reason } => failed(reason),
+    }
+}
+
+/// The facts of a found document, and its values for the Seclytic logs.
+fn facts_from(
+    lists: &watchlists::WatchLists,
+    switches: crate::config::LogSwitches,
+    indicator: &Indicator,
+    document: &model::Document,
+    body: &str,
+) -> (Facts, Vec<(SeclyticLog, Vec<String>)>) {
+    let findings = tokens::extract(indicator, document);
+    let join = |items: &[String], sep: &str| tokens::join_truncated(items, sep, CELL_LIMIT);
+    let mut iocs: Vec<&str> = vec![indicator.value.as_str()];
+    iocs.extend(findings.related_ips.iter().map(String::as_str));
+    iocs.extend(findings.related_domains.iter().map(String::as_str));
+    let facts = Facts {
+        reputation: join(&findings.reputation, "^"),
+        file_metadata: join(&findings.file_metadata, "^"),
+        file_count: Some(findings.file_count as u64),
+        // Free texts are cut like token lists (SPEC §4: every cell at most 8000 characters).
+        whois: findings.whois_owner.as_ref().map(|text| join(std::slice::from_ref(text), "^")),
+        validation: findings.whitelist.as_ref().map(|text| join(std::slice::from_ref(text), "^")),
+        first_seen: findings.first_seen,
+        passive_dns_ip: findings.passive_dns_ips.first().copied(),
+        keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
+        url_watch: join(&lists.url_matches(findings.urls.iter().map(String::as_str)), "   "),
+        ip_domain_watch: join(&lists.ip_domain_matches(iocs), "^"),
+        detection_watch: join(
+            &lists.detection_matches(findings.detection_candidates.iter().map(String::as_str)),
+            "^",
+        ),
+    };
+    let mut logs = Vec::new();
+    for (enabled, log, values) in [
+        (switches.ips, SeclyticLog::Ips, findings.related_ips),
+        (switches.hashes, SeclyticLog::Hashes, findings.hashes),
+        (switches.urls, SeclyticLog::Urls, findings.urls),
+        (switches.reference_urls, SeclyticLog::References, findings.reference_urls),
+    ] {
+        if enabled {
+            logs.push((log, values));
+        }
+    }
+    (facts, logs)
+}
+
+/// A 404: the API knows nothing, which is an answer: File Count 0, and the item's own watch-list hit.
+fn facts_not_found(lists: &watchlists::WatchLists, indicator: &Indicator) -> Facts {
+    let hits = lists.ip_domain_matches([indicator.value.as_str()]);
+    Facts {
+        file_count: Some(0),
+        ip_domain_watch: tokens::join_truncated(&hits, "^", CELL_LIMIT),
+        ..Facts::default()
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! * one attempt per IP (no retries, no TCP fallback), cut off after `timeout` (`dns_timeout_ms`);
 //! * a batch ([`ReverseResolver::lookup_many`]) runs up to [`MAX_IN_FLIGHT`] lookups at once and is itself cut
-//!   off after [`BATCH_TIMEOUTS`] × `timeout`; IPs not answered by then are reported as `None` (no name).
+//!   off after [`BATCH_TIMEOUTS`] × `timeout`; IPs not answered by then are reported as `None` (no name) and
+//!   counted in a warning.
 //!
 //! `dns_server = None` uses the system's resolver configuration (`/etc/resolv.conf`, the Windows registry); when
 //! that cannot be read, the resolver is *disabled* — every lookup gives `None` — and [`ReverseResolver::new`]
@@ -159,7 +160,7 @@ impl Drop for ReverseResolver {
 }
 
 /// Looks up every IP with at most [`MAX_IN_FLIGHT`] in flight; the whole batch ends after
-/// [`BATCH_TIMEOUTS`] × `timeout`, whatever is still running then is dropped.
+/// [`BATCH_TIMEOUTS`] × `timeout`; whatever is still running then is dropped (and counted in a warning).
 async fn lookup_batch(
     resolver: Arc<TokioResolver>,
     ips: Vec<IpAddr>,
@@ -167,6 +168,7 @@ async fn lookup_batch(
 ) -> Vec<(IpAddr, Option<String>)> {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
+    let ips_len = ips.len();
     for ip in ips {
         let resolver = Arc::clone(&resolver);
         let permits = Arc::clone(&permits);
@@ -182,11 +184,20 @@ async fn lookup_batch(
         });
     }
     let mut answers = Vec::new();
+    // A hard bound for the whole batch, however many IPs: an unreachable resolver must not stall a workbook for
+    // ⌈n / MAX_IN_FLIGHT⌉ timeouts. What does not finish stays empty (a later run can fill it) and is logged.
     let deadline = tokio::time::Instant::now() + timeout.saturating_mul(BATCH_TIMEOUTS);
     while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
         if let Ok(answer) = joined {
             answers.push(answer);
         }
+    }
+    if !tasks.is_empty() {
+        tracing::warn!(
+            "reverse DNS: {} of {ips_len} lookups did not finish within {:?} and stay empty",
+            tasks.len(),
+            timeout.saturating_mul(BATCH_TIMEOUTS)
+        );
     }
     tasks.abort_all();
     answers

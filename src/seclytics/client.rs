@@ -567,6 +567,47 @@ struct HttpBackend {
     runtime: Option<tokio::runtime::Runtime>,
     cache: Option<Cache>,
     token_fp: String,
+    memo: Mutex<RunMemo>,
+}
+
+/// Most answers the run memo keeps; when full it starts again empty (it is an optimisation for the common case
+/// of a few thousand indicators shared by the workbooks of one run, not a second cache).
+const RUN_MEMO_MAX: usize = 20_000;
+
+/// Answers fetched from the API during this client's life, so that an indicator shared by several workbooks of
+/// one run is requested once (SPEC §3) even when the cache is disabled or `--refresh` bypasses it. Entries
+/// expire after `cache_ttl`, like cached ones.
+struct RunMemo {
+    answers: HashMap<Indicator, (Answer, std::time::Instant)>,
+    ttl: Duration,
+}
+
+impl RunMemo {
+    fn get(&self, indicator: &Indicator) -> Option<Answer> {
+        let (answer, at) = self.answers.get(indicator)?;
+        if at.elapsed() >= self.ttl {
+            return None;
+        }
+        // From this client's memory: reported like a cache hit.
+        Some(match answer {
+            Answer::Found { body, .. } => Answer::Found { body: body.clone(), source: AnswerSource::Cache },
+            Answer::NotFound { .. } => Answer::NotFound { source: AnswerSource::Cache },
+            Answer::Failed { reason } => Answer::Failed { reason: reason.clone() },
+        })
+    }
+
+    fn remember(&mut self, indicator: &Indicator, answer: &Answer) {
+        if !matches!(
+            answer,
+            Answer::Found { source: AnswerSource::Api, .. } | Answer::NotFound { source: AnswerSource::Api }
+        ) {
+            return;
+        }
+        if self.answers.len() >= RUN_MEMO_MAX {
+            self.answers.clear();
+        }
+        self.answers.insert(indicator.clone(), (answer.clone(), std::time::Instant::now()));
+    }
 }
 
 /// The SecLytics client, shared by every worker and every workbook: one connection pool, one rate limiter,
@@ -680,6 +721,7 @@ impl Client {
             runtime: Some(runtime),
             cache,
             token_fp: token_fingerprint(&settings.access_token),
+            memo: Mutex::new(RunMemo { answers: HashMap::new(), ttl: settings.cache_ttl }),
         }));
         Ok(Client { backend, counters })
     }
@@ -722,16 +764,32 @@ impl Client {
                 }
             }
             Backend::Http(backend) => {
-                let HttpBackend { http, runtime, cache, token_fp } = &**backend;
+                let HttpBackend { http, runtime, cache, token_fp, memo } = &**backend;
                 if let Some(fatal) = http.fatal() {
                     return Err(fatal);
                 }
                 let mut pending = Vec::new();
-                for (slot, indicator) in distinct.iter().enumerate() {
-                    let cached =
-                        if refresh { None } else { cached_answer(cache.as_ref(), token_fp, indicator) };
-                    match cached {
-                        Some(answer) => self.finish(indicator, answer, &mut answers[slot], progress),
+                let mut unknown = Vec::new();
+                {
+                    let memo = memo.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for (slot, indicator) in distinct.iter().enumerate() {
+                        match memo.get(indicator) {
+                            Some(answer) => self.finish(indicator, answer, &mut answers[slot], progress),
+                            None => unknown.push(slot),
+                        }
+                    }
+                }
+                let unknown_indicators: Vec<&Indicator> =
+                    unknown.iter().map(|&slot| distinct[slot]).collect();
+                let cached = if refresh {
+                    Vec::new()
+                } else {
+                    cached_answers(cache.as_ref(), token_fp, &unknown_indicators)
+                };
+                let mut cached = cached.into_iter();
+                for &slot in &unknown {
+                    match cached.next().flatten() {
+                        Some(answer) => self.finish(distinct[slot], answer, &mut answers[slot], progress),
                         None => pending.push(slot),
                     }
                 }
@@ -752,6 +810,9 @@ impl Client {
                             match outcome {
                                 Outcome::Answer(answer) => {
                                     store_answer(cache.as_ref(), token_fp, distinct[slot], &answer);
+                                    memo.lock()
+                                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                                        .remember(distinct[slot], &answer);
                                     self.finish(distinct[slot], answer, &mut answers[slot], progress);
                                 }
                                 Outcome::Fatal | Outcome::Stopped => {
@@ -791,13 +852,25 @@ impl Client {
     }
 }
 
-fn cached_answer(cache: Option<&Cache>, token_fp: &str, indicator: &Indicator) -> Option<Answer> {
-    match cache?.get(indicator.kind.endpoint(), &indicator.value, token_fp)? {
-        CachedAnswer::Found(body) => parse_document(&body)
-            .is_ok()
-            .then(|| Answer::Found { body: Arc::from(body), source: AnswerSource::Cache }),
-        CachedAnswer::NotFound => Some(Answer::NotFound { source: AnswerSource::Cache }),
-    }
+/// The usable cached answer of each indicator (`None`: not cached, expired, or a body that no longer passes
+/// `parse_document`). The SQLite reads are sequential (one connection); checking the bodies is CPU work
+/// independent per body, so it is spread over the cores with rayon.
+fn cached_answers(cache: Option<&Cache>, token_fp: &str, indicators: &[&Indicator]) -> Vec<Option<Answer>> {
+    use rayon::prelude::*;
+    let Some(cache) = cache else { return Vec::new() };
+    let stored: Vec<Option<CachedAnswer>> = indicators
+        .iter()
+        .map(|indicator| cache.get(indicator.kind.endpoint(), &indicator.value, token_fp))
+        .collect();
+    stored
+        .into_par_iter()
+        .map(|stored| match stored? {
+            CachedAnswer::Found(body) => parse_document(&body)
+                .is_ok()
+                .then(|| Answer::Found { body: Arc::from(body), source: AnswerSource::Cache }),
+            CachedAnswer::NotFound => Some(Answer::NotFound { source: AnswerSource::Cache }),
+        })
+        .collect()
 }
 
 /// Writes an API answer to the cache: documents and 404s only, never failures.

@@ -178,6 +178,15 @@ impl WorkArea {
     pub fn claim(&self, name: &str) -> std::io::Result<Option<PathBuf>> {
         self.ensure_folders()?;
         let target = self.files.join(name);
+        // A file of this name may still be claimed here (its move to `processed`/`failed` failed): a rename
+        // would silently replace it and lose that input. Only this instance writes into `files/`, so the check
+        // cannot race; the new file stays in the inbox and is tried again later.
+        if std::fs::symlink_metadata(&target).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("a file named {name} is still claimed by this instance (its earlier move failed)"),
+            ));
+        }
         match std::fs::rename(self.inbox.join(name), &target) {
             Ok(()) => Ok(Some(target)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -310,9 +319,15 @@ pub struct JournalHooks {
     pub outbox: PathBuf,
     /// Test hook: abort the process right after the output was published (`VTTL_TEST_ABORT_AFTER_PUBLISH`).
     pub abort_after_publish: bool,
+    /// Where the analyst dropped the file (named in the report instead of the claimed copy).
+    pub inbox_path: PathBuf,
 }
 
 impl crate::enrich::PublishHooks for JournalHooks {
+    fn reported_input(&self) -> Option<&Path> {
+        Some(&self.inbox_path)
+    }
+
     fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()> {
         let mut state = self.gate.state.lock().map_err(|_| std::io::Error::other("poisoned gate"))?;
         if *state == GateState::Cancelled {
@@ -374,26 +389,23 @@ pub fn judge_journal(entry: &Path) -> JournalVerdict {
     if record.state == "published" {
         return JournalVerdict::Published;
     }
+    // The temporary file disappears only by being renamed to its final name (a failed publication removes the
+    // journal entry itself), so a missing temporary file means published — even when a next stage of a chain
+    // has already taken the output away from the outbox.
+    if !record.temp.exists() {
+        return JournalVerdict::Published;
+    }
     if let Some(id) = record.file_id {
-        // Unix: find the file by its identity, under the temporary or any published name.
+        // Unix: a link+unlink rename may have left both names; find the file by its identity.
         let published = (0..10_000u32)
             .map(|attempt| record.outbox.join(crate::outbox::candidate_name(&record.final_name, attempt)))
             .take_while(|p| p.exists())
             .any(|p| file_id(&p) == Some(id));
-        if published {
-            // A link+unlink rename may have left the temporary name too.
-            let _ = std::fs::remove_file(&record.temp);
-            return JournalVerdict::Published;
-        }
         let _ = std::fs::remove_file(&record.temp);
-        return JournalVerdict::NotPublished;
+        return if published { JournalVerdict::Published } else { JournalVerdict::NotPublished };
     }
-    if record.temp.exists() {
-        let _ = std::fs::remove_file(&record.temp);
-        JournalVerdict::NotPublished
-    } else {
-        JournalVerdict::Published
-    }
+    let _ = std::fs::remove_file(&record.temp);
+    JournalVerdict::NotPublished
 }
 
 /// Observations of the other instances' leases.
@@ -545,7 +557,24 @@ mod tests {
             entry: dir.join("book.csv.json"),
             outbox: outbox.to_path_buf(),
             abort_after_publish: false,
+            inbox_path: dir.join("book.csv"),
         }
+    }
+
+    #[test]
+    fn a_claim_never_replaces_a_file_still_claimed_under_the_same_name() {
+        let inbox = tempfile::tempdir().unwrap();
+        let work = WorkArea::create(inbox.path(), Duration::from_secs(60)).unwrap();
+        std::fs::write(inbox.path().join("book.csv"), b"FIRST").unwrap();
+        let first = work.claim("book.csv").unwrap().expect("claimed");
+        // the first file could not be moved on (say `processed` was unwritable) and is still claimed
+        std::fs::write(inbox.path().join("book.csv"), b"SECOND").unwrap();
+        let err = work.claim("book.csv").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&first).unwrap(), b"FIRST");
+        assert_eq!(std::fs::read(inbox.path().join("book.csv")).unwrap(), b"SECOND");
+        std::fs::remove_file(&first).unwrap();
+        assert!(work.claim("book.csv").unwrap().is_some());
     }
 
     #[test]
@@ -575,14 +604,16 @@ mod tests {
         assert_eq!(h.gate.state(), GateState::Published(outbox.join("book_1.csv")));
         assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
 
-        // the rename failed and the temporary file was dropped → not published (Unix: no file has its inode)
-        #[cfg(unix)]
+        // the output was renamed and a next stage of a chain already took it out of the outbox → published
+        // (no second output), whatever names are left in the outbox
         {
             let h = hooks(dir.path(), &outbox);
             std::fs::write(&temp, b"complete").unwrap();
             h.before_publish(&temp, "book.csv").unwrap();
-            std::fs::remove_file(&temp).unwrap();
-            assert_eq!(judge_journal(&h.entry), JournalVerdict::NotPublished);
+            let next_inbox = dir.path().join("next-inbox");
+            std::fs::create_dir_all(&next_inbox).unwrap();
+            std::fs::rename(&temp, next_inbox.join("book.csv")).unwrap();
+            assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
         }
 
         // a cancelled gate refuses to publish and writes no journal

@@ -71,14 +71,7 @@ fn copy_then_remove(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathB
 }
 
 /// Makes a rename durable (Unix: fsync the directory).
-pub fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Ok(handle) = std::fs::File::open(dir) {
-        let _ = handle.sync_all();
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-}
+pub use crate::outbox::sync_dir;
 
 /// Writes `bytes` to `path` atomically (temporary file beside it, flushed, renamed over the old content).
 /// Used for our own bookkeeping files (leases, journals), which we do replace.

@@ -24,10 +24,11 @@
 //!
 //! Decisions where the SPEC is silent: globs match case-insensitively; the inbox, `processed` and `failed`
 //! must not be the outbox (a loop would re-enrich our own outputs); files are taken oldest-settled first; the
-//! report's `input` is the claimed path inside the work folder (the enricher reads it there).
+//! report's `input` is the path where the file was dropped in the inbox (the enricher reads the claimed copy).
 //!
-//! Test hook: with `VTTL_TEST_ABORT_AFTER_PUBLISH` set in the environment the process aborts right after an
-//! output was renamed into the outbox, so the tests can crash it in the one window the journal exists for.
+//! Test hook: in debug builds only, with `VTTL_TEST_ABORT_AFTER_PUBLISH` set in the environment the process
+//! aborts right after an output was renamed into the outbox, so the tests can crash it in the one window the
+//! journal exists for. Release builds ignore the variable.
 
 pub mod claims;
 pub mod fsops;
@@ -366,7 +367,9 @@ impl Watcher<'_> {
         };
         let liveness_every =
             (settings.claim_stale / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let abort_after_publish = std::env::var_os("VTTL_TEST_ABORT_AFTER_PUBLISH").is_some();
+        // Only debug builds (the ones `cargo test` runs) honour the test hook; a release binary ignores it.
+        let abort_after_publish =
+            cfg!(debug_assertions) && std::env::var_os("VTTL_TEST_ABORT_AFTER_PUBLISH").is_some();
 
         let mut settler = Settler::default();
         let mut liveness = Liveness::default();
@@ -553,7 +556,9 @@ impl Watcher<'_> {
         let is_file = std::fs::symlink_metadata(&claimed).map(|m| m.file_type().is_file()).unwrap_or(false);
         if !is_file {
             tracing::warn!("{name} is not a regular file any more; giving it back");
-            if std::fs::rename(&claimed, self.settings.inbox.join(&name)).is_err() {
+            // Not a regular file, so not for `hand_back`; never over a new file of the same name either.
+            let back = self.settings.inbox.join(&name);
+            if std::fs::symlink_metadata(&back).is_ok() || std::fs::rename(&claimed, &back).is_err() {
                 tracing::error!("cannot give {} back", claimed.display());
             }
             return None;
@@ -566,6 +571,7 @@ impl Watcher<'_> {
             entry: entry.clone(),
             outbox: self.settings.outbox.clone(),
             abort_after_publish,
+            inbox_path: self.settings.inbox.join(&name),
         };
         if self.job_tx.send(Job { claimed: claimed.clone(), hooks }).is_err() {
             tracing::error!("the worker thread stopped; giving {name} back");
