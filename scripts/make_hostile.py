@@ -87,10 +87,15 @@ def write(name, data):
 def main():
     readme = os.path.join(ROOT, "README.md")
     kept = open(readme, "rb").read() if os.path.exists(readme) else None
+    # Found by `cargo fuzz run xlsx_reader` (a looping sector chain in a 6 KB OLE2 file); kept as it was found.
+    found = os.path.join(ROOT, "fuzz_cyclic_fat.xls")
+    fuzz_found = open(found, "rb").read() if os.path.exists(found) else None
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT)
     if kept is not None:
         write("README.md", kept)
+    if fuzz_found is not None:
+        write("fuzz_cyclic_fat.xls", fuzz_found)
     good_csv = '"Scanned Item","WHOIS"\r\n"192.0.2.20",""\r\n'
 
     # --- XLSX: valid baseline, then damaged copies of it.

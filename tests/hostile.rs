@@ -705,6 +705,8 @@ const MUST_REFUSE: &[&str] = &[
     "too_many_columns.csv",
     "dir.csv",
     "max_dimensions.xlsx",
+    "fuzz_cyclic_fat.xls",
+    "corrupt_ole2.xls",
 ];
 
 #[test]
@@ -984,4 +986,71 @@ fn ten_mb_cell_is_handled() {
     let (rows, formulas) = xlsx_rows(&env.outbox().join("xlsx/big.xlsx"));
     assert_eq!(formulas, 0);
     assert!(matches!(&rows[1][1], Data::String(s) if s.len() == 32_767), "truncated to Excel's limit");
+}
+
+/// Writes an XLS-like compound file whose `Workbook` stream holds `records` (type, data) between BOF and EOF.
+fn write_biff(path: &Path, records: &[(u16, Vec<u8>)]) {
+    use std::io::Write as _;
+    let mut compound = cfb::create(path).unwrap();
+    let mut stream = compound.create_stream("/Workbook").unwrap();
+    let mut put = |typ: u16, data: &[u8]| {
+        stream.write_all(&typ.to_le_bytes()).unwrap();
+        stream.write_all(&(data.len() as u16).to_le_bytes()).unwrap();
+        stream.write_all(data).unwrap();
+    };
+    put(0x0809, &[0x00, 0x06, 0x10, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    for (typ, data) in records {
+        put(*typ, data);
+    }
+    put(0x000A, &[]);
+    drop(stream);
+    compound.flush().unwrap();
+}
+
+/// A NUMBER record at (row, col).
+fn biff_number(row: u16, col: u16) -> (u16, Vec<u8>) {
+    let mut data = Vec::new();
+    data.extend_from_slice(&row.to_le_bytes());
+    data.extend_from_slice(&col.to_le_bytes());
+    data.extend_from_slice(&[0, 0]);
+    data.extend_from_slice(&1.0f64.to_le_bytes());
+    (0x0203, data)
+}
+
+/// Regression (fuzzing): calamine allocates the bounding box of an XLS sheet's cells and reserves its declared
+/// dimensions at open time; both are checked before calamine runs, and a broken compound file never reaches it.
+#[test]
+fn xls_extent_is_checked_before_calamine_allocates() {
+    use vttl_seclytics::workbook::{WorkbookError, xlsx::read_workbook};
+    let dir = tempfile::tempdir().unwrap();
+    let far = dir.path().join("far.xls");
+    write_biff(&far, &[biff_number(0, 0), biff_number(65_535, 255)]);
+    let error = read_workbook(&far).unwrap_err();
+    assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error}");
+    assert!(error.to_string().contains("65536 rows × 256 columns"), "{error}");
+
+    let declared = dir.path().join("declared.xls");
+    let mut dims = Vec::new();
+    dims.extend_from_slice(&0u32.to_le_bytes());
+    dims.extend_from_slice(&4_000_000u32.to_le_bytes());
+    dims.extend_from_slice(&0u16.to_le_bytes());
+    dims.extend_from_slice(&200u16.to_le_bytes());
+    dims.extend_from_slice(&0u16.to_le_bytes());
+    write_biff(&declared, &[(0x0200, dims), biff_number(0, 0)]);
+    let error = read_workbook(&declared).unwrap_err();
+    assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error}");
+
+    // The file the fuzzer found: a looping sector chain; refused at once as corrupt.
+    let found = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/fuzz_cyclic_fat.xls");
+    let copy = dir.path().join("found.xls");
+    std::fs::copy(found, &copy).unwrap();
+    let started = Instant::now();
+    let error = read_workbook(&copy).unwrap_err();
+    assert!(matches!(error, WorkbookError::Corrupt { .. }), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A near neighbourhood of cells is fine (the check does not refuse ordinary sheets).
+    let near = dir.path().join("near.xls");
+    write_biff(&near, &[biff_number(0, 0), biff_number(100, 10)]);
+    assert!(!matches!(read_workbook(&near), Err(WorkbookError::TooLarge { .. })));
 }

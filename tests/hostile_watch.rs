@@ -264,10 +264,12 @@ fn hostile_corpus_through_watch_once_ends_processed_or_quarantined() {
 // Part 3: SIGKILL at random points.
 // ---------------------------------------------------------------------------------------------------------
 
-/// A CSV with `count` IPs, each answered by the fake server after its latency.
-fn kill_csv(tag: &str, count: usize) -> String {
+/// A CSV with `count` IPs starting at `198.51.100.<first + 1>`, each answered by the fake server after its
+/// latency. Files get distinct IPs, so no answer is shared between workbooks of a run and every workbook
+/// takes its full time (more kills land mid-workbook).
+fn kill_csv(tag: &str, first: usize, count: usize) -> String {
     let mut text = String::from("\"Scanned Item\",\"Note\",\"WHOIS\"\r\n");
-    for i in 0..count {
+    for i in first..first + count {
         text.push_str(&format!("\"198.51.100.{}\",\"{tag}\",\"\"\r\n", i + 1));
     }
     text
@@ -313,8 +315,8 @@ fn kill_trial(
     let site = Site::new(Some(&url), "");
     let rows = 16;
     let expected: BTreeSet<String> = (0..files).map(|i| format!("t{trial}-f{i}.csv")).collect();
-    for name in &expected {
-        std::fs::write(site.inbox.join(name), kill_csv(name, rows)).unwrap();
+    for (index, name) in expected.iter().enumerate() {
+        std::fs::write(site.inbox.join(name), kill_csv(name, index * rows, rows)).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = outbox_monitor(site.outbox.clone(), rows + 1, stop.clone());

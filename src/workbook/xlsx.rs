@@ -853,7 +853,117 @@ fn cell_from_data(value: &Data, is_1904: bool) -> Cell {
 // ---------------------------------------------------------------------------------------------------------
 // XLS
 
+/// Before calamine opens an XLS, the record stream is scanned for what calamine would allocate: calamine
+/// parses every sheet at open time, reserves room for each sheet's declared `DIMENSIONS` (rows × columns
+/// cells) and then allocates the full bounding box of the cells it found (rows × columns, for values and
+/// again for formulas). A 6 KB hostile file found by fuzzing declared two far-apart cells and made it allocate
+/// 23 GB, and one whose compound-file sector chain loops. This scan (our own code: the compound file through
+/// `cfb`, which validates its structure, then the BIFF record headers) refuses a broken compound file, and an
+/// XLS whose declared dimensions or cell bounding boxes exceed [`xls_cell_budget`] before calamine runs.
+/// Streams it cannot find or read are left for calamine to report.
+fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
+    // calamine's own compound-file reader follows sector chains without detecting loops (the fuzzer found a
+    // 6 KB file whose cyclic chain made it allocate until the process died); `cfb` validates the structure,
+    // so a file it refuses never reaches calamine.
+    let mut compound = cfb::open(path)
+        .map_err(|e| corrupt(path, format!("not a readable XLS workbook: broken compound file: {e}")))?;
+    let Some(name) = ["/Workbook", "/Book"].into_iter().find(|n| compound.is_stream(n)) else {
+        return Ok(());
+    };
+    let mut bytes = Vec::new();
+    match compound.open_stream(name) {
+        Ok(stream) => {
+            if stream.take(MAX_FILE_BYTES).read_to_end(&mut bytes).is_err() {
+                return Ok(());
+            }
+        }
+        Err(_) => return Ok(()),
+    }
+    let budget = xls_cell_budget(limits);
+    let refuse = |what: String| {
+        Err(too_large(path, format!("{what}; the limit for an XLS workbook is {budget} cells")))
+    };
+    let u16_at =
+        |data: &[u8], at: usize| data.get(at..at + 2).map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])));
+    let u32_at = |data: &[u8], at: usize| {
+        data.get(at..at + 4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+    };
+    // Bounding box of the current substream: (first row, last row, first column, last column).
+    let mut bbox: Option<(u64, u64, u64, u64)> = None;
+    let mut total: u64 = 0;
+    let close = |bbox: &mut Option<(u64, u64, u64, u64)>| -> u64 {
+        bbox.take().map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1))
+    };
+    let mut pos = 0usize;
+    while pos + 4 <= bytes.len() {
+        let typ = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
+        let len = usize::from(u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]));
+        let data = &bytes[pos + 4..(pos + 4 + len).min(bytes.len())];
+        pos += 4 + len;
+        let mut cells: [Option<(u64, u64)>; 2] = [None, None];
+        match typ {
+            // BOF / EOF: a new substream starts, the previous one ends.
+            0x0809 | 0x000A => {
+                total = total.saturating_add(close(&mut bbox));
+                if total > budget {
+                    return refuse(format!("its sheets span {total} cells"));
+                }
+            }
+            // DIMENSIONS: calamine reserves this many cells.
+            0x0200 => {
+                let (rows, cols) = match data.len() {
+                    10 => (
+                        u16_at(data, 2).unwrap_or(0).saturating_sub(u16_at(data, 0).unwrap_or(0)),
+                        u16_at(data, 6).unwrap_or(0).saturating_sub(u16_at(data, 4).unwrap_or(0)),
+                    ),
+                    14 | 16 => (
+                        u32_at(data, 4).unwrap_or(0).saturating_sub(u32_at(data, 0).unwrap_or(0)),
+                        u16_at(data, 10).unwrap_or(0).saturating_sub(u16_at(data, 8).unwrap_or(0)),
+                    ),
+                    _ => (0, 0),
+                };
+                if rows.saturating_mul(cols) > budget {
+                    return refuse(format!("a sheet declares {rows} rows × {cols} columns"));
+                }
+            }
+            // Cell records that calamine keeps: Number, Label, RString, BoolErr, RK, LabelSst, Formula.
+            0x0203 | 0x0204 | 0x00D6 | 0x0205 | 0x027E | 0x00FD | 0x0006 => {
+                cells[0] = u16_at(data, 0).zip(u16_at(data, 2));
+            }
+            // MulRk: row, first column, …, last column.
+            0x00BD if data.len() >= 6 => {
+                let row = u16_at(data, 0).unwrap_or(0);
+                cells[0] = u16_at(data, 2).map(|c| (row, c));
+                cells[1] = u16_at(data, data.len() - 2).map(|c| (row, c));
+            }
+            _ => {}
+        }
+        for (row, col) in cells.into_iter().flatten() {
+            let (r0, r1, c0, c1) = bbox.get_or_insert((row, row, col, col));
+            (*r0, *r1, *c0, *c1) = ((*r0).min(row), (*r1).max(row), (*c0).min(col), (*c1).max(col));
+            let area = (*r1 - *r0 + 1).saturating_mul(*c1 - *c0 + 1);
+            if area > budget || total.saturating_add(area) > budget {
+                return refuse(format!(
+                    "a sheet's cells span {} rows × {} columns",
+                    *r1 - *r0 + 1,
+                    *c1 - *c0 + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cells an XLS workbook may span (bounding boxes of all sheets together): a quarter of the workbook budget,
+/// because calamine allocates each box twice (values and formulas) at about 32 + 24 bytes per cell before our
+/// model copies the used cells. BIFF8 sheets hold at most 65,536 × 256 cells; a VTTL sheet of 65,535 rows ×
+/// 43 columns spans 2.8 million.
+fn xls_cell_budget(limits: &Limits) -> u64 {
+    (limits.max_sheet_cells / 4).max(1)
+}
+
 fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
+    check_xls_extent(path, limits)?;
     let file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
     let mut book: Xls<_> = Xls::new(BufReader::new(file))
         .map_err(|e| corrupt(path, format!("not a readable XLS workbook: {e}")))?;

@@ -589,11 +589,17 @@ fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             alive = nap(&shared, *delay);
             behaviour = (**inner).clone();
         }
+        let mut released = false;
         let (status, keep_open) = if !alive {
             (0, false)
         } else {
             match behaviour {
                 Behaviour::Respond { status, headers, body } => {
+                    // Released before the answer is written: the client cannot start its next request on this
+                    // slot before it has the answer, so the count never exceeds the client's real concurrency
+                    // (released after writing, a fast client could be counted twice for an instant).
+                    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    released = true;
                     let ok = write_head(&mut stream, status, &headers, body.len())
                         && stream.write_all(&body).and_then(|_| stream.flush()).is_ok();
                     (status, ok && !close_requested)
@@ -617,7 +623,9 @@ fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 Behaviour::HangUp | Behaviour::Sequence(_) | Behaviour::Delayed(..) => (0, false),
             }
         };
-        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !released {
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
         if let Some(record) = lock(&shared.log).get_mut(index) {
             record.status = status;
             record.responded = (status != 0).then(Instant::now);
