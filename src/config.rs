@@ -278,24 +278,12 @@ impl IniFile {
     }
 }
 
-/// Decodes the bytes of an ini file: UTF-8 (with or without BOM), UTF-16 with BOM, else Windows-1252.
-fn decode_ini(bytes: &[u8]) -> String {
-    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
-        let (text, _) = encoding.decode_without_bom_handling(&bytes[bom_len..]);
-        return text.into_owned();
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_string(),
-        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
-    }
-}
-
 fn read_ini(path: &Path) -> Result<IniFile, ConfigError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) => return Err(ConfigError::Read { path: path.to_path_buf(), source: e }),
     };
-    let text = decode_ini(&bytes);
+    let text = crate::workbook::decode_text_file(&bytes);
     let options = ini::ParseOption { enabled_escape: false, enabled_quote: false, ..Default::default() };
     let ini = ini::Ini::load_from_str_opt(&text, options)
         .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), reason: e.to_string() })?;

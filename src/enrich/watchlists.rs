@@ -66,17 +66,8 @@ impl fmt::Display for ListWarning {
     }
 }
 
-/// Decodes the bytes of a list file: BOM (UTF-8, UTF-16LE/BE) first, else UTF-8 when valid, else Windows-1252.
-pub fn decode_list_bytes(bytes: &[u8]) -> String {
-    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
-        let (text, _had_errors) = encoding.decode_without_bom_handling(&bytes[bom_len..]);
-        return text.into_owned();
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_string(),
-        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
-    }
-}
+/// Decodes a list file: see [`crate::workbook::decode_text_file`].
+pub use crate::workbook::decode_text_file as decode_list_bytes;
 
 /// Reads and decodes a list file. `Ok(None)` when the file does not exist.
 pub fn read_list_file(path: &Path) -> io::Result<Option<String>> {

@@ -212,3 +212,16 @@ pub fn check_input_file(path: &Path) -> Result<u64, WorkbookError> {
     }
     Ok(meta.len())
 }
+
+/// Decodes a small text file of ours or VTTL's (ini, watch lists, sinkhole data): by its byte-order mark
+/// (UTF-8, UTF-16LE/BE), else UTF-8 when the bytes are valid UTF-8, else Windows-1252 (VTTL's "ANSI").
+pub fn decode_text_file(bytes: &[u8]) -> String {
+    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
+        let (text, _had_errors) = encoding.decode_without_bom_handling(&bytes[bom_len..]);
+        return text.into_owned();
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
+    }
+}
