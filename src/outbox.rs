@@ -11,7 +11,8 @@
 //!   by the caller.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::hash::BuildHasherDefault;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -132,41 +133,140 @@ impl SeclyticLog {
 }
 
 /// Lines of one Seclytic log, de-duplicated, in order of first appearance.
-#[derive(Debug, Default, Clone)]
+///
+/// Built for a million-row workbook: the lines are kept in one byte buffer that is moved to an anonymous
+/// temporary file (deleted by the OS when closed) whenever it passes [`LOG_SPILL_BYTES`], so memory does not
+/// grow with the number of lines; duplicates are recognised by a 128-bit keyed hash of the line (two
+/// independently keyed SipHash values), 16 bytes per line instead of a second copy of it. Two different lines
+/// would have to collide on all 128 bits to be taken for duplicates (chance about n²/2¹²⁹: ~10⁻²¹ for a
+/// billion lines). Should the temporary file fail (disk full), the lines simply stay in memory.
+#[derive(Debug, Default)]
 pub struct LogLines {
-    lines: Vec<String>,
-    seen: HashSet<String>,
+    /// Lines not yet moved to `spill`, each followed by CRLF.
+    pending: Vec<u8>,
+    /// Earlier lines, in order: the first `spilled_len` bytes of this file.
+    spill: Option<std::fs::File>,
+    spilled_len: u64,
+    /// Moving lines to a file failed once: keep everything in memory from then on.
+    spill_failed: bool,
+    seen: HashSet<u128, BuildHasherDefault<PrehashedKey>>,
+    keys: LineHashKeys,
+    len: usize,
+}
+
+/// Buffered log bytes beyond which they are moved to the temporary file.
+pub const LOG_SPILL_BYTES: usize = 4 << 20;
+
+/// The two random SipHash keys of one [`LogLines`].
+#[derive(Debug, Default)]
+struct LineHashKeys(std::hash::RandomState, std::hash::RandomState);
+
+impl LineHashKeys {
+    fn hash(&self, line: &[u8]) -> u128 {
+        use std::hash::BuildHasher;
+        (u128::from(self.0.hash_one(line)) << 64) | u128::from(self.1.hash_one(line))
+    }
+}
+
+/// Hasher for keys that already are uniformly distributed hashes: takes their low 64 bits as they are.
+#[derive(Debug, Default)]
+struct PrehashedKey(u64);
+
+impl std::hash::Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if a key type other than u128 is ever hashed with this hasher: fold the bytes in.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+    fn write_u128(&mut self, key: u128) {
+        self.0 = key as u64;
+    }
 }
 
 impl LogLines {
     /// Adds `<item>|<value>` unless already present. CR/LF inside the value are replaced by spaces.
     pub fn push(&mut self, item: &str, value: &str) {
-        let line = format!("{item}|{value}").replace(['\r', '\n'], " ");
-        if self.seen.insert(line.clone()) {
-            self.lines.push(line);
+        let start = self.pending.len();
+        let line_break_to_space = |b: u8| if b == b'\r' || b == b'\n' { b' ' } else { b };
+        self.pending.extend(item.bytes().map(line_break_to_space));
+        self.pending.push(b'|');
+        self.pending.extend(value.bytes().map(line_break_to_space));
+        let key = self.keys.hash(&self.pending[start..]);
+        if !self.seen.insert(key) {
+            self.pending.truncate(start);
+            return;
+        }
+        self.pending.extend_from_slice(b"\r\n");
+        self.len += 1;
+        if self.pending.len() >= LOG_SPILL_BYTES {
+            self.spill_pending();
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.len == 0
     }
 
     pub fn len(&self) -> usize {
-        self.lines.len()
+        self.len
     }
 
-    pub fn lines(&self) -> &[String] {
-        &self.lines
-    }
-
-    /// The file content: UTF-8, CRLF after every line.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.len() + 2).sum());
-        for line in &self.lines {
-            out.extend_from_slice(line.as_bytes());
-            out.extend_from_slice(b"\r\n");
+    fn spill_pending(&mut self) {
+        if self.spill_failed {
+            return;
         }
-        out
+        let spilled_len = self.spilled_len;
+        let file = match &mut self.spill {
+            Some(file) => file,
+            None => match tempfile::tempfile() {
+                Ok(file) => self.spill.insert(file),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot create a temporary file for log lines ({e}); keeping them in memory"
+                    );
+                    self.spill_failed = true;
+                    return;
+                }
+            },
+        };
+        // The file holds exactly `spilled_len` good bytes; a failed write may leave more, which are ignored.
+        let written = file.seek(SeekFrom::Start(spilled_len)).and_then(|_| file.write_all(&self.pending));
+        match written {
+            Ok(()) => {
+                self.spilled_len += self.pending.len() as u64;
+                self.pending.clear();
+            }
+            Err(e) => {
+                tracing::warn!("cannot move log lines to a temporary file ({e}); keeping them in memory");
+                self.spill_failed = true;
+            }
+        }
+    }
+
+    /// Writes the log's content (UTF-8, CRLF after every line) to `out`. May be called more than once.
+    pub fn write_to(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        if let Some(file) = &mut self.spill {
+            file.seek(SeekFrom::Start(0))?;
+            let copied = std::io::copy(&mut Read::by_ref(file).take(self.spilled_len), out)?;
+            if copied != self.spilled_len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the temporary file of log lines is shorter than what was written to it",
+                ));
+            }
+        }
+        out.write_all(&self.pending)
+    }
+
+    /// The file content as bytes (for tests and small logs).
+    pub fn to_bytes(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)?;
+        Ok(out)
     }
 }
 
@@ -188,15 +288,19 @@ pub fn free_unique(dir: &Path, start: u64) -> u64 {
 pub fn write_log_set(
     dir: &Path,
     start: u64,
-    logs: &[(SeclyticLog, Vec<u8>)],
+    logs: &mut [(SeclyticLog, &mut LogLines)],
 ) -> std::io::Result<(u64, Vec<PathBuf>)> {
     let mut unique = free_unique(dir, start);
     'attempt: for _ in 0..10_000 {
         let mut written = Vec::new();
-        for (log, bytes) in logs {
+        for (log, lines) in logs.iter_mut() {
             let name = log.file_name(unique);
             let mut temp = temp_file_for(dir, &name)?;
-            temp.write_all(bytes)?;
+            {
+                let mut out = std::io::BufWriter::with_capacity(1 << 16, temp.as_file_mut());
+                lines.write_to(&mut out)?;
+                out.flush()?;
+            }
             temp.as_file().sync_all()?;
             let target = dir.join(&name);
             match temp.persist_noclobber(&target) {
@@ -262,7 +366,36 @@ mod tests {
         log.push("example.com", "203.0.113.5");
         log.push("example.com", "203.0.113.5");
         log.push("example.com", "http://x/\ny");
-        assert_eq!(log.to_bytes(), b"example.com|203.0.113.5\r\nexample.com|http://x/ y\r\n");
+        log.push("example.com", "http://x/ y");
+        assert_eq!(log.len(), 2);
+        assert_eq!(log.to_bytes().unwrap(), b"example.com|203.0.113.5\r\nexample.com|http://x/ y\r\n");
+    }
+
+    #[test]
+    fn log_lines_beyond_the_buffer_go_to_a_file_and_come_back_in_order() {
+        let mut log = LogLines::default();
+        let mut expected = Vec::new();
+        let mut i = 0u64;
+        // Enough lines to move the buffer to the temporary file about three times.
+        while expected.len() < 3 * LOG_SPILL_BYTES + 1000 {
+            let value = format!("203.0.{}.{}", i / 256 % 256, i % 256);
+            let item = format!("host{}.example", i / 3);
+            log.push(&item, &value);
+            log.push(&item, &value); // a duplicate, never written twice
+            expected.extend_from_slice(format!("{item}|{value}\r\n").as_bytes());
+            i += 1;
+        }
+        assert!(log.spill.is_some() && log.spilled_len > 0 && !log.pending.is_empty());
+        assert_eq!(log.len() as u64, i);
+        // Lines already in the file are still recognised as duplicates.
+        log.push("host0.example", "203.0.0.0");
+        assert_eq!(log.len() as u64, i);
+        assert!(log.to_bytes().unwrap() == expected, "content differs");
+        // Writing twice gives the same content, and pushing afterwards still appends at the end.
+        assert!(log.to_bytes().unwrap() == expected);
+        log.push("last.example", "x");
+        expected.extend_from_slice(b"last.example|x\r\n");
+        assert!(log.to_bytes().unwrap() == expected);
     }
 
     #[test]
@@ -281,15 +414,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Another process already wrote a references log for second 200.
         std::fs::write(dir.path().join(SeclyticLog::References.file_name(200)), "theirs").unwrap();
-        let logs = vec![(SeclyticLog::Ips, b"a|1\r\n".to_vec()), (SeclyticLog::Urls, b"a|u\r\n".to_vec())];
-        let (unique, paths) = write_log_set(dir.path(), 200, &logs).unwrap();
+        let (mut ips, mut urls) = (LogLines::default(), LogLines::default());
+        ips.push("a", "1");
+        urls.push("a", "u");
+        let mut logs = vec![(SeclyticLog::Ips, &mut ips), (SeclyticLog::Urls, &mut urls)];
+        let (unique, paths) = write_log_set(dir.path(), 200, &mut logs).unwrap();
         assert_eq!(unique, 201);
         assert_eq!(
             paths,
             vec![dir.path().join("IPs_Seclytic_201.log"), dir.path().join("URLs_Seclytic_201.log")]
         );
         // A second workbook in the same second gets the next one.
-        let (next, _) = write_log_set(dir.path(), 200, &logs).unwrap();
+        let (next, _) = write_log_set(dir.path(), 200, &mut logs).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("URLs_Seclytic_202.log")).unwrap(), b"a|u\r\n");
         assert_eq!(next, 202);
         assert_eq!(
             std::fs::read(dir.path().join(SeclyticLog::References.file_name(200))).unwrap(),

@@ -16,11 +16,13 @@
 //! CSV is streamed: step 1 and step 5 each read the file once, record by record, so a million-row file is
 //! never held in memory. XLSX is read once into the typed model (calamine has no other way) and written back.
 
+mod csv_stream;
 pub mod plan;
 pub mod rdns;
 pub mod sinkholes;
 pub mod watchlists;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
@@ -163,7 +165,7 @@ impl Enricher {
         job.finish(outbox, output, unique, started)
     }
 
-    /// CSV: two streaming passes over the file.
+    /// CSV: two streaming passes over the file ([`csv_stream`]).
     fn enrich_csv(
         &self,
         input: &Path,
@@ -171,62 +173,7 @@ impl Enricher {
         name: &str,
         job: &mut Job,
     ) -> Result<tempfile::NamedTempFile, EnrichError> {
-        let before = file_stamp(input);
-        let mut reader = csvio::CsvReader::open(input).map_err(|e| file_error("read", e))?;
-        let header = reader
-            .next_record()
-            .map_err(|e| file_error("read", e))?
-            .ok_or_else(|| file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() }))?;
-        let header_texts: Vec<String> = (0..header.len()).map(|i| header.field(i).into_owned()).collect();
-        let columns = ColumnMap::from_header(&header_texts)
-            .ok_or_else(|| file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() }))?;
-        let mut table = TableScan::new(TablePlan::new(columns, &self.lists));
-        while let Some(record) = reader.next_record().map_err(|e| file_error("read", e))? {
-            table.observe(&CsvRow(&record));
-        }
-        let mut tables = vec![table];
-        job.look_up_tables(&mut tables)?;
-        let table = &tables[0];
-
-        reader.rewind().map_err(|e| file_error("read", e))?;
-        let temp = outbox::temp_file_for(outbox, name)
-            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
-        let write_err =
-            |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
-        let mut writer =
-            csvio::CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())
-                .map_err(write_err)?;
-        let header = reader.next_record().map_err(|e| file_error("read", e))?.ok_or_else(|| {
-            file_error(
-                "read",
-                WorkbookError::Corrupt { path: input.to_path_buf(), reason: "file changed".into() },
-            )
-        })?;
-        let header_patches: Vec<(usize, String)> =
-            table.plan.appended_headers().iter().map(|(c, h)| (*c, h.to_string())).collect();
-        writer.write_record(&header, &header_patches).map_err(write_err)?;
-        while let Some(record) = reader.next_record().map_err(|e| file_error("read", e))? {
-            let fills = job.row_fills(table, &CsvRow(&record));
-            writer.write_record(&record, &csv_patches(fills)).map_err(write_err)?;
-        }
-        for ip in &table.appended {
-            let mut fills = job.appended_row_fills(table, ip);
-            fills.insert(0, (table.plan.indicator_column(), ip.to_string()));
-            fills.sort_by_key(|(c, _)| *c);
-            writer.write_new_row(table.plan.width(), &fills).map_err(write_err)?;
-        }
-        let buffered = writer.finish().map_err(write_err)?;
-        let temp = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
-        if file_stamp(input) != before {
-            return Err(file_error(
-                "read",
-                WorkbookError::Corrupt {
-                    path: input.to_path_buf(),
-                    reason: "the file changed while it was read".into(),
-                },
-            ));
-        }
-        Ok(temp)
+        csv_stream::enrich_csv(self, input, outbox, name, job)
     }
 
     /// XLSX/XLS: read into the typed model, fill, write back.
@@ -261,17 +208,16 @@ impl Enricher {
                 sheet.set(0, *column, Cell::Text(header.to_string()));
             }
             for row_index in 1..sheet.rows.len() {
-                let fills = job.row_fills(table, &ModelRow(&sheet.rows[row_index]));
-                for fill in fills {
-                    sheet.set(row_index, fill.column, xlsx_cell(fill.value));
+                for (column, cell) in job.row_cells(table, &ModelRow(&sheet.rows[row_index])) {
+                    sheet.set(row_index, column, cell);
                 }
             }
             for ip in &table.appended {
                 let row_index = sheet.rows.len();
                 sheet.push_row(Vec::new());
                 sheet.set(row_index, table.plan.indicator_column(), Cell::Text(ip.to_string()));
-                for fill in job.appended_row_fill_values(table, ip) {
-                    sheet.set(row_index, fill.column, xlsx_cell(fill.value));
+                for (column, cell) in job.appended_row_cells(table, ip) {
+                    sheet.set(row_index, column, cell);
                 }
             }
         }
@@ -353,11 +299,12 @@ fn xlsx_cell(value: FillValue) -> Cell {
     }
 }
 
-fn csv_text(value: FillValue) -> String {
+fn csv_text(value: FillValue<'_>) -> Cow<'_, str> {
     match value {
-        FillValue::Text(text) => csvio::neutralize_formula(&text).into_owned(),
-        FillValue::Count(n) => n.to_string(),
-        FillValue::DateTime(when) => csv_date_time(when),
+        FillValue::Text(Cow::Borrowed(text)) => csvio::neutralize_formula(text),
+        FillValue::Text(Cow::Owned(text)) => Cow::Owned(csvio::neutralize_formula(&text).into_owned()),
+        FillValue::Count(n) => Cow::Owned(n.to_string()),
+        FillValue::DateTime(when) => Cow::Owned(csv_date_time(when)),
     }
 }
 
@@ -382,11 +329,9 @@ fn csv_date_time(when: chrono::NaiveDateTime) -> String {
     }
 }
 
-fn csv_patches(fills: Vec<Fill>) -> Vec<(usize, String)> {
-    let mut patches: Vec<(usize, String)> =
-        fills.into_iter().map(|f| (f.column, csv_text(f.value))).collect();
-    patches.sort_by_key(|(c, _)| *c);
-    patches
+/// The CSV text of each fill, as `(column, text)` patches for [`csvio::CsvWriter`].
+fn csv_patches(fills: Vec<Fill<'_>>) -> Vec<(usize, Cow<'_, str>)> {
+    fills.into_iter().map(|f| (f.column, csv_text(f.value))).collect()
 }
 
 /// A CSV record seen through [`RowCells`].
@@ -556,63 +501,80 @@ impl<'a> Job<'a> {
         self.look_up(&discovered)?;
 
         // Reverse DNS for the IPs whose rows will show it.
-        if let Some(resolver) = &self.enricher.resolver {
+        if self.enricher.resolver.is_some() {
             let mut ips: Vec<IpAddr> = Vec::new();
-            let mut unique = HashSet::new();
             for table in tables.iter().filter(|t| t.plan.has_ip_note_columns()) {
                 let passive = table.passive_dns_rows.iter().filter_map(|host| {
-                    self.facts.get(host).cloned().flatten().and_then(|f| f.passive_dns_ip)
+                    self.facts.get(host).and_then(Option::as_ref).and_then(|f| f.passive_dns_ip)
                 });
                 let appended = table.appended.iter().filter_map(Indicator::ip);
-                for ip in table.noted_ips.iter().copied().chain(passive).chain(appended) {
-                    if unique.insert(ip) {
-                        ips.push(ip);
-                    }
-                }
+                ips.extend(table.noted_ips.iter().copied().chain(passive).chain(appended));
             }
-            if !ips.is_empty() {
-                self.ips.names = resolver.lookup_many(&ips);
-            }
+            self.resolve_reverse_names(&ips);
         }
         Ok(())
     }
 
-    /// Looks up `indicators` (distinct) and records their facts and log lines.
-    ///
-    /// The client is asked [`LOOKUP_CHUNK`] indicators at a time, and each chunk's answers are turned into
-    /// facts (JSON parse, tokens, watch lists — independent per indicator, so spread over the cores with
-    /// rayon) before the next chunk is asked: the response bodies of a whole workbook are never in memory at
-    /// once. Results are merged in input order, so counters, log lines and error messages come out exactly as
-    /// if the indicators had been handled one by one.
+    /// Looks up `indicators` (distinct) and records their facts (in `self.facts`) and log lines.
     fn look_up(&mut self, indicators: &[Indicator]) -> Result<(), EnrichError> {
-        use rayon::prelude::*;
         if indicators.is_empty() {
             return Ok(());
         }
         let bar = progress_bar(&self.input, indicators.len() as u64);
-        let lists = &self.enricher.lists;
-        let switches = self.enricher.config.logs;
         for chunk in indicators.chunks(LOOKUP_CHUNK) {
-            let answers = self
-                .enricher
-                .client
-                .lookup_all_parsed(chunk, self.enricher.refresh, &|_, _| bar.inc(1))
-                .map_err(CriticalError::from)?;
-            let digested: Vec<Digested> = chunk
-                .par_iter()
-                .zip(answers.into_par_iter())
-                .map(|(indicator, (answer, parsed))| digest(lists, switches, indicator, answer, parsed))
-                .collect();
-            for (indicator, digested) in chunk.iter().zip(digested) {
-                self.merge(indicator, digested);
+            let facts = self.look_up_facts(chunk, &bar)?;
+            for (indicator, facts) in chunk.iter().zip(facts) {
+                self.facts.insert(indicator.clone(), facts);
             }
         }
         bar.finish_and_clear();
         Ok(())
     }
 
-    /// Records what one answer said (in input order).
-    fn merge(&mut self, indicator: &Indicator, digested: Digested) {
+    /// Looks up `indicators` (distinct, at most a few thousand: their answers are held at once), records
+    /// counters and log lines, and returns the facts of each in order (`None`: the lookup failed).
+    ///
+    /// Turning answers into facts (JSON parse, tokens, watch lists — independent per indicator) is spread over
+    /// the cores with rayon; results are merged in input order, so counters, log lines and error messages come
+    /// out exactly as if the indicators had been handled one by one.
+    fn look_up_facts(
+        &mut self,
+        indicators: &[Indicator],
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Vec<Option<Facts>>, EnrichError> {
+        use rayon::prelude::*;
+        let lists = &self.enricher.lists;
+        let switches = self.enricher.config.logs;
+        let answers = self
+            .enricher
+            .client
+            .lookup_all_parsed(indicators, self.enricher.refresh, &|_, _| bar.inc(1))
+            .map_err(CriticalError::from)?;
+        let digested: Vec<Digested> = indicators
+            .par_iter()
+            .zip(answers.into_par_iter())
+            .map(|(indicator, (answer, parsed))| digest(lists, switches, indicator, answer, parsed))
+            .collect();
+        Ok(indicators
+            .iter()
+            .zip(digested)
+            .map(|(indicator, digested)| self.merge(indicator, digested))
+            .collect())
+    }
+
+    /// Reverse names for `ips` that are not known yet, in one bounded batch (nothing when reverse DNS is off).
+    fn resolve_reverse_names(&mut self, ips: &[IpAddr]) {
+        let Some(resolver) = &self.enricher.resolver else { return };
+        let mut unique = HashSet::new();
+        let wanted: Vec<IpAddr> =
+            ips.iter().copied().filter(|ip| !self.ips.names.contains_key(ip) && unique.insert(*ip)).collect();
+        if !wanted.is_empty() {
+            self.ips.names.extend(resolver.lookup_many(&wanted));
+        }
+    }
+
+    /// Records what one answer said (in input order); returns its facts.
+    fn merge(&mut self, indicator: &Indicator, digested: Digested) -> Option<Facts> {
         *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
         if let Some(source) = digested.source {
             self.count_source(source);
@@ -630,7 +592,7 @@ impl<'a> Job<'a> {
                 lines.push(item, value);
             }
         }
-        self.facts.insert(indicator.clone(), digested.facts);
+        digested.facts
     }
 
     fn count_source(&mut self, source: AnswerSource) {
@@ -652,35 +614,22 @@ impl<'a> Job<'a> {
         self.errors.push(message);
     }
 
-    fn count_fills(&mut self, fills: &[Fill]) {
-        // Counted under the static header name (no String per filled cell: a million-row CSV fills millions
-        // of cells); moved into `report.cells_filled` when the report is written.
-        for fill in fills {
-            *self.fills_by_header.entry(fill.header).or_default() += 1;
-        }
-    }
-
-    /// The fills of one existing data row.
-    fn row_fills(&mut self, table: &TableScan, row: &impl RowCells) -> Vec<Fill> {
+    /// The fills of one existing data row (XLSX), as cells.
+    fn row_cells(&mut self, table: &TableScan, row: &impl RowCells) -> Vec<(usize, Cell)> {
         let cell = row.text(table.plan.indicator_column());
         let Some(indicator) = Indicator::classify(&cell) else { return Vec::new() };
         let facts = self.facts.get(&indicator).and_then(Option::as_ref);
         let fills = table.plan.fills(row, indicator.kind, facts, &self.ips, indicator.ip());
-        self.count_fills(&fills);
-        fills
+        count_fills(&mut self.fills_by_header, &fills);
+        fills.into_iter().map(|fill| (fill.column, xlsx_cell(fill.value))).collect()
     }
 
-    /// The fills of an appended IP row, as typed values.
-    fn appended_row_fill_values(&mut self, table: &TableScan, ip: &Indicator) -> Vec<Fill> {
+    /// The fills of an appended IP row (XLSX), as cells.
+    fn appended_row_cells(&mut self, table: &TableScan, ip: &Indicator) -> Vec<(usize, Cell)> {
         let facts = self.facts.get(ip).and_then(Option::as_ref);
         let fills = table.plan.fills(&plan::EmptyRow, ip.kind, facts, &self.ips, ip.ip());
-        self.count_fills(&fills);
-        fills
-    }
-
-    /// The fills of an appended IP row, as CSV text.
-    fn appended_row_fills(&mut self, table: &TableScan, ip: &Indicator) -> Vec<(usize, String)> {
-        csv_patches(self.appended_row_fill_values(table, ip))
+        count_fills(&mut self.fills_by_header, &fills);
+        fills.into_iter().map(|fill| (fill.column, xlsx_cell(fill.value))).collect()
     }
 
     /// Writes the logs, the error lines and the report; returns the report.
@@ -693,13 +642,16 @@ impl<'a> Job<'a> {
     ) -> Result<FileReport, EnrichError> {
         let outbox_error =
             |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
-        let logs: Vec<(SeclyticLog, Vec<u8>)> = SeclyticLog::ALL
+        let mut logs: Vec<(SeclyticLog, LogLines)> = SeclyticLog::ALL
             .into_iter()
-            .filter_map(|log| {
-                self.logs.get(&log).filter(|l| !l.is_empty()).map(|lines| (log, lines.to_bytes()))
-            })
+            .filter_map(|log| self.logs.remove(&log).map(|lines| (log, lines)))
             .collect();
-        let (unique, paths) = outbox::write_log_set(outbox, unique, &logs).map_err(outbox_error)?;
+        let mut non_empty: Vec<(SeclyticLog, &mut LogLines)> = logs
+            .iter_mut()
+            .filter(|(_, lines)| !lines.is_empty())
+            .map(|(log, lines)| (*log, lines))
+            .collect();
+        let (unique, paths) = outbox::write_log_set(outbox, unique, &mut non_empty).map_err(outbox_error)?;
         self.report.log_files =
             paths.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
         for message in &self.errors {
@@ -735,6 +687,14 @@ impl<'a> Job<'a> {
         tracing::info!("{summary}");
         let _ = std::io::stderr().flush();
         Ok(self.report)
+    }
+}
+
+/// Counts filled cells under their static header name (no String per filled cell: a million-row CSV fills
+/// millions of cells); [`Job::finish`] moves the counts into `report.cells_filled`.
+fn count_fills(counts: &mut HashMap<&'static str, usize>, fills: &[Fill<'_>]) {
+    for fill in fills {
+        *counts.entry(fill.header).or_default() += 1;
     }
 }
 

@@ -15,6 +15,7 @@
 //!   a pre-filled `IP Address` belongs to someone else and is left to them.
 //! * The sinkhole reverse-DNS rule also uses a `Reverse DNS` name that was already in the row.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::enrich::watchlists::WatchLists;
@@ -22,9 +23,10 @@ use crate::vttl::{self, ColumnMap, IndicatorKind, Mode};
 
 /// A value to write into one empty cell, typed so each format can store it properly.
 #[derive(Debug, Clone, PartialEq)]
-pub enum FillValue {
+pub enum FillValue<'a> {
     /// Text from the API (attacker-controlled): neutralised against formula injection by the writer.
-    Text(String),
+    /// Borrowed from the [`Facts`] when it comes from there (a million rows need no million copies).
+    Text(Cow<'a, str>),
     /// A count (written as a number in XLSX, digits in CSV).
     Count(u64),
     /// A date/time (a real date cell in XLSX, `YYYY-MM-DD HH:MM:SS` in CSV).
@@ -33,10 +35,10 @@ pub enum FillValue {
 
 /// One cell to fill: column index, the header it is counted under in the report, and the value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fill {
+pub struct Fill<'a> {
     pub column: usize,
     pub header: &'static str,
-    pub value: FillValue,
+    pub value: FillValue<'a>,
 }
 
 /// Read access to the cells of one row, whatever the format.
@@ -65,6 +67,129 @@ pub struct Facts {
     pub url_watch: String,
     pub ip_domain_watch: String,
     pub detection_watch: String,
+}
+
+impl Facts {
+    /// Appends a compact binary form of the facts to `out` (for the CSV path, which moves facts it must keep
+    /// for later rows to a temporary file when too many are waiting). [`Facts::decode`] reads it back.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, text: &str) {
+            out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        fn optional_text(out: &mut Vec<u8>, value: &Option<String>) {
+            match value {
+                Some(value) => {
+                    out.push(1);
+                    text(out, value);
+                }
+                None => out.push(0),
+            }
+        }
+        for value in [&self.reputation, &self.file_metadata] {
+            text(out, value);
+        }
+        match self.file_count {
+            Some(count) => {
+                out.push(1);
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        optional_text(out, &self.whois);
+        optional_text(out, &self.validation);
+        match self.first_seen {
+            Some(when) => {
+                let when = when.and_utc();
+                out.push(1);
+                out.extend_from_slice(&when.timestamp().to_le_bytes());
+                out.extend_from_slice(&when.timestamp_subsec_nanos().to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        match self.passive_dns_ip {
+            Some(IpAddr::V4(v4)) => {
+                out.push(4);
+                out.extend_from_slice(&v4.octets());
+            }
+            Some(IpAddr::V6(v6)) => {
+                out.push(6);
+                out.extend_from_slice(&v6.octets());
+            }
+            None => out.push(0),
+        }
+        for value in [&self.keyword_watch, &self.url_watch, &self.ip_domain_watch, &self.detection_watch] {
+            text(out, value);
+        }
+    }
+
+    /// Reads what [`Facts::encode`] wrote; `None` when `bytes` is not such an encoding.
+    pub fn decode(bytes: &[u8]) -> Option<Facts> {
+        struct Input<'b>(&'b [u8]);
+        impl<'b> Input<'b> {
+            fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+                let (head, rest) = self.0.split_at_checked(n)?;
+                self.0 = rest;
+                Some(head)
+            }
+            fn byte(&mut self) -> Option<u8> {
+                self.take(1).map(|b| b[0])
+            }
+            fn u64(&mut self) -> Option<u64> {
+                Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+            }
+            fn text(&mut self) -> Option<String> {
+                let len = usize::try_from(self.u64()?).ok()?;
+                String::from_utf8(self.take(len)?.to_vec()).ok()
+            }
+            fn optional_text(&mut self) -> Option<Option<String>> {
+                match self.byte()? {
+                    0 => Some(None),
+                    1 => Some(Some(self.text()?)),
+                    _ => None,
+                }
+            }
+        }
+        let mut input = Input(bytes);
+        let reputation = input.text()?;
+        let file_metadata = input.text()?;
+        let file_count = match input.byte()? {
+            0 => None,
+            1 => Some(input.u64()?),
+            _ => return None,
+        };
+        let whois = input.optional_text()?;
+        let validation = input.optional_text()?;
+        let first_seen = match input.byte()? {
+            0 => None,
+            1 => {
+                let seconds = input.u64()? as i64;
+                let nanos = u32::from_le_bytes(input.take(4)?.try_into().ok()?);
+                Some(chrono::DateTime::from_timestamp(seconds, nanos)?.naive_utc())
+            }
+            _ => return None,
+        };
+        let passive_dns_ip = match input.byte()? {
+            0 => None,
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(input.take(4)?).ok()?)),
+            6 => Some(IpAddr::from(<[u8; 16]>::try_from(input.take(16)?).ok()?)),
+            _ => return None,
+        };
+        let facts = Facts {
+            reputation,
+            file_metadata,
+            file_count,
+            whois,
+            validation,
+            first_seen,
+            passive_dns_ip,
+            keyword_watch: input.text()?,
+            url_watch: input.text()?,
+            ip_domain_watch: input.text()?,
+            detection_watch: input.text()?,
+        };
+        input.0.is_empty().then_some(facts)
+    }
 }
 
 /// What the run knows about IP addresses beyond the API: reverse names and sinkhole labels.
@@ -188,25 +313,26 @@ impl TablePlan {
     /// The cells to fill in one data row. `facts` is `None` when the lookup failed: then nothing at all is
     /// written, so a later run can fill the row. `ip_notes` are the reverse-DNS/sinkhole notes of the IP this
     /// row concerns (the item for IP rows, the passive-DNS IP for domain rows), when known.
-    pub fn fills(
+    pub fn fills<'a>(
         &self,
         row: &impl RowCells,
         kind: IndicatorKind,
-        facts: Option<&Facts>,
+        facts: Option<&'a Facts>,
         ips: &dyn IpKnowledge,
         item_ip: Option<IpAddr>,
-    ) -> Vec<Fill> {
+    ) -> Vec<Fill<'a>> {
         let Some(facts) = facts else { return Vec::new() };
         let mut fills = Vec::new();
-        let mut put = |column: Option<usize>, header: &'static str, value: Option<FillValue>| {
+        let mut put = |column: Option<usize>, header: &'static str, value: Option<FillValue<'a>>| {
             if let (Some(column), Some(value)) = (column, value)
                 && row.is_blank(column)
             {
                 fills.push(Fill { column, header, value });
             }
         };
-        let text = |s: &str| (!s.trim().is_empty()).then(|| FillValue::Text(s.to_string()));
-        let opt_text = |s: &Option<String>| s.as_deref().and_then(text);
+        let text = |s: &'a str| (!s.trim().is_empty()).then_some(FillValue::Text(Cow::Borrowed(s)));
+        let opt_text = |s: &'a Option<String>| s.as_deref().and_then(text);
+        let owned_text = |s: String| (!s.trim().is_empty()).then_some(FillValue::Text(Cow::Owned(s)));
 
         let is_ip = kind == IndicatorKind::Ip;
         let is_host = kind == IndicatorKind::Host;
@@ -227,7 +353,11 @@ impl TablePlan {
             item_ip
         } else if is_host && self.wants_passive_dns(row) {
             let ip = facts.passive_dns_ip;
-            put(self.at.ip_address, vttl::IP_ADDRESS, ip.map(|ip| FillValue::Text(ip.to_string())));
+            put(
+                self.at.ip_address,
+                vttl::IP_ADDRESS,
+                ip.map(|ip| FillValue::Text(Cow::Owned(ip.to_string()))),
+            );
             ip
         } else {
             None
@@ -238,9 +368,9 @@ impl TablePlan {
             let existing_name =
                 self.at.reverse_dns.map(|c| row.text(c).trim().to_string()).filter(|s| !s.is_empty());
             let reverse_name = ips.reverse_name(ip);
-            put(self.at.reverse_dns, vttl::REVERSE_DNS, reverse_name.as_deref().and_then(text));
             let label = ips.sinkhole(ip, existing_name.as_deref().or(reverse_name.as_deref()));
-            put(self.at.sinkhole, vttl::SINKHOLE, label.map(FillValue::Text));
+            put(self.at.reverse_dns, vttl::REVERSE_DNS, reverse_name.and_then(owned_text));
+            put(self.at.sinkhole, vttl::SINKHOLE, label.map(|label| FillValue::Text(Cow::Owned(label))));
         }
 
         put(self.at.keyword_watch, vttl::KEYWORD_WATCH_LIST, text(&facts.keyword_watch));
@@ -293,6 +423,35 @@ pub fn is_globally_routable(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn facts_survive_encoding() {
+        let when = |text: &str| text.parse::<chrono::NaiveDateTime>().unwrap();
+        let full = Facts {
+            reputation: "malware^botnet".into(),
+            file_metadata: "caf\u{e9} \u{4e2d}".into(),
+            file_count: Some(u64::MAX),
+            whois: Some("Example Org".into()),
+            validation: Some(String::new()),
+            first_seen: Some(when("2016-12-31T23:59:59.123456789")),
+            passive_dns_ip: Some("2001:db8::1".parse().unwrap()),
+            keyword_watch: "k".into(),
+            url_watch: "http://x/   http://y/".into(),
+            ip_domain_watch: "203.0.113.5".into(),
+            detection_watch: "Trojan:Win32/X".into(),
+        };
+        let v4 = Facts { passive_dns_ip: Some("203.0.113.9".parse().unwrap()), ..Facts::default() };
+        let early = Facts { first_seen: Some(when("1900-01-01T00:00:00")), ..Facts::default() };
+        for facts in [full, v4, early, Facts::default()] {
+            let mut bytes = Vec::new();
+            facts.encode(&mut bytes);
+            assert_eq!(Facts::decode(&bytes), Some(facts.clone()));
+            // Truncated or extended input is refused, never misread.
+            assert_eq!(Facts::decode(&bytes[..bytes.len() - 1]), None);
+            bytes.push(0);
+            assert_eq!(Facts::decode(&bytes), None);
+        }
+    }
 
     #[test]
     fn routable() {

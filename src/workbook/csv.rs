@@ -171,6 +171,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// An empty record to read into with [`CsvReader::read_into`] (its buffers are reused record after
+    /// record).
+    pub fn empty() -> Record {
+        Record {
+            raw: Vec::new(),
+            content_len: 0,
+            fields: Vec::new(),
+            terminator: None,
+            encoding: TextEncoding::Windows1252,
+            unclosed_quote: false,
+            index: 0,
+        }
+    }
+
     /// Number of fields. An empty line has none.
     pub fn len(&self) -> usize {
         self.fields.len()
@@ -203,7 +217,13 @@ impl Record {
 
     /// True when field `i` is missing or blank after trimming (the fill rule's "empty").
     pub fn is_blank(&self, i: usize) -> bool {
-        self.field(i).trim().is_empty()
+        let Some(span) = self.fields.get(i) else { return true };
+        let value = unquote(&self.raw[span.clone()]);
+        if value.is_ascii() {
+            // Without decoding: the ASCII characters `str::trim` removes.
+            return value.iter().all(|&b| is_ascii_trimmed(b));
+        }
+        decode_internal(value, self.encoding).trim().is_empty()
     }
 
     /// The raw bytes of field `i` (quotes included), in the record's internal encoding.
@@ -263,6 +283,11 @@ fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
         i += 1;
     }
     Cow::Owned(value)
+}
+
+/// The ASCII characters that are white space for `str::trim` (TAB, LF, VT, FF, CR, space).
+fn is_ascii_trimmed(byte: u8) -> bool {
+    matches!(byte, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
 }
 
 /// Decodes bytes held in a record's internal encoding.
@@ -571,10 +596,16 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn next(&mut self) -> Result<Option<Record>, ScanError> {
+    /// Scans the next record into `record`, reusing its buffers. `false` at the end of the file.
+    ///
+    /// Byte by byte where the state can change; inside a quoted field it jumps to the next `"`, inside an
+    /// unquoted field to the next delimiter or line break (memchr), which is where most of the bytes are.
+    fn next_into(&mut self, record: &mut Record) -> Result<bool, ScanError> {
         let delimiter = self.delimiter;
-        let mut raw: Vec<u8> = Vec::new();
-        let mut fields: Vec<Range<usize>> = Vec::new();
+        let raw = &mut record.raw;
+        let fields = &mut record.fields;
+        raw.clear();
+        fields.clear();
         let mut state = ScanState::FieldStart;
         let mut field_start = 0usize;
         let mut content_len: Option<usize> = None;
@@ -589,7 +620,7 @@ impl Scanner {
                 match state {
                     ScanState::FieldStart => {
                         if end == 0 {
-                            return Ok(None);
+                            return Ok(false);
                         }
                         fields.push(end..end);
                     }
@@ -601,8 +632,10 @@ impl Scanner {
                 break;
             }
             let base = raw.len();
+            let len = buf.len();
             let mut used = 0usize;
-            for &byte in buf {
+            while used < len {
+                let byte = buf[used];
                 let pos = base + used;
                 match state {
                     ScanState::FieldStart => {
@@ -626,6 +659,8 @@ impl Scanner {
                             state = ScanState::AfterCr;
                         } else {
                             state = ScanState::Unquoted;
+                            used = skip_unquoted(buf, used + 1, delimiter);
+                            continue;
                         }
                     }
                     ScanState::Unquoted | ScanState::QuoteInQuoted => {
@@ -646,11 +681,16 @@ impl Scanner {
                             state = ScanState::AfterCr;
                         } else {
                             state = ScanState::Unquoted;
+                            used = skip_unquoted(buf, used + 1, delimiter);
+                            continue;
                         }
                     }
                     ScanState::Quoted => {
                         if byte == b'"' {
                             state = ScanState::QuoteInQuoted;
+                        } else {
+                            used = memchr::memchr(b'"', &buf[used + 1..]).map_or(len, |at| used + 1 + at);
+                            continue;
                         }
                     }
                     ScanState::AfterCr => {
@@ -678,20 +718,20 @@ impl Scanner {
         if fields.len() > MAX_COLS as usize {
             return Err(ScanError::TooManyFields);
         }
-        let content_len = content_len.unwrap_or(raw.len());
-        let unclosed_quote = terminator.is_none() && state == ScanState::Quoted;
-        let index = self.next_index;
+        record.content_len = content_len.unwrap_or(raw.len());
+        record.unclosed_quote = terminator.is_none() && state == ScanState::Quoted;
+        record.terminator = terminator;
+        record.encoding = self.encoding;
+        record.index = self.next_index;
         self.next_index += 1;
-        Ok(Some(Record {
-            raw,
-            content_len,
-            fields,
-            terminator,
-            encoding: self.encoding,
-            unclosed_quote,
-            index,
-        }))
+        Ok(true)
     }
+}
+
+/// Inside an unquoted field: the position of the next delimiter or line-break byte at or after `from` (the end
+/// of `buf` when there is none in it).
+fn skip_unquoted(buf: &[u8], from: usize, delimiter: u8) -> usize {
+    memchr::memchr3(delimiter, b'\r', b'\n', &buf[from..]).map_or(buf.len(), |at| from + at)
 }
 
 /// A streaming reader of one CSV file.
@@ -733,10 +773,11 @@ impl CsvReader {
             peeked: None,
             failed: false,
         };
-        let Some(first) = reader.read_next()? else {
+        let mut first = Record::empty();
+        if !reader.read_next(&mut first)? {
             // Only possible for a UTF-16 file whose content decodes to nothing.
             return Err(WorkbookError::Corrupt { path: path.to_path_buf(), reason: "empty file".into() });
-        };
+        }
         let all_quoted =
             (0..first.len()).all(|i| first.raw_field(i).is_some_and(|f| f.first() == Some(&b'"')));
         reader.dialect.quoting = if all_quoted { Quoting::Always } else { Quoting::Necessary };
@@ -758,8 +799,16 @@ impl CsvReader {
     /// The next record, `None` at the end of the file. After an error every later call fails too (reading
     /// never silently resumes in the middle of a broken record).
     pub fn next_record(&mut self) -> Result<Option<Record>, WorkbookError> {
+        let mut record = Record::empty();
+        Ok(self.read_into(&mut record)?.then_some(record))
+    }
+
+    /// [`CsvReader::next_record`] into `record`, reusing its buffers (no allocation per record once they
+    /// have grown): `false` at the end of the file, and `record` is then unspecified.
+    pub fn read_into(&mut self, record: &mut Record) -> Result<bool, WorkbookError> {
         if let Some(first) = self.peeked.take() {
-            return Ok(Some(first));
+            *record = first;
+            return Ok(true);
         }
         if self.failed {
             return Err(WorkbookError::Corrupt {
@@ -767,7 +816,7 @@ impl CsvReader {
                 reason: "reading stopped after an earlier error".into(),
             });
         }
-        let result = self.read_next();
+        let result = self.read_next(record);
         self.failed = result.is_err();
         result
     }
@@ -781,9 +830,9 @@ impl CsvReader {
         Ok(())
     }
 
-    fn read_next(&mut self) -> Result<Option<Record>, WorkbookError> {
+    fn read_next(&mut self, record: &mut Record) -> Result<bool, WorkbookError> {
         let index = self.scanner.next_index;
-        let record = self.scanner.next().map_err(|e| match e {
+        let found = self.scanner.next_into(record).map_err(|e| match e {
             ScanError::Io(e) => read_error(&self.path, e),
             ScanError::RecordTooLarge => WorkbookError::TooLarge {
                 path: self.path.clone(),
@@ -794,16 +843,14 @@ impl CsvReader {
                 reason: format!("record {} has more than {} fields", index + 1, MAX_COLS),
             },
         })?;
-        if let Some(record) = &record
-            && record.has_unclosed_quote()
-        {
+        if found && record.has_unclosed_quote() {
             tracing::warn!(
                 path = %self.path.display(),
                 record = record.index() + 1,
                 "unbalanced quote: the last field runs to the end of the file"
             );
         }
-        Ok(record)
+        Ok(found)
     }
 }
 
@@ -829,6 +876,8 @@ pub struct CsvWriter<W: Write> {
     line: Vec<u8>,
     /// Scratch buffer for UTF-16 output.
     encoded: Vec<u8>,
+    /// Scratch list of patch indexes in column order.
+    order: Vec<usize>,
 }
 
 impl<W: Write> CsvWriter<W> {
@@ -841,13 +890,19 @@ impl<W: Write> CsvWriter<W> {
             needs_terminator: false,
             line: Vec::new(),
             encoded: Vec::new(),
+            order: Vec::new(),
         })
+    }
+
+    /// Copies `record` exactly (its bytes, terminator included).
+    pub fn copy_record(&mut self, record: &Record) -> io::Result<()> {
+        self.write_record::<&str>(record, &[])
     }
 
     /// Copies `record`. Each patch `(column, text)` replaces that field, or extends a short record, which is
     /// padded with empty fields (quoted as the dialect says) up to the column. No patches → an exact copy of
-    /// the input bytes.
-    pub fn write_record(&mut self, record: &Record, patches: &[(usize, String)]) -> io::Result<()> {
+    /// the input bytes; otherwise the bytes between patched fields are copied as they are, in one piece each.
+    pub fn write_record<S: AsRef<str>>(&mut self, record: &Record, patches: &[(usize, S)]) -> io::Result<()> {
         self.terminate_previous()?;
         self.needs_terminator = record.terminator.is_none();
         if patches.is_empty() {
@@ -855,29 +910,60 @@ impl<W: Write> CsvWriter<W> {
         }
         let width = patches.iter().map(|(column, _)| column + 1).max().unwrap_or(0).max(record.len());
         check_width(width)?;
+        // Patch indexes in column order; of several patches for one column the last one given wins.
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(0..patches.len());
+        order.sort_by_key(|&i| (patches[i].0, std::cmp::Reverse(i)));
+        order.dedup_by_key(|i| patches[*i].0);
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        for column in 0..width {
+        // Bytes of `record` copied so far, and fields written so far once past the end of the record.
+        let mut copied_to = 0usize;
+        let mut past_end: Option<usize> = None;
+        for &i in &order {
+            let (column, text) = (patches[i].0, patches[i].1.as_ref());
+            if column < record.len() {
+                let span = &record.fields[column];
+                line.extend_from_slice(&record.raw[copied_to..span.start]);
+                self.push_text(&mut line, text);
+                copied_to = span.end;
+                continue;
+            }
+            let mut written = match past_end {
+                Some(written) => written,
+                None => {
+                    line.extend_from_slice(&record.raw[copied_to..record.content_len]);
+                    copied_to = record.content_len;
+                    record.len()
+                }
+            };
+            while written < column {
+                if written > 0 {
+                    line.push(self.dialect.delimiter);
+                }
+                self.push_text(&mut line, "");
+                written += 1;
+            }
             if column > 0 {
                 line.push(self.dialect.delimiter);
             }
-            if let Some((_, text)) = patches.iter().rev().find(|(c, _)| *c == column) {
-                self.push_text(&mut line, text);
-            } else if let Some(raw) = record.raw_field(column) {
-                line.extend_from_slice(raw);
-            } else {
-                self.push_text(&mut line, "");
-            }
+            self.push_text(&mut line, text);
+            past_end = Some(column + 1);
+        }
+        if past_end.is_none() {
+            line.extend_from_slice(&record.raw[copied_to..record.content_len]);
         }
         line.extend_from_slice(&record.raw[record.content_len..]);
         let result = self.emit_raw(&line);
         self.line = line;
+        self.order = order;
         result
     }
 
     /// Appends a new row of `width` fields (more when a cell lies beyond), with `cells` given sparsely as
     /// `(column, text)`; it ends with the dialect's line terminator.
-    pub fn write_new_row(&mut self, width: usize, cells: &[(usize, String)]) -> io::Result<()> {
+    pub fn write_new_row<S: AsRef<str>>(&mut self, width: usize, cells: &[(usize, S)]) -> io::Result<()> {
         self.terminate_previous()?;
         let width = cells.iter().map(|(column, _)| column + 1).max().unwrap_or(0).max(width);
         check_width(width)?;
@@ -887,7 +973,7 @@ impl<W: Write> CsvWriter<W> {
             if column > 0 {
                 line.push(self.dialect.delimiter);
             }
-            let text = cells.iter().rev().find(|(c, _)| *c == column).map(|(_, t)| t.as_str()).unwrap_or("");
+            let text = cells.iter().rev().find(|(c, _)| *c == column).map(|(_, t)| t.as_ref()).unwrap_or("");
             self.push_text(&mut line, text);
         }
         line.extend_from_slice(self.dialect.line_ending.as_bytes());
@@ -912,6 +998,28 @@ impl<W: Write> CsvWriter<W> {
 
     /// Appends new text as one field, cleaned, quoted and encoded for the dialect.
     fn push_text(&self, line: &mut Vec<u8>, text: &str) {
+        // Fast path: plain ASCII text that needs no cleaning, escaping or (for `Necessary`) quoting is copied
+        // as it is, since ASCII is the same in every internal encoding.
+        let plain = text.bytes().all(|b| b.is_ascii() && !matches!(b, b'"' | b'\r' | b'\n' | b'\0'));
+        if plain {
+            match self.dialect.quoting {
+                Quoting::Always => {
+                    line.push(b'"');
+                    line.extend_from_slice(text.as_bytes());
+                    line.push(b'"');
+                    return;
+                }
+                Quoting::Necessary
+                    if !text.as_bytes().contains(&self.dialect.delimiter)
+                        && !text.starts_with([' ', '\t'])
+                        && !text.ends_with([' ', '\t']) =>
+                {
+                    line.extend_from_slice(text.as_bytes());
+                    return;
+                }
+                Quoting::Necessary => {}
+            }
+        }
         let cleaned: Cow<'_, str> = if text.contains(['\r', '\n', '\0']) {
             Cow::Owned(text.replace(['\r', '\n', '\0'], " "))
         } else {
@@ -1009,6 +1117,10 @@ pub fn neutralize_formula(text: &str) -> Cow<'_, str> {
 /// Replaces every control character (C0 including TAB/CR/LF/NUL, DEL, C1) with a space: API text must not
 /// carry terminal escapes, bells or record separators into a cell.
 pub fn replace_control_chars(text: &str) -> Cow<'_, str> {
+    // Printable ASCII (the usual case) has no control character: one quick pass over the bytes.
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(text);
+    }
     if text.contains(char::is_control) {
         Cow::Owned(text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
     } else {
@@ -1038,6 +1150,96 @@ pub fn read_sheet(path: &Path) -> Result<(Dialect, Sheet), WorkbookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The patching rule written the slow, obvious way (every column in turn): the reference the writer's
+    /// span-copying implementation is checked against.
+    fn reference_patch(dialect: &Dialect, record: &Record, patches: &[(usize, String)]) -> Vec<u8> {
+        let writer = CsvWriter::new(Vec::new(), dialect).expect("writer");
+        let width = patches.iter().map(|(c, _)| c + 1).max().unwrap_or(0).max(record.len());
+        let mut line = Vec::new();
+        for column in 0..width {
+            if column > 0 {
+                line.push(dialect.delimiter);
+            }
+            if let Some((_, text)) = patches.iter().rev().find(|(c, _)| *c == column) {
+                writer.push_text(&mut line, text);
+            } else if let Some(raw) = record.raw_field(column) {
+                line.extend_from_slice(raw);
+            } else {
+                writer.push_text(&mut line, "");
+            }
+        }
+        line.extend_from_slice(&record.raw[record.content_len..]);
+        line
+    }
+
+    #[test]
+    fn patched_records_match_the_per_column_reference() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pieces =
+            ["", "a", " ", "\"q\"\"x\"", "x,y", "\u{e9}t\u{e9}", "\"\"", "  pad ", "\"open\"tail", "\u{a0}"];
+        let texts = ["", "new", "with,comma", "quote\"d", " lead", "caf\u{e9}", "\u{4e2d}", "a\r\nb"];
+        for case in 0..3000 {
+            let delimiter = [b',', b';', b'\t'][case % 3];
+            let quoting = if case % 2 == 0 { Quoting::Always } else { Quoting::Necessary };
+            let encoding =
+                if case % 5 == 0 { TextEncoding::Utf8 { bom: false } } else { TextEncoding::Windows1252 };
+            let dialect = Dialect { encoding, delimiter, quoting, line_ending: LineEnding::CrLf };
+            let fields = rng.usize(0..6);
+            let mut text = String::new();
+            for i in 0..fields {
+                if i > 0 {
+                    text.push(char::from(delimiter));
+                }
+                text.push_str(pieces[rng.usize(0..pieces.len())]);
+            }
+            text.push_str(["\r\n", "\n", ""][rng.usize(0..3)]);
+            let bytes = if encoding.internal_is_1252() {
+                WINDOWS_1252.encode(&text).0.into_owned()
+            } else {
+                text.into_bytes()
+            };
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("r.csv");
+            std::fs::write(&path, [b"h\r\n".as_slice(), &bytes].concat()).expect("write");
+            let mut scanner = Scanner {
+                input: open_stream(&path, encoding).expect("open"),
+                delimiter,
+                limit: DEFAULT_RECORD_LIMIT,
+                encoding,
+                next_index: 0,
+            };
+            let mut record = Record::empty();
+            assert!(scanner.next_into(&mut record).is_ok_and(|found| found));
+            if !scanner.next_into(&mut record).is_ok_and(|found| found) {
+                continue;
+            }
+            let patches: Vec<(usize, String)> = (0..rng.usize(0..5))
+                .map(|_| (rng.usize(0..8), texts[rng.usize(0..texts.len())].to_string()))
+                .collect();
+            let mut writer = CsvWriter::new(Vec::new(), &dialect).expect("writer");
+            writer.write_record(&record, &patches).expect("write");
+            let written = writer.finish().expect("finish");
+            let expected = [encoding.bom().to_vec(), reference_patch(&dialect, &record, &patches)].concat();
+            assert_eq!(
+                written,
+                expected,
+                "case {case}: {:?} with {patches:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            for column in 0..8 {
+                assert_eq!(record.is_blank(column), record.field(column).trim().is_empty(), "case {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn ascii_trimmed_is_what_trim_removes() {
+        for byte in 0u8..128 {
+            let text = char::from(byte).to_string();
+            assert_eq!(is_ascii_trimmed(byte), text.trim().is_empty(), "byte {byte:#04x}");
+        }
+    }
 
     #[test]
     fn unquote_handles_escapes_and_trailing_text() {

@@ -1,0 +1,411 @@
+//! The CSV path of the enrichment: two streaming passes, with memory bounded by the number of *distinct*
+//! indicators (a few dozen bytes each), never by the size of the file or of what the API says about it.
+//!
+//! 1. **Scan.** Each record's indicator cell is classified; every distinct indicator gets an id in order of
+//!    first appearance, with the number of rows that use it and two flags (a domain row wants a passive-DNS IP,
+//!    an IP row has an empty `Reverse DNS`/`Sinkhole`). The id of each row is kept (4 bytes per row), so the
+//!    second pass does not classify again.
+//! 2. **Write.** Records are read again and written out one by one. When a row needs an indicator that has not
+//!    been looked up yet, the next [`LOOKUP_CHUNK`] ids are looked up together (ids come in order of first
+//!    appearance, so this is exactly the order the rows need them) and, when reverse DNS is on, the IPs of that
+//!    chunk are resolved. The facts of an indicator are dropped after the last row that uses it. When more than
+//!    [`MAX_WAITING_FACTS`] indicators still have rows to come, their facts are moved to an anonymous temporary
+//!    file and read back per row, so even a sheet whose indicators all come back at its very end stays bounded.
+//!    Passive-DNS IPs found on the way become rows appended at the end, looked up after the last record.
+//!
+//! The lookup order, counters, log lines and error messages are those of the XLSX path (lookups in order of
+//! first appearance, then the appended IPs). Reverse DNS is resolved chunk by chunk, each chunk one bounded
+//! batch, instead of one batch for the whole file.
+//!
+//! Between the passes the file may change: each row's indicator cell is checked against the id found by the
+//! scan (a cheap comparison), the number of rows must match, and the size and modification time are compared
+//! at the end; any difference fails the file instead of writing fills into the wrong rows.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::plan::{Facts, RowCells, TablePlan};
+use super::{
+    CsvRow, EnrichError, Enricher, Job, LOOKUP_CHUNK, count_fills, csv_patches, file_error, file_stamp,
+    outbox, plan, progress_bar,
+};
+use crate::error::CriticalError;
+use crate::vttl::{ColumnMap, Indicator, IndicatorKind, Mode};
+use crate::workbook::WorkbookError;
+use crate::workbook::csv::{CsvReader, CsvWriter, Record};
+
+/// Facts kept in memory for indicators that still have rows to come; beyond this many they move to a file.
+pub(super) const MAX_WAITING_FACTS: usize = 50_000;
+
+/// Row id of a row without a usable indicator.
+const NO_INDICATOR: u32 = u32::MAX;
+
+/// The row is a domain row whose `IP Address` is empty (it may take a passive-DNS IP).
+const WANTS_PASSIVE_DNS: u8 = 1;
+/// The row is an IP row with an empty `Reverse DNS` or `Sinkhole` cell.
+const WANTS_IP_NOTES: u8 = 2;
+
+/// What the first pass learnt.
+struct Scan {
+    plan: TablePlan,
+    rows: usize,
+    skipped: usize,
+    /// Distinct indicators by id (order of first appearance).
+    indicators: Vec<Indicator>,
+    /// Rows using each id.
+    uses: Vec<u32>,
+    /// `WANTS_…` flags of each id (any of its rows).
+    flags: Vec<u8>,
+    /// The id of each data row, or [`NO_INDICATOR`].
+    row_ids: Vec<u32>,
+    /// The IP indicators of the sheet (a passive-DNS IP already there is not appended).
+    ips_present: HashSet<IpAddr>,
+}
+
+pub(super) fn enrich_csv(
+    enricher: &Enricher,
+    input: &Path,
+    outbox: &Path,
+    name: &str,
+    job: &mut Job,
+) -> Result<tempfile::NamedTempFile, EnrichError> {
+    let read_err = |e| file_error("read", e);
+    let changed = || {
+        file_error(
+            "read",
+            WorkbookError::Corrupt {
+                path: input.to_path_buf(),
+                reason: "the file changed while it was read".into(),
+            },
+        )
+    };
+    let before = file_stamp(input);
+    let mut reader = CsvReader::open(input).map_err(read_err)?;
+    let mut record = Record::empty();
+    let scan = scan(enricher, input, &mut reader, &mut record)?;
+    job.report.rows += scan.rows;
+    job.report.skipped_indicators += scan.skipped;
+    job.report.tables = 1;
+
+    reader.rewind().map_err(read_err)?;
+    let temp = outbox::temp_file_for(outbox, name)
+        .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
+    let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
+    let mut writer = CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())
+        .map_err(write_err)?;
+    if !reader.read_into(&mut record).map_err(read_err)? {
+        return Err(changed());
+    }
+    let plan = &scan.plan;
+    writer.write_record(&record, plan.appended_headers()).map_err(write_err)?;
+
+    let bar = progress_bar(input, scan.indicators.len() as u64);
+    let mut store = FactStore::new(&scan.uses);
+    let mut looked_up = 0usize;
+    let mut appended: Vec<Indicator> = Vec::new();
+    let mut appended_ips: HashSet<IpAddr> = HashSet::new();
+    let passive_dns_mode = plan.mode() == Mode::IpDomain;
+    let mut row_index = 0usize;
+    while reader.read_into(&mut record).map_err(read_err)? {
+        let Some(&id) = scan.row_ids.get(row_index) else { return Err(changed()) };
+        row_index += 1;
+        let row = CsvRow(&record);
+        if id == NO_INDICATOR {
+            if Indicator::classify(&row.text(plan.indicator_column())).is_some() {
+                return Err(changed());
+            }
+            writer.copy_record(&record).map_err(write_err)?;
+            continue;
+        }
+        let id = id as usize;
+        let indicator = &scan.indicators[id];
+        if !cell_holds(&row.text(plan.indicator_column()), indicator) {
+            return Err(changed());
+        }
+        while looked_up <= id {
+            let end = (looked_up + LOOKUP_CHUNK).min(scan.indicators.len());
+            let chunk = &scan.indicators[looked_up..end];
+            let facts = job.look_up_facts(chunk, &bar)?;
+            if enricher.resolver.is_some() {
+                let ips = chunk_ips_to_resolve(&scan, looked_up, &facts);
+                job.resolve_reverse_names(&ips);
+            }
+            store.insert(looked_up, facts).map_err(|e| spill_error(input, e))?;
+            looked_up = end;
+        }
+        {
+            let facts = store.get(id).map_err(|e| spill_error(input, e))?;
+            let facts = facts.as_deref();
+            if let Some(facts) = facts
+                && indicator.kind == IndicatorKind::Host
+                && passive_dns_mode
+                && plan.wants_passive_dns(&row)
+                && let Some(ip) = facts.passive_dns_ip
+                && plan::is_globally_routable(ip)
+                && !scan.ips_present.contains(&ip)
+                && appended_ips.insert(ip)
+                && let Some(ip_indicator) = Indicator::classify(&ip.to_string())
+            {
+                appended.push(ip_indicator);
+            }
+            let fills = plan.fills(&row, indicator.kind, facts, &job.ips, indicator.ip());
+            count_fills(&mut job.fills_by_header, &fills);
+            writer.write_record(&record, &csv_patches(fills)).map_err(write_err)?;
+        }
+        store.used(id);
+    }
+    if row_index != scan.row_ids.len() {
+        return Err(changed());
+    }
+    bar.finish_and_clear();
+
+    // Appended rows: the passive-DNS IPs, looked up (and resolved) now, in the order their rows found them.
+    job.report.rows_appended += appended.len();
+    let bar = progress_bar(input, appended.len() as u64);
+    let mut appended_facts = Vec::with_capacity(appended.len());
+    for chunk in appended.chunks(LOOKUP_CHUNK) {
+        appended_facts.extend(job.look_up_facts(chunk, &bar)?);
+    }
+    bar.finish_and_clear();
+    if enricher.resolver.is_some() && plan.has_ip_note_columns() {
+        let ips: Vec<IpAddr> = appended.iter().filter_map(Indicator::ip).collect();
+        job.resolve_reverse_names(&ips);
+    }
+    for (ip, facts) in appended.iter().zip(&appended_facts) {
+        let fills = plan.fills(&plan::EmptyRow, ip.kind, facts.as_ref(), &job.ips, ip.ip());
+        count_fills(&mut job.fills_by_header, &fills);
+        let mut cells = csv_patches(fills);
+        cells.push((plan.indicator_column(), Cow::Borrowed(ip.value.as_str())));
+        writer.write_new_row(plan.width(), &cells).map_err(write_err)?;
+    }
+
+    let buffered = writer.finish().map_err(write_err)?;
+    let temp = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
+    if file_stamp(input) != before {
+        return Err(changed());
+    }
+    Ok(temp)
+}
+
+/// Pass 1: the header, the plan, and the indicator of every row.
+fn scan(
+    enricher: &Enricher,
+    input: &Path,
+    reader: &mut CsvReader,
+    record: &mut Record,
+) -> Result<Scan, EnrichError> {
+    let read_err = |e| file_error("read", e);
+    let not_vttl = || file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() });
+    if !reader.read_into(record).map_err(read_err)? {
+        return Err(not_vttl());
+    }
+    let header_texts: Vec<String> = record.fields().map(Cow::into_owned).collect();
+    let columns = ColumnMap::from_header(&header_texts).ok_or_else(not_vttl)?;
+    let plan = TablePlan::new(columns, &enricher.lists);
+    let column = plan.indicator_column();
+    let passive_dns_mode = plan.mode() == Mode::IpDomain;
+    let mut ids: HashMap<Indicator, u32> = HashMap::new();
+    let mut uses: Vec<u32> = Vec::new();
+    let mut flags: Vec<u8> = Vec::new();
+    let mut row_ids: Vec<u32> = Vec::new();
+    let mut skipped = 0usize;
+    while reader.read_into(record).map_err(read_err)? {
+        let row = CsvRow(record);
+        let cell = row.text(column);
+        if cell.trim().is_empty() {
+            row_ids.push(NO_INDICATOR);
+            continue;
+        }
+        let Some(indicator) = Indicator::classify(&cell) else {
+            skipped += 1;
+            row_ids.push(NO_INDICATOR);
+            continue;
+        };
+        let row_flags = match indicator.kind {
+            IndicatorKind::Host if passive_dns_mode && plan.wants_passive_dns(&row) => WANTS_PASSIVE_DNS,
+            IndicatorKind::Ip if plan.wants_ip_notes(&row) => WANTS_IP_NOTES,
+            _ => 0,
+        };
+        let next_id = u32::try_from(uses.len()).ok().filter(|&id| id != NO_INDICATOR).ok_or_else(|| {
+            file_error(
+                "read",
+                WorkbookError::TooLarge {
+                    path: input.to_path_buf(),
+                    reason: format!("more than {} distinct indicators", NO_INDICATOR - 1),
+                },
+            )
+        })?;
+        let id = *ids.entry(indicator).or_insert(next_id);
+        if id == next_id {
+            uses.push(0);
+            flags.push(0);
+        }
+        uses[id as usize] += 1;
+        flags[id as usize] |= row_flags;
+        row_ids.push(id);
+    }
+    // By id, moving the strings out of the map (no second copy).
+    let mut by_id: Vec<Option<Indicator>> = vec![None; uses.len()];
+    for (indicator, id) in ids {
+        by_id[id as usize] = Some(indicator);
+    }
+    let indicators: Vec<Indicator> = by_id.into_iter().flatten().collect();
+    let ips_present = indicators.iter().filter_map(Indicator::ip).collect();
+    Ok(Scan { plan, rows: row_ids.len(), skipped, indicators, uses, flags, row_ids, ips_present })
+}
+
+/// True when `cell` (a row's indicator cell in the second pass) still holds `indicator`. The common case is
+/// decided without allocating: the trimmed cell is the indicator's text up to ASCII case.
+fn cell_holds(cell: &str, indicator: &Indicator) -> bool {
+    cell.trim().eq_ignore_ascii_case(&indicator.value)
+        || Indicator::classify(cell).as_ref() == Some(indicator)
+}
+
+/// The IPs of a freshly looked-up chunk (ids from `first`) whose rows will show a reverse name or sinkhole:
+/// IP items with an empty note cell, and the passive-DNS IP of domain rows that take one.
+fn chunk_ips_to_resolve(scan: &Scan, first: usize, facts: &[Option<Facts>]) -> Vec<IpAddr> {
+    if !scan.plan.has_ip_note_columns() {
+        return Vec::new();
+    }
+    let mut ips = Vec::new();
+    for (offset, facts) in facts.iter().enumerate() {
+        let id = first + offset;
+        let flags = scan.flags[id];
+        if flags & WANTS_IP_NOTES != 0
+            && let Some(ip) = scan.indicators[id].ip()
+        {
+            ips.push(ip);
+        }
+        if flags & WANTS_PASSIVE_DNS != 0
+            && let Some(ip) = facts.as_ref().and_then(|f| f.passive_dns_ip)
+        {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+fn spill_error(input: &Path, error: std::io::Error) -> EnrichError {
+    file_error("write", WorkbookError::io(input, "keep looked-up facts in a temporary file for", error))
+}
+
+/// Where the facts of one indicator are while the second pass runs.
+enum Slot {
+    /// Not looked up yet.
+    Pending,
+    /// The lookup failed: its rows get nothing.
+    Failed,
+    Ready(Box<Facts>),
+    /// In the temporary file: offset and length of its encoding.
+    Moved {
+        offset: u64,
+        len: u32,
+    },
+    /// Every row using it has been written.
+    Done,
+}
+
+/// The facts of the indicators whose rows are still to come.
+struct FactStore {
+    slots: Vec<Slot>,
+    /// Rows still to come, per id.
+    remaining: Vec<u32>,
+    /// Ids whose facts may be in memory (some may be done by now).
+    in_memory: Vec<u32>,
+    file: Option<std::fs::File>,
+    file_len: u64,
+    /// Scratch buffer for encoding and decoding.
+    buffer: Vec<u8>,
+}
+
+impl FactStore {
+    fn new(uses: &[u32]) -> FactStore {
+        FactStore {
+            slots: uses.iter().map(|_| Slot::Pending).collect(),
+            remaining: uses.to_vec(),
+            in_memory: Vec::new(),
+            file: None,
+            file_len: 0,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Stores the facts of ids `first`, `first + 1`, …; moves the facts waiting in memory to the file when
+    /// there are too many.
+    fn insert(&mut self, first: usize, facts: Vec<Option<Facts>>) -> std::io::Result<()> {
+        for (offset, facts) in facts.into_iter().enumerate() {
+            let id = first + offset;
+            self.slots[id] = match facts {
+                Some(facts) => {
+                    self.in_memory.push(id as u32);
+                    Slot::Ready(Box::new(facts))
+                }
+                None => Slot::Failed,
+            };
+        }
+        self.in_memory.retain(|&id| matches!(self.slots[id as usize], Slot::Ready(_)));
+        if self.in_memory.len() > MAX_WAITING_FACTS {
+            self.move_to_file()?;
+        }
+        Ok(())
+    }
+
+    fn move_to_file(&mut self) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(tempfile::tempfile()?),
+        };
+        file.seek(SeekFrom::Start(self.file_len))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *file);
+        for id in self.in_memory.drain(..) {
+            let slot = &mut self.slots[id as usize];
+            let Slot::Ready(facts) = slot else { continue };
+            self.buffer.clear();
+            facts.encode(&mut self.buffer);
+            let len = u32::try_from(self.buffer.len()).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "facts too large for the temporary file")
+            })?;
+            out.write_all(&self.buffer)?;
+            *slot = Slot::Moved { offset: self.file_len, len };
+            self.file_len += u64::from(len);
+        }
+        out.flush()
+    }
+
+    /// The facts of `id` (`None`: its lookup failed).
+    fn get(&mut self, id: usize) -> std::io::Result<Option<Cow<'_, Facts>>> {
+        match &self.slots[id] {
+            Slot::Ready(facts) => Ok(Some(Cow::Borrowed(&**facts))),
+            Slot::Failed => Ok(None),
+            &Slot::Moved { offset, len } => {
+                let file =
+                    self.file.as_mut().ok_or_else(|| std::io::Error::other("temporary file missing"))?;
+                file.seek(SeekFrom::Start(offset))?;
+                self.buffer.resize(len as usize, 0);
+                file.read_exact(&mut self.buffer)?;
+                let facts = Facts::decode(&self.buffer).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "unreadable facts in the temporary file",
+                    )
+                })?;
+                Ok(Some(Cow::Owned(facts)))
+            }
+            Slot::Pending | Slot::Done => {
+                Err(std::io::Error::other("facts asked for an indicator that is not looked up"))
+            }
+        }
+    }
+
+    /// One more row of `id` is written; after its last row its facts are dropped.
+    fn used(&mut self, id: usize) {
+        let remaining = &mut self.remaining[id];
+        *remaining = remaining.saturating_sub(1);
+        if *remaining == 0 {
+            self.slots[id] = Slot::Done;
+        }
+    }
+}
