@@ -5,13 +5,19 @@
 //!    first appearance, with the number of rows that use it and two flags (a domain row wants a passive-DNS IP,
 //!    an IP row has an empty `Reverse DNS`/`Sinkhole`). The id of each row is kept (4 bytes per row), so the
 //!    second pass does not classify again.
-//! 2. **Write.** Records are read again and written out one by one. When a row needs an indicator that has not
-//!    been looked up yet, the next [`LOOKUP_CHUNK`] ids are looked up together (ids come in order of first
-//!    appearance, so this is exactly the order the rows need them) and, when reverse DNS is on, the IPs of that
-//!    chunk are resolved. The facts of an indicator are dropped after the last row that uses it. When more than
+//! 2. **Look up**, on a thread of its own, while both passes run: each [`LOOKUP_CHUNK`] new indicators the scan
+//!    finds are looked up together and their answers digested (JSON, tokens, watch lists), at most
+//!    [`CHUNKS_AHEAD`] chunks ahead of the write pass. Ids come in order of first appearance, which is exactly
+//!    the order in which the write pass needs them.
+//! 3. **Write.** Records are read again and written out one by one. When a row needs an indicator of the next
+//!    chunk, the write pass takes that chunk (merging its counters and log lines in order) and, when reverse
+//!    DNS is on, resolves the IPs of that chunk. The facts of an indicator are dropped after the last row that uses it. When more than
 //!    [`MAX_WAITING_FACTS`] indicators still have rows to come, their facts are moved to an anonymous temporary
 //!    file and read back per row, so even a sheet whose indicators all come back at its very end stays bounded.
 //!    Passive-DNS IPs found on the way become rows appended at the end, looked up after the last record.
+//!
+//! For a sheet whose indicators repeat (the usual case), every lookup is done while the first pass still
+//! reads; for a sheet of distinct indicators, lookups and writing overlap on two cores.
 //!
 //! The lookup order, counters, log lines and error messages are those of the XLSX path (lookups in order of
 //! first appearance, then the appended IPs). Reverse DNS is resolved chunk by chunk, each chunk one bounded
@@ -22,17 +28,20 @@
 //! at the end; any difference fails the file instead of writing fills into the wrong rows.
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::mpsc;
 
 use super::plan::{Facts, RowCells, TablePlan};
 use super::{
-    CsvRow, EnrichError, Enricher, Job, LOOKUP_CHUNK, count_fills, csv_patches, file_error, file_stamp,
-    outbox, plan, progress_bar,
+    CsvRow, Digested, EnrichError, Enricher, Job, LOOKUP_CHUNK, count_fills, csv_patches, file_error,
+    file_stamp, outbox, plan, progress_bar,
 };
 use crate::error::CriticalError;
+use crate::seclytics::client::FatalError;
 use crate::vttl::{ColumnMap, Indicator, IndicatorKind, Mode};
 use crate::workbook::WorkbookError;
 use crate::workbook::csv::{CsvReader, CsvWriter, Record};
@@ -72,65 +81,144 @@ pub(super) fn enrich_csv(
     name: &str,
     job: &mut Job,
 ) -> Result<tempfile::NamedTempFile, EnrichError> {
-    let read_err = |e| file_error("read", e);
-    let changed = || {
-        file_error(
-            "read",
-            WorkbookError::Corrupt {
-                path: input.to_path_buf(),
-                reason: "the file changed while it was read".into(),
-            },
-        )
-    };
     let before = file_stamp(input);
-    let mut reader = CsvReader::open(input).map_err(read_err)?;
-    let mut record = Record::empty();
-    let scan = scan(enricher, input, &mut reader, &mut record)?;
+    let mut reader = CsvReader::open(input).map_err(|e| file_error("read", e))?;
+    let bar = progress_bar(input, 0);
+    let result = std::thread::scope(|threads| {
+        // The lookup thread: takes chunks of new indicators as the scan finds them, looks each chunk up and
+        // digests the answers, and hands them over in order. The bounded channel keeps it at most
+        // `CHUNKS_AHEAD` chunks ahead of the rows being written.
+        let (found, to_look_up) = mpsc::channel::<Vec<Indicator>>();
+        let (looked_up, digested) = mpsc::sync_channel(CHUNKS_AHEAD);
+        let bar = &bar;
+        threads.spawn(move || {
+            for chunk in to_look_up {
+                let result = enricher.fetch_digested(&chunk, bar);
+                let fatal = result.is_err();
+                if looked_up.send(result).is_err() || fatal {
+                    break;
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let mut chunk = Vec::with_capacity(LOOKUP_CHUNK);
+        let mut record = Record::empty();
+        let scan = scan(enricher, input, &mut reader, &mut record, &mut |indicator| {
+            chunk.push(indicator.clone());
+            if chunk.len() == LOOKUP_CHUNK {
+                // A send fails only when the lookup thread stopped on a fatal error, reported below.
+                let _ = found.send(std::mem::replace(&mut chunk, Vec::with_capacity(LOOKUP_CHUNK)));
+            }
+        })?;
+        if !chunk.is_empty() {
+            let _ = found.send(chunk);
+        }
+        drop(found);
+        bar.set_length(scan.indicators.len() as u64);
+        tracing::debug!(
+            rows = scan.rows,
+            indicators = scan.indicators.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "CSV scan done"
+        );
+        let started = std::time::Instant::now();
+        let result = write_pass(enricher, input, outbox, name, job, &scan, &mut reader, &mut record, &digested, bar);
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "CSV write pass done");
+        result
+    });
+    bar.finish_and_clear();
+    let temp = result?;
+    if file_stamp(input) != before {
+        return Err(file_changed(input));
+    }
+    Ok(temp)
+}
+
+/// Lookup chunks the lookup thread may have ready before the write pass takes them.
+const CHUNKS_AHEAD: usize = 4;
+
+fn file_changed(input: &Path) -> EnrichError {
+    file_error(
+        "read",
+        WorkbookError::Corrupt {
+            path: input.to_path_buf(),
+            reason: "the file changed while it was read".into(),
+        },
+    )
+}
+
+/// Pass 2: every record again, written with its fills, then the appended rows.
+#[allow(clippy::too_many_arguments)]
+fn write_pass(
+    enricher: &Enricher,
+    input: &Path,
+    outbox: &Path,
+    name: &str,
+    job: &mut Job,
+    scan: &Scan,
+    reader: &mut CsvReader,
+    record: &mut Record,
+    digested: &mpsc::Receiver<Result<Vec<Digested>, FatalError>>,
+    bar: &indicatif::ProgressBar,
+) -> Result<tempfile::NamedTempFile, EnrichError> {
+    let read_err = |e| file_error("read", e);
     job.report.rows += scan.rows;
     job.report.skipped_indicators += scan.skipped;
     job.report.tables = 1;
-
     reader.rewind().map_err(read_err)?;
     let temp = outbox::temp_file_for(outbox, name)
         .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
     let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
     let mut writer = CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())
         .map_err(write_err)?;
-    if !reader.read_into(&mut record).map_err(read_err)? {
-        return Err(changed());
+    if !reader.read_into(record).map_err(read_err)? {
+        return Err(file_changed(input));
     }
     let plan = &scan.plan;
-    writer.write_record(&record, plan.appended_headers()).map_err(write_err)?;
+    writer.write_record(record, plan.appended_headers()).map_err(write_err)?;
 
-    let bar = progress_bar(input, scan.indicators.len() as u64);
     let mut store = FactStore::new(&scan.uses);
     let mut looked_up = 0usize;
     let mut appended: Vec<Indicator> = Vec::new();
     let mut appended_ips: HashSet<IpAddr> = HashSet::new();
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
     let mut row_index = 0usize;
-    while reader.read_into(&mut record).map_err(read_err)? {
-        let Some(&id) = scan.row_ids.get(row_index) else { return Err(changed()) };
+    let mut waited = std::time::Duration::ZERO;
+    while reader.read_into(record).map_err(read_err)? {
+        let Some(&id) = scan.row_ids.get(row_index) else { return Err(file_changed(input)) };
         row_index += 1;
-        let row = CsvRow(&record);
+        let row = CsvRow(record);
         if id == NO_INDICATOR {
             if Indicator::classify(&row.text(plan.indicator_column())).is_some() {
-                return Err(changed());
+                return Err(file_changed(input));
             }
-            writer.copy_record(&record).map_err(write_err)?;
+            writer.copy_record(record).map_err(write_err)?;
             continue;
         }
         let id = id as usize;
         let indicator = &scan.indicators[id];
         if !cell_holds(&row.text(plan.indicator_column()), indicator) {
-            return Err(changed());
+            return Err(file_changed(input));
         }
         while looked_up <= id {
-            let end = (looked_up + LOOKUP_CHUNK).min(scan.indicators.len());
-            let chunk = &scan.indicators[looked_up..end];
-            let facts = job.look_up_facts(chunk, &bar)?;
+            let waiting = std::time::Instant::now();
+            let chunk = digested
+                .recv()
+                .map_err(|_| {
+                    file_error(
+                        "look up",
+                        WorkbookError::Corrupt {
+                            path: input.to_path_buf(),
+                            reason: "the lookup thread stopped early".into(),
+                        },
+                    )
+                })?
+                .map_err(CriticalError::from)?;
+            waited += waiting.elapsed();
+            let end = looked_up + chunk.len();
+            let facts = job.merge_all(&scan.indicators[looked_up..end], chunk);
             if enricher.resolver.is_some() {
-                let ips = chunk_ips_to_resolve(&scan, looked_up, &facts);
+                let ips = chunk_ips_to_resolve(scan, looked_up, &facts);
                 job.resolve_reverse_names(&ips);
             }
             store.insert(looked_up, facts).map_err(|e| spill_error(input, e))?;
@@ -153,23 +241,22 @@ pub(super) fn enrich_csv(
             }
             let fills = plan.fills(&row, indicator.kind, facts, &job.ips, indicator.ip());
             count_fills(&mut job.fills_by_header, &fills);
-            writer.write_record(&record, &csv_patches(fills)).map_err(write_err)?;
+            writer.write_record(record, &csv_patches(fills)).map_err(write_err)?;
         }
         store.used(id);
     }
     if row_index != scan.row_ids.len() {
-        return Err(changed());
+        return Err(file_changed(input));
     }
-    bar.finish_and_clear();
+    tracing::debug!(ms = waited.as_millis() as u64, "time the CSV write pass waited for lookups");
 
     // Appended rows: the passive-DNS IPs, looked up (and resolved) now, in the order their rows found them.
     job.report.rows_appended += appended.len();
-    let bar = progress_bar(input, appended.len() as u64);
+    bar.set_length(bar.length().unwrap_or(0) + appended.len() as u64);
     let mut appended_facts = Vec::with_capacity(appended.len());
     for chunk in appended.chunks(LOOKUP_CHUNK) {
-        appended_facts.extend(job.look_up_facts(chunk, &bar)?);
+        appended_facts.extend(job.look_up_facts(chunk, bar)?);
     }
-    bar.finish_and_clear();
     if enricher.resolver.is_some() && plan.has_ip_note_columns() {
         let ips: Vec<IpAddr> = appended.iter().filter_map(Indicator::ip).collect();
         job.resolve_reverse_names(&ips);
@@ -181,21 +268,18 @@ pub(super) fn enrich_csv(
         cells.push((plan.indicator_column(), Cow::Borrowed(ip.value.as_str())));
         writer.write_new_row(plan.width(), &cells).map_err(write_err)?;
     }
-
     let buffered = writer.finish().map_err(write_err)?;
-    let temp = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
-    if file_stamp(input) != before {
-        return Err(changed());
-    }
-    Ok(temp)
+    buffered.into_inner().map_err(|e| write_err(e.into_error()))
 }
 
 /// Pass 1: the header, the plan, and the indicator of every row.
+/// `new_indicator` is told each distinct indicator when first seen.
 fn scan(
     enricher: &Enricher,
     input: &Path,
     reader: &mut CsvReader,
     record: &mut Record,
+    new_indicator: &mut dyn FnMut(&Indicator),
 ) -> Result<Scan, EnrichError> {
     let read_err = |e| file_error("read", e);
     let not_vttl = || file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() });
@@ -238,11 +322,15 @@ fn scan(
                 },
             )
         })?;
-        let id = *ids.entry(indicator).or_insert(next_id);
-        if id == next_id {
-            uses.push(0);
-            flags.push(0);
-        }
+        let id = match ids.entry(indicator) {
+            Entry::Occupied(entry) => *entry.get(),
+            Entry::Vacant(entry) => {
+                new_indicator(entry.key());
+                uses.push(0);
+                flags.push(0);
+                *entry.insert(next_id)
+            }
+        };
         uses[id as usize] += 1;
         flags[id as usize] |= row_flags;
         row_ids.push(id);

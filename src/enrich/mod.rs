@@ -132,6 +132,23 @@ impl Enricher {
         &self.config
     }
 
+    /// Looks `indicators` up (distinct, a chunk at a time) and digests each answer: the part of a lookup that
+    /// does not touch a [`Job`], so it can run on another thread than the one writing the workbook.
+    fn fetch_digested(
+        &self,
+        indicators: &[Indicator],
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Vec<Digested>, crate::seclytics::client::FatalError> {
+        use rayon::prelude::*;
+        let answers = self.client.lookup_all_parsed(indicators, self.refresh, &|_, _| bar.inc(1))?;
+        let (lists, switches) = (&self.lists, self.config.logs);
+        Ok(indicators
+            .par_iter()
+            .zip(answers.into_par_iter())
+            .map(|(indicator, (answer, parsed))| digest(lists, switches, indicator, answer, parsed))
+            .collect())
+    }
+
     /// Enriches `input` into `outbox`. The input is never modified.
     pub fn enrich_file(&self, input: &Path, outbox: &Path) -> Result<FileReport, EnrichError> {
         self.enrich_file_with(input, outbox, &NoHooks)
@@ -341,6 +358,10 @@ impl RowCells for CsvRow<'_> {
     fn text(&self, column: usize) -> std::borrow::Cow<'_, str> {
         self.0.field(column)
     }
+
+    fn is_blank(&self, column: usize) -> bool {
+        self.0.is_blank(column)
+    }
 }
 
 /// A row of the typed model seen through [`RowCells`].
@@ -542,24 +563,13 @@ impl<'a> Job<'a> {
         indicators: &[Indicator],
         bar: &indicatif::ProgressBar,
     ) -> Result<Vec<Option<Facts>>, EnrichError> {
-        use rayon::prelude::*;
-        let lists = &self.enricher.lists;
-        let switches = self.enricher.config.logs;
-        let answers = self
-            .enricher
-            .client
-            .lookup_all_parsed(indicators, self.enricher.refresh, &|_, _| bar.inc(1))
-            .map_err(CriticalError::from)?;
-        let digested: Vec<Digested> = indicators
-            .par_iter()
-            .zip(answers.into_par_iter())
-            .map(|(indicator, (answer, parsed))| digest(lists, switches, indicator, answer, parsed))
-            .collect();
-        Ok(indicators
-            .iter()
-            .zip(digested)
-            .map(|(indicator, digested)| self.merge(indicator, digested))
-            .collect())
+        let digested = self.enricher.fetch_digested(indicators, bar).map_err(CriticalError::from)?;
+        Ok(self.merge_all(indicators, digested))
+    }
+
+    /// Merges the digested answers of `indicators` (in that order); returns their facts.
+    fn merge_all(&mut self, indicators: &[Indicator], digested: Vec<Digested>) -> Vec<Option<Facts>> {
+        indicators.iter().zip(digested).map(|(indicator, digested)| self.merge(indicator, digested)).collect()
     }
 
     /// Reverse names for `ips` that are not known yet, in one bounded batch (nothing when reverse DNS is off).
