@@ -11,7 +11,6 @@
 //!   by the caller.
 
 use std::collections::HashSet;
-use std::hash::BuildHasherDefault;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,12 +133,16 @@ impl SeclyticLog {
 
 /// Lines of one Seclytic log, de-duplicated, in order of first appearance.
 ///
-/// Built for a million-row workbook: the lines are kept in one byte buffer that is moved to an anonymous
-/// temporary file (deleted by the OS when closed) whenever it passes [`LOG_SPILL_BYTES`], so memory does not
-/// grow with the number of lines; duplicates are recognised by a 128-bit keyed hash of the line (two
-/// independently keyed SipHash values), 16 bytes per line instead of a second copy of it. Two different lines
-/// would have to collide on all 128 bits to be taken for duplicates (chance about n²/2¹²⁹: ~10⁻²¹ for a
-/// billion lines). Should the temporary file fail (disk full), the lines simply stay in memory.
+/// Built for a million-row workbook, where a log can have millions of lines:
+/// * the lines are kept in one byte buffer that is moved to an anonymous temporary file (deleted by the OS
+///   when closed) whenever it passes [`LOG_SPILL_BYTES`], so memory does not grow with the number of lines
+///   (should the temporary file fail, e.g. disk full, the lines simply stay in memory);
+/// * duplicates are found exactly, per item: a line is `<item>|<value>` and an item never contains `|`, so two
+///   lines can only be equal when their items are. The values of the item being pushed are remembered until
+///   another item comes; of earlier items only a 64-bit hash of the item is kept. The enricher pushes all
+///   lines of an item together, once, which is the fast path; should an item come back later (or its hash
+///   collide with another's), its earlier lines are read back from the log before any new one is accepted,
+///   so the result is exact in every case.
 #[derive(Debug, Default)]
 pub struct LogLines {
     /// Lines not yet moved to `spill`, each followed by CRLF.
@@ -149,61 +152,63 @@ pub struct LogLines {
     spilled_len: u64,
     /// Moving lines to a file failed once: keep everything in memory from then on.
     spill_failed: bool,
-    seen: HashSet<u128, BuildHasherDefault<PrehashedKey>>,
-    keys: LineHashKeys,
+    /// The item of the last line pushed, and the values (line breaks replaced) it has in the log.
+    current_item: Option<String>,
+    current_values: HashSet<String>,
+    /// Hashes of the items before the current one.
+    earlier_items: HashSet<u64, foldhash::fast::RandomState>,
     len: usize,
 }
 
 /// Buffered log bytes beyond which they are moved to the temporary file.
 pub const LOG_SPILL_BYTES: usize = 4 << 20;
 
-/// The two random SipHash keys of one [`LogLines`].
-#[derive(Debug, Default)]
-struct LineHashKeys(std::hash::RandomState, std::hash::RandomState);
-
-impl LineHashKeys {
-    fn hash(&self, line: &[u8]) -> u128 {
-        use std::hash::BuildHasher;
-        (u128::from(self.0.hash_one(line)) << 64) | u128::from(self.1.hash_one(line))
-    }
-}
-
-/// Hasher for keys that already are uniformly distributed hashes: takes their low 64 bits as they are.
-#[derive(Debug, Default)]
-struct PrehashedKey(u64);
-
-impl std::hash::Hasher for PrehashedKey {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached if a key type other than u128 is ever hashed with this hasher: fold the bytes in.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-    fn write_u128(&mut self, key: u128) {
-        self.0 = key as u64;
-    }
-}
-
 impl LogLines {
-    /// Adds `<item>|<value>` unless already present. CR/LF inside the value are replaced by spaces.
+    /// Adds `<item>|<value>` unless already present. CR/LF inside the item or value are replaced by spaces.
     pub fn push(&mut self, item: &str, value: &str) {
-        let start = self.pending.len();
-        let line_break_to_space = |b: u8| if b == b'\r' || b == b'\n' { b' ' } else { b };
-        self.pending.extend(item.bytes().map(line_break_to_space));
-        self.pending.push(b'|');
-        self.pending.extend(value.bytes().map(line_break_to_space));
-        let key = self.keys.hash(&self.pending[start..]);
-        if !self.seen.insert(key) {
-            self.pending.truncate(start);
+        let item = item.replace(['\r', '\n'], " ");
+        let value = value.replace(['\r', '\n'], " ");
+        if self.current_item.as_deref() != Some(item.as_str()) {
+            self.start_item(item);
+        }
+        let Some(current_item) = &self.current_item else { return };
+        if self.current_values.contains(&value) {
             return;
         }
+        self.pending.extend_from_slice(current_item.as_bytes());
+        self.pending.push(b'|');
+        self.pending.extend_from_slice(value.as_bytes());
         self.pending.extend_from_slice(b"\r\n");
+        self.current_values.insert(value);
         self.len += 1;
         if self.pending.len() >= LOG_SPILL_BYTES {
             self.spill_pending();
+        }
+    }
+
+    /// Makes `item` the current item, with the values it already has in the log.
+    fn start_item(&mut self, item: String) {
+        use std::hash::BuildHasher;
+        if let Some(previous) = self.current_item.take() {
+            let hash = self.earlier_items.hasher().hash_one(&previous);
+            self.earlier_items.insert(hash);
+        }
+        let hash = self.earlier_items.hasher().hash_one(&item);
+        let prefix = format!("{item}|");
+        self.current_item = Some(item);
+        self.current_values.clear();
+        if self.earlier_items.contains(&hash) {
+            // Seen before (or a hash collision): read its earlier lines back. Never the case for the
+            // enricher, which pushes each item once.
+            let mut content = Vec::new();
+            if self.write_to(&mut content).is_ok() {
+                for line in content.split(|&b| b == b'\n') {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    if let Some(value) = line.strip_prefix(prefix.as_bytes()) {
+                        self.current_values.insert(String::from_utf8_lossy(value).into_owned());
+                    }
+                }
+            }
         }
     }
 
@@ -363,6 +368,14 @@ mod tests {
     #[test]
     fn log_lines_are_unique_crlf() {
         let mut log = LogLines::default();
+        // An item that comes back after another one is still de-duplicated against its earlier lines.
+        let mut other = LogLines::default();
+        other.push("a.example", "1");
+        other.push("b.example", "1");
+        other.push("a.example", "1");
+        other.push("a.example", "2");
+        other.push("b.example", "1");
+        assert_eq!(other.to_bytes().unwrap(), b"a.example|1\r\nb.example|1\r\na.example|2\r\n");
         log.push("example.com", "203.0.113.5");
         log.push("example.com", "203.0.113.5");
         log.push("example.com", "http://x/\ny");

@@ -28,12 +28,12 @@
 //! at the end; any difference fails the file instead of writing fills into the wrong rows.
 
 use std::borrow::Cow;
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use super::plan::{Facts, RowCells, TablePlan};
 use super::{
@@ -49,6 +49,9 @@ use crate::workbook::csv::{CsvReader, CsvWriter, Record};
 /// Facts kept in memory for indicators that still have rows to come; beyond this many they move to a file.
 pub(super) const MAX_WAITING_FACTS: usize = 50_000;
 
+/// Most distinct raw indicator cells whose id the scan remembers by their bytes (about 4 MB).
+const RAW_CELL_CACHE: usize = 65_536;
+
 /// Row id of a row without a usable indicator.
 const NO_INDICATOR: u32 = u32::MAX;
 
@@ -62,8 +65,8 @@ struct Scan {
     plan: TablePlan,
     rows: usize,
     skipped: usize,
-    /// Distinct indicators by id (order of first appearance).
-    indicators: Vec<Indicator>,
+    /// Distinct indicators by id (order of first appearance); shared with the lookup thread.
+    indicators: Arc<Vec<Indicator>>,
     /// Rows using each id.
     uses: Vec<u32>,
     /// `WANTS_…` flags of each id (any of its rows).
@@ -85,34 +88,46 @@ pub(super) fn enrich_csv(
     let mut reader = CsvReader::open(input).map_err(|e| file_error("read", e))?;
     let bar = progress_bar(input, 0);
     let result = std::thread::scope(|threads| {
-        // The lookup thread: takes chunks of new indicators as the scan finds them, looks each chunk up and
-        // digests the answers, and hands them over in order. The bounded channel keeps it at most
+        // The lookup thread: takes chunks of new indicators as the scan finds them (copies, up to
+        // `SCAN_PREFETCH` indicators), then the rest from the scan's own list once it is complete; looks each
+        // chunk up, digests the answers, and hands them over in order. The bounded channel keeps it at most
         // `CHUNKS_AHEAD` chunks ahead of the rows being written.
-        let (found, to_look_up) = mpsc::channel::<Vec<Indicator>>();
+        let (found, to_look_up) = mpsc::channel::<Work>();
         let (looked_up, digested) = mpsc::sync_channel(CHUNKS_AHEAD);
         let bar = &bar;
         threads.spawn(move || {
-            for chunk in to_look_up {
-                let result = enricher.fetch_digested(&chunk, bar);
+            let mut hand_over = |chunk: &[Indicator]| {
+                let result = enricher.fetch_digested(chunk, bar);
                 let fatal = result.is_err();
-                if looked_up.send(result).is_err() || fatal {
+                looked_up.send(result).is_ok() && !fatal
+            };
+            for work in to_look_up {
+                let go_on = match work {
+                    Work::Chunk(chunk) => hand_over(&chunk),
+                    Work::Rest { all, from } => all[from..].chunks(LOOKUP_CHUNK).all(&mut hand_over),
+                };
+                if !go_on {
                     break;
                 }
             }
         });
         let started = std::time::Instant::now();
         let mut chunk = Vec::with_capacity(LOOKUP_CHUNK);
+        let mut sent = 0usize;
         let mut record = Record::empty();
         let scan = scan(enricher, input, &mut reader, &mut record, &mut |indicator| {
+            if sent >= SCAN_PREFETCH {
+                return;
+            }
             chunk.push(indicator.clone());
             if chunk.len() == LOOKUP_CHUNK {
                 // A send fails only when the lookup thread stopped on a fatal error, reported below.
-                let _ = found.send(std::mem::replace(&mut chunk, Vec::with_capacity(LOOKUP_CHUNK)));
+                let _ =
+                    found.send(Work::Chunk(std::mem::replace(&mut chunk, Vec::with_capacity(LOOKUP_CHUNK))));
+                sent += LOOKUP_CHUNK;
             }
         })?;
-        if !chunk.is_empty() {
-            let _ = found.send(chunk);
-        }
+        let _ = found.send(Work::Rest { all: scan.indicators.clone(), from: sent });
         drop(found);
         bar.set_length(scan.indicators.len() as u64);
         tracing::debug!(
@@ -122,7 +137,8 @@ pub(super) fn enrich_csv(
             "CSV scan done"
         );
         let started = std::time::Instant::now();
-        let result = write_pass(enricher, input, outbox, name, job, &scan, &mut reader, &mut record, &digested, bar);
+        let result =
+            write_pass(enricher, input, outbox, name, job, &scan, &mut reader, &mut record, &digested, bar);
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "CSV write pass done");
         result
     });
@@ -134,8 +150,22 @@ pub(super) fn enrich_csv(
     Ok(temp)
 }
 
-/// Lookup chunks the lookup thread may have ready before the write pass takes them.
-const CHUNKS_AHEAD: usize = 4;
+/// Lookup chunks the lookup thread may have ready before the write pass takes them (a few MB of facts).
+const CHUNKS_AHEAD: usize = 8;
+
+/// Indicators handed to the lookup thread while the scan still runs (copies; the rest is read from the
+/// finished scan): enough for the lookups of a typical sheet to be done before its write pass starts.
+const SCAN_PREFETCH: usize = (CHUNKS_AHEAD + 2) * LOOKUP_CHUNK;
+
+/// What the lookup thread is given to look up.
+enum Work {
+    Chunk(Vec<Indicator>),
+    /// `all[from..]`, once the scan is complete.
+    Rest {
+        all: Arc<Vec<Indicator>>,
+        from: usize,
+    },
+}
 
 fn file_changed(input: &Path) -> EnrichError {
     file_error(
@@ -291,56 +321,79 @@ fn scan(
     let plan = TablePlan::new(columns, &enricher.lists);
     let column = plan.indicator_column();
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
-    let mut ids: HashMap<Indicator, u32> = HashMap::new();
+    // foldhash: several times faster than SipHash on these short keys, and randomly seeded per process, so a
+    // hostile sheet cannot aim at collisions. The raw-cell map skips classifying a cell text seen before (the
+    // usual case: indicators repeat); it is bounded, the indicator map is the one that must hold them all.
+    // The ids are held in a table of `u32` whose keys are looked up in `indicators` (5 bytes a slot instead of a
+    // map entry holding the indicator: this table is the largest thing a sheet of distinct indicators needs).
+    let hasher = foldhash::fast::RandomState::default();
+    let hash_of = |indicator: &Indicator| hasher.hash_one(indicator);
+    let mut ids: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
+    let mut indicators: Vec<Indicator> = Vec::new();
+    let mut raw_ids: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState> = HashMap::default();
     let mut uses: Vec<u32> = Vec::new();
     let mut flags: Vec<u8> = Vec::new();
     let mut row_ids: Vec<u32> = Vec::new();
     let mut skipped = 0usize;
+    let mut kinds: Vec<IndicatorKind> = Vec::new();
     while reader.read_into(record).map_err(read_err)? {
         let row = CsvRow(record);
-        let cell = row.text(column);
-        if cell.trim().is_empty() {
-            row_ids.push(NO_INDICATOR);
-            continue;
-        }
-        let Some(indicator) = Indicator::classify(&cell) else {
-            skipped += 1;
-            row_ids.push(NO_INDICATOR);
-            continue;
+        let raw = record.raw_field(column).unwrap_or_default();
+        let id = match raw_ids.get(raw) {
+            Some(&id) => id,
+            None => {
+                let cell = row.text(column);
+                if cell.trim().is_empty() {
+                    row_ids.push(NO_INDICATOR);
+                    continue;
+                }
+                let Some(indicator) = Indicator::classify(&cell) else {
+                    skipped += 1;
+                    row_ids.push(NO_INDICATOR);
+                    continue;
+                };
+                let next_id =
+                    u32::try_from(uses.len()).ok().filter(|&id| id != NO_INDICATOR).ok_or_else(|| {
+                        file_error(
+                            "read",
+                            WorkbookError::TooLarge {
+                                path: input.to_path_buf(),
+                                reason: format!("more than {} distinct indicators", NO_INDICATOR - 1),
+                            },
+                        )
+                    })?;
+                let hash = hash_of(&indicator);
+                let known = ids.find(hash, |&id| indicators[id as usize] == indicator).copied();
+                let id = match known {
+                    Some(id) => id,
+                    None => {
+                        new_indicator(&indicator);
+                        uses.push(0);
+                        flags.push(0);
+                        kinds.push(indicator.kind);
+                        indicators.push(indicator);
+                        ids.insert_unique(hash, next_id, |&id| hash_of(&indicators[id as usize]));
+                        next_id
+                    }
+                };
+                if raw_ids.len() < RAW_CELL_CACHE {
+                    raw_ids.insert(raw.into(), id);
+                }
+                id
+            }
         };
-        let row_flags = match indicator.kind {
+        let row_flags = match kinds[id as usize] {
             IndicatorKind::Host if passive_dns_mode && plan.wants_passive_dns(&row) => WANTS_PASSIVE_DNS,
             IndicatorKind::Ip if plan.wants_ip_notes(&row) => WANTS_IP_NOTES,
             _ => 0,
-        };
-        let next_id = u32::try_from(uses.len()).ok().filter(|&id| id != NO_INDICATOR).ok_or_else(|| {
-            file_error(
-                "read",
-                WorkbookError::TooLarge {
-                    path: input.to_path_buf(),
-                    reason: format!("more than {} distinct indicators", NO_INDICATOR - 1),
-                },
-            )
-        })?;
-        let id = match ids.entry(indicator) {
-            Entry::Occupied(entry) => *entry.get(),
-            Entry::Vacant(entry) => {
-                new_indicator(entry.key());
-                uses.push(0);
-                flags.push(0);
-                *entry.insert(next_id)
-            }
         };
         uses[id as usize] += 1;
         flags[id as usize] |= row_flags;
         row_ids.push(id);
     }
-    // By id, moving the strings out of the map (no second copy).
-    let mut by_id: Vec<Option<Indicator>> = vec![None; uses.len()];
-    for (indicator, id) in ids {
-        by_id[id as usize] = Some(indicator);
-    }
-    let indicators: Vec<Indicator> = by_id.into_iter().flatten().collect();
+    drop(raw_ids);
+    drop(ids);
+    let indicators = Arc::new(indicators);
     let ips_present = indicators.iter().filter_map(Indicator::ip).collect();
     Ok(Scan { plan, rows: row_ids.len(), skipped, indicators, uses, flags, row_ids, ips_present })
 }

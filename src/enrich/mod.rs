@@ -320,9 +320,25 @@ fn csv_text(value: FillValue<'_>) -> Cow<'_, str> {
     match value {
         FillValue::Text(Cow::Borrowed(text)) => csvio::neutralize_formula(text),
         FillValue::Text(Cow::Owned(text)) => Cow::Owned(csvio::neutralize_formula(&text).into_owned()),
-        FillValue::Count(n) => Cow::Owned(n.to_string()),
+        FillValue::Count(n) => Cow::Owned(decimal(n)),
         FillValue::DateTime(when) => Cow::Owned(csv_date_time(when)),
     }
+}
+
+/// `n` in decimal digits (what `to_string` gives, without the formatting machinery: one call per filled
+/// count cell of a million-row CSV).
+fn decimal(mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[start..].iter().map(|&d| char::from(d)).collect()
 }
 
 /// `when` as `%Y-%m-%d %H:%M:%S`. Written by hand for the years 0–9999 (chrono's `format` parses the pattern
@@ -332,15 +348,23 @@ fn csv_date_time(when: chrono::NaiveDateTime) -> String {
     use chrono::{Datelike, Timelike};
     // A leap second (nanosecond ≥ 1e9) is printed as second 60 by chrono: leave that to chrono too.
     if (0..=9999).contains(&when.year()) && when.nanosecond() < 1_000_000_000 {
-        format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            when.year(),
-            when.month(),
-            when.day(),
-            when.hour(),
-            when.minute(),
-            when.second()
-        )
+        let year = when.year() as u32;
+        let mut text = String::with_capacity(19);
+        let mut push = |value: u32, width: u32, separator: Option<char>| {
+            for place in (0..width).rev() {
+                text.push(char::from(b'0' + (value / 10u32.pow(place) % 10) as u8));
+            }
+            if let Some(separator) = separator {
+                text.push(separator);
+            }
+        };
+        push(year, 4, Some('-'));
+        push(when.month(), 2, Some('-'));
+        push(when.day(), 2, Some(' '));
+        push(when.hour(), 2, Some(':'));
+        push(when.minute(), 2, Some(':'));
+        push(when.second(), 2, None);
+        text
     } else {
         when.format("%Y-%m-%d %H:%M:%S").to_string()
     }
@@ -444,6 +468,9 @@ struct RunIps<'a> {
 
 impl IpKnowledge for RunIps<'_> {
     fn reverse_name(&self, ip: IpAddr) -> Option<String> {
+        if self.names.is_empty() {
+            return None;
+        }
         self.names.get(&ip).cloned().flatten()
     }
 
@@ -464,7 +491,7 @@ struct Job<'a> {
     requests_before: u64,
     errors: Vec<String>,
     /// Cells filled per column header, folded into `report.cells_filled` by [`Job::finish`].
-    fills_by_header: HashMap<&'static str, usize>,
+    fills_by_header: FillCounts,
 }
 
 impl<'a> Job<'a> {
@@ -478,7 +505,7 @@ impl<'a> Job<'a> {
             report: FileReport { input: input.to_path_buf(), ..Default::default() },
             requests_before: enricher.client.stats().api_requests,
             errors: Vec::new(),
-            fills_by_header: HashMap::new(),
+            fills_by_header: FillCounts::default(),
         }
     }
 
@@ -667,7 +694,7 @@ impl<'a> Job<'a> {
         for message in &self.errors {
             outbox::append_error_log(outbox, message);
         }
-        for (header, count) in self.fills_by_header.drain() {
+        for (header, count) in self.fills_by_header.0.drain(..) {
             *self.report.cells_filled.entry(header.to_string()).or_default() += count;
         }
         let stats = self.enricher.client.stats();
@@ -700,11 +727,22 @@ impl<'a> Job<'a> {
     }
 }
 
-/// Counts filled cells under their static header name (no String per filled cell: a million-row CSV fills
-/// millions of cells); [`Job::finish`] moves the counts into `report.cells_filled`.
-fn count_fills(counts: &mut HashMap<&'static str, usize>, fills: &[Fill<'_>]) {
+/// Filled cells per static header name: a short list (a dozen headers at most), searched by pointer first, so
+/// counting the millions of cells a large CSV fills costs neither a String nor a hash per cell.
+#[derive(Default)]
+struct FillCounts(Vec<(&'static str, usize)>);
+
+/// Counts filled cells; [`Job::finish`] moves the counts into `report.cells_filled`.
+fn count_fills(counts: &mut FillCounts, fills: &[Fill<'_>]) {
     for fill in fills {
-        *counts.entry(fill.header).or_default() += 1;
+        let found = counts
+            .0
+            .iter_mut()
+            .find(|(header, _)| std::ptr::eq(*header, fill.header) || *header == fill.header);
+        match found {
+            Some((_, count)) => *count += 1,
+            None => counts.0.push((fill.header, 1)),
+        }
     }
 }
 
@@ -857,6 +895,9 @@ mod tests {
         assert_eq!(csv_date_time(far), far.format("%Y-%m-%d %H:%M:%S").to_string());
         let before = chrono::NaiveDate::from_ymd_opt(-44, 3, 15).unwrap().and_hms_opt(12, 0, 0).unwrap();
         assert_eq!(csv_date_time(before), before.format("%Y-%m-%d %H:%M:%S").to_string());
+        for n in [0, 7, 10, 99, 1000, 123_456_789, u64::MAX] {
+            assert_eq!(decimal(n), n.to_string());
+        }
         let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
             .unwrap()
             .and_hms_milli_opt(23, 59, 59, 1500)
