@@ -830,3 +830,204 @@ fn long_free_text_values_are_cut_at_8000_characters() {
     assert_eq!(validation.chars().count(), 8000);
     assert!(long_reason.starts_with(&validation));
 }
+
+/// A CSV larger than one lookup chunk (2 048 indicators), with indicators repeated far apart, domain rows whose
+/// passive-DNS IP is new (appended) or already in the sheet, and pre-filled cells: the streamed CSV path (lookups
+/// on their own thread, facts dropped after their last row) must fill exactly what the in-memory XLSX path fills
+/// for the same rows, request each indicator once, and write the same logs.
+#[test]
+fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
+    let scenario = Scenario::new();
+    let distinct_ips = 2600;
+    let distinct_hosts = 1400;
+    for i in 0..distinct_ips {
+        let ip = format!("11.0.{}.{}", i / 250, i % 250 + 1);
+        scenario.api.set_document(
+            &format!("/ips/{ip}"),
+            json!({"asn": {"description": format!("ORG-{i}"), "number": "64500"},
+                   "context": {"categories": {"feed": [format!("cat{}", i % 7)]}},
+                   "accessed_by_files": [format!("{:064x}", i)],
+                   "history": {"first_seen_at": format!("2020-01-{:02}T00:00:{:02}", i % 28 + 1, i % 60)},
+                   "id": ip, "type": "ip"}),
+        );
+    }
+    for i in 0..distinct_hosts {
+        // Every third host points at an IP of the sheet, the others at a new IP (appended once, in order).
+        let answer = if i % 3 == 0 {
+            format!("11.0.0.{}", i % 200 + 1)
+        } else {
+            format!("12.1.{}.{}", i / 200, i % 200 + 1)
+        };
+        scenario.api.set_document(
+            &format!("/hosts/h{i}.example.com"),
+            json!({"passive_dns": [{"answer_ip": answer, "answer_type": "A"}],
+                   "context": {"urls": {"feed": [format!("http://h{i}.example.com/p{}.exe", i % 5)]}},
+                   "id": format!("h{i}.example.com"), "type": "host"}),
+        );
+    }
+    // Appended IPs are looked up too: answer them all with one default document.
+    scenario
+        .api
+        .set_default(Behaviour::document(json!({"asn": {"description": "APPENDED-ORG"}, "type": "ip"})));
+    let header = [
+        "Scanned Item",
+        "WHOIS",
+        "IP Address",
+        "Date First Seen",
+        "Seclytics Reputation and Reason",
+        "Seclytics File Count",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(42);
+    for i in 0..distinct_ips {
+        rows.push(vec![format!("11.0.{}.{}", i / 250, i % 250 + 1)]);
+    }
+    for i in 0..distinct_hosts {
+        rows.push(vec![format!("h{i}.example.com")]);
+    }
+    // Second copies of a fifth of them, then a shuffle, then the first 300 rows again at the very end.
+    let copies: Vec<Vec<String>> = rows.iter().filter(|_| rng.usize(0..5) == 0).cloned().collect();
+    rows.extend(copies);
+    rng.shuffle(&mut rows);
+    let tail: Vec<Vec<String>> = rows[..300].to_vec();
+    rows.extend(tail);
+    for (r, row) in rows.iter_mut().enumerate() {
+        row.resize(header.len(), String::new());
+        if r % 97 == 0 {
+            row[1] = "analyst's WHOIS".into(); // pre-filled: never overwritten
+        }
+        if r % 89 == 0 && row[0].starts_with('h') {
+            row[2] = "192.0.2.1".into(); // pre-filled IP Address: no passive-DNS row from this row
+        }
+    }
+    let mut text = csv_line(&header);
+    for row in &rows {
+        text.push_str(&csv_line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    let csv_input = scenario.path("big.csv");
+    std::fs::write(&csv_input, encoding_rs::WINDOWS_1252.encode(&text).0).unwrap();
+    let xlsx_input = scenario.path("big.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    for (c, h) in header.iter().enumerate() {
+        sheet.write_string(0, c as u16, *h).unwrap();
+    }
+    for (r, row) in rows.iter().enumerate() {
+        for (c, value) in row.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            sheet.write_string(r as u32 + 1, c as u16, value).unwrap();
+        }
+    }
+    book.save(&xlsx_input).unwrap();
+
+    let (code, stderr) = scenario.enrich(&[&csv_input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    // Once per distinct indicator, appended IPs included, nothing twice.
+    let requests = scenario.api.requests();
+    let mut paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    let total = paths.len();
+    paths.sort_unstable();
+    paths.dedup();
+    assert_eq!(paths.len(), total, "an indicator was requested twice");
+    let csv_logs = [read_log(&scenario.outbox(), "Hashes_"), read_log(&scenario.outbox(), "URLs_")];
+
+    let xlsx_outbox = scenario.path("out-xlsx");
+    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+        .arg("--config")
+        .arg(scenario.path("vttl.ini"))
+        .arg("enrich")
+        .arg(&xlsx_input)
+        .arg("--outbox")
+        .arg(&xlsx_outbox)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(scenario.api.request_count(), total, "the XLSX run is served from the cache");
+
+    let csv =
+        read_csv_table(&std::fs::read(scenario.outbox().join("big.csv")).unwrap(), encoding_rs::WINDOWS_1252);
+    let sheet_name =
+        calamine::open_workbook_auto(xlsx_outbox.join("big.xlsx")).unwrap().sheet_names()[0].clone();
+    let (xlsx, _) = read_xlsx_sheet(&xlsx_outbox.join("big.xlsx"), &sheet_name);
+    assert_eq!(csv.header, xlsx.header);
+    assert!(csv.rows.len() > rows.len(), "passive-DNS rows are appended");
+    assert_eq!(csv.rows.len(), xlsx.rows.len());
+    for (r, (a, b)) in csv.rows.iter().zip(&xlsx.rows).enumerate() {
+        let a: Vec<&str> = a.iter().map(String::as_str).rev().skip_while(|v| v.is_empty()).collect();
+        let b: Vec<&str> = b.iter().map(String::as_str).rev().skip_while(|v| v.is_empty()).collect();
+        assert_eq!(a, b, "row {r}");
+    }
+    // Spot checks against the documents themselves.
+    let whois = csv.column("WHOIS");
+    let first_seen = csv.column("Date First Seen");
+    for (r, row) in csv.rows.iter().enumerate().take(rows.len()) {
+        let item = &rows[r][0];
+        assert_eq!(&row[0], item);
+        if let Some(i) = item.strip_prefix("11.0.").map(|rest| {
+            let (a, b) = rest.split_once('.').unwrap();
+            a.parse::<usize>().unwrap() * 250 + b.parse::<usize>().unwrap() - 1
+        }) {
+            let want = if r % 97 == 0 { "analyst's WHOIS".to_string() } else { format!("ORG-{i}") };
+            assert_eq!(row[whois], want, "row {r}");
+            assert_eq!(row[first_seen], format!("2020-01-{:02} 00:00:{:02}", i % 28 + 1, i % 60), "row {r}");
+        }
+    }
+    let xlsx_logs = [read_log(&xlsx_outbox, "Hashes_"), read_log(&xlsx_outbox, "URLs_")];
+    assert_eq!(csv_logs, xlsx_logs);
+    assert_eq!(csv_logs[0].len(), distinct_ips as usize);
+    assert_eq!(csv_logs[1].len(), distinct_hosts as usize);
+}
+
+/// The CSV passes check each row's indicator: a file whose rows change between the first and the second pass
+/// (same size, modification time put back) fails instead of getting fills meant for other rows.
+#[test]
+fn a_csv_changed_between_the_passes_fails() {
+    let scenario = Scenario::new();
+    scenario.api.set_latency(std::time::Duration::from_millis(400));
+    let ini = std::fs::read_to_string(scenario.path("vttl.ini"))
+        .unwrap()
+        .replace("concurrency = 3", "concurrency = 1");
+    std::fs::write(scenario.path("vttl.ini"), ini).unwrap();
+    // Far more than the reader's buffer, so the rows at the end are read again after the lookups start.
+    let mut text = csv_line(&["Scanned Item", "WHOIS", "Notes"]);
+    let filler = "x".repeat(200);
+    for i in 0..4000 {
+        let item = ["198.51.100.53", "198.51.100.60", "cdn.example.co.uk"][i % 3];
+        text.push_str(&csv_line(&[item, "", &filler]));
+    }
+    let input = scenario.path("moving.csv");
+    std::fs::write(&input, &text).unwrap();
+    let modified = std::fs::metadata(&input).unwrap().modified().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+        .arg("--config")
+        .arg(scenario.path("vttl.ini"))
+        .arg("enrich")
+        .arg(&input)
+        .arg("--outbox")
+        .arg(scenario.outbox())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first request is sent when the first pass has ended; the write pass then waits for the answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while scenario.api.request_count() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Swap two indicators near the end of the file: same size, different rows.
+    let changed = {
+        let at = text.rfind("198.51.100.53").unwrap();
+        let mut bytes = text.clone().into_bytes();
+        bytes[at..at + 13].copy_from_slice(b"198.51.100.60");
+        bytes
+    };
+    assert_eq!(changed.len(), text.len());
+    let file = std::fs::OpenOptions::new().write(true).open(&input).unwrap();
+    use std::io::Write;
+    (&file).write_all(&changed).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed while it was read"), "{stderr}");
+    assert!(!scenario.outbox().join("moving.csv").exists(), "no output for a file that changed");
+}

@@ -207,7 +207,7 @@ fn write_pass(
     let plan = &scan.plan;
     writer.write_record(record, plan.appended_headers()).map_err(write_err)?;
 
-    let mut store = FactStore::new(&scan.uses);
+    let mut store = FactStore::new(&scan.uses, MAX_WAITING_FACTS);
     let mut looked_up = 0usize;
     let mut appended: Vec<Indicator> = Vec::new();
     let mut appended_ips: HashSet<IpAddr> = HashSet::new();
@@ -460,10 +460,12 @@ struct FactStore {
     file_len: u64,
     /// Scratch buffer for encoding and decoding.
     buffer: Vec<u8>,
+    /// Facts kept in memory before they are moved to the file ([`MAX_WAITING_FACTS`]).
+    max_in_memory: usize,
 }
 
 impl FactStore {
-    fn new(uses: &[u32]) -> FactStore {
+    fn new(uses: &[u32], max_in_memory: usize) -> FactStore {
         FactStore {
             slots: uses.iter().map(|_| Slot::Pending).collect(),
             remaining: uses.to_vec(),
@@ -471,6 +473,7 @@ impl FactStore {
             file: None,
             file_len: 0,
             buffer: Vec::new(),
+            max_in_memory,
         }
     }
 
@@ -488,7 +491,7 @@ impl FactStore {
             };
         }
         self.in_memory.retain(|&id| matches!(self.slots[id as usize], Slot::Ready(_)));
-        if self.in_memory.len() > MAX_WAITING_FACTS {
+        if self.in_memory.len() > self.max_in_memory {
             self.move_to_file()?;
         }
         Ok(())
@@ -548,5 +551,67 @@ impl FactStore {
         if *remaining == 0 {
             self.slots[id] = Slot::Done;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(i: u64) -> Facts {
+        Facts {
+            reputation: format!("reason-{i}"),
+            file_count: Some(i),
+            passive_dns_ip: Some(IpAddr::from([203, 0, 113, (i % 250) as u8])),
+            whois: i.is_multiple_of(2).then(|| format!("org {i}")),
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn facts_waiting_beyond_the_limit_go_to_the_file_and_come_back() {
+        // Ids 0..10, each used by three rows; at most four facts in memory.
+        let uses = vec![3u32; 10];
+        let mut store = FactStore::new(&uses, 4);
+        store.insert(0, (0..6).map(|i| Some(facts(i))).collect()).unwrap();
+        assert!(store.file.is_some(), "six waiting facts are more than four");
+        assert!(store.slots[..6].iter().all(|slot| matches!(slot, Slot::Moved { .. })));
+        store.insert(6, vec![Some(facts(6)), None, Some(facts(8)), Some(facts(9))]).unwrap();
+        assert!(matches!(store.slots[7], Slot::Failed));
+        for _round in 0..3 {
+            for id in 0..10 {
+                let got = store.get(id).unwrap().map(Cow::into_owned);
+                assert_eq!(got, (id != 7).then(|| facts(id as u64)), "id {id}");
+                store.used(id);
+            }
+        }
+        // After its last row an id's facts are gone.
+        assert!(store.slots.iter().all(|slot| matches!(slot, Slot::Done)));
+        assert!(store.get(3).is_err());
+    }
+
+    #[test]
+    fn facts_within_the_limit_stay_in_memory_and_are_dropped_after_their_last_row() {
+        let mut store = FactStore::new(&[1, 2], 4);
+        store.insert(0, vec![Some(facts(0)), Some(facts(1))]).unwrap();
+        assert!(store.file.is_none());
+        assert!(matches!(store.get(0).unwrap(), Some(Cow::Borrowed(_))));
+        store.used(0);
+        assert!(matches!(store.slots[0], Slot::Done));
+        store.used(1);
+        assert!(matches!(store.slots[1], Slot::Ready(_)));
+        store.used(1);
+        assert!(matches!(store.slots[1], Slot::Done));
+    }
+
+    #[test]
+    fn cell_check_accepts_the_same_indicator_written_differently() {
+        let ip = Indicator::classify("2001:db8::1").unwrap();
+        assert!(cell_holds(" 2001:DB8::1 ", &ip));
+        assert!(cell_holds("2001:0db8:0:0:0:0:0:1", &ip));
+        assert!(!cell_holds("2001:db8::2", &ip));
+        let host = Indicator::classify("Example.COM").unwrap();
+        assert!(cell_holds("EXAMPLE.com", &host));
+        assert!(!cell_holds("example.org", &host));
     }
 }

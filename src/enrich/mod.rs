@@ -201,7 +201,10 @@ impl Enricher {
         name: &str,
         job: &mut Job,
     ) -> Result<tempfile::NamedTempFile, EnrichError> {
+        let started = Instant::now();
         let mut book = xlsx::read_workbook(input).map_err(|e| file_error("read", e))?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook read");
+        let started = Instant::now();
         let mut tables = Vec::new();
         let mut sheet_of_table = Vec::new();
         for (index, sheet) in book.sheets.iter().enumerate() {
@@ -219,6 +222,8 @@ impl Enricher {
             return Err(file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() }));
         }
         job.look_up_tables(&mut tables)?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook scanned and looked up");
+        let started = Instant::now();
         for (table, &index) in tables.iter().zip(&sheet_of_table) {
             let sheet = &mut book.sheets[index];
             for (column, header) in table.plan.appended_headers() {
@@ -251,7 +256,11 @@ impl Enricher {
             vba_project: vba_project.as_ref().map(|p| p.to_path_buf()),
             ..Default::default()
         };
-        xlsx::write_workbook_with_options(&book, temp, input, &options).map_err(|e| file_error("write", e))
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook filled");
+        let started = Instant::now();
+        let written = xlsx::write_workbook_with_options(&book, temp, input, &options);
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook written");
+        written.map_err(|e| file_error("write", e))
     }
 }
 
