@@ -364,6 +364,39 @@ pub fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
     if text.is_empty() {
         return None;
     }
+    plain_timestamp(text).or_else(|| parse_timestamp_forms(text))
+}
+
+/// The API's own `YYYY-MM-DDTHH:MM:SS` (or with a space), read without chrono's format parser (which
+/// interprets its format strings on every call). `None` for anything else, including an impossible date or a
+/// second `60`: [`parse_timestamp_forms`] decides those. Where this gives a value, it is that function's.
+fn plain_timestamp(text: &str) -> Option<NaiveDateTime> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 19
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b' ')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| {
+        bytes[range]
+            .iter()
+            .try_fold(0u32, |n, &digit| digit.is_ascii_digit().then(|| n * 10 + u32::from(digit - b'0')))
+    };
+    let year = i32::try_from(number(0..4)?).ok()?;
+    let date = NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?;
+    let second = number(17..19)?;
+    if second > 59 {
+        return None;
+    }
+    date.and_hms_opt(number(11..13)?, number(14..16)?, second)
+}
+
+/// Every accepted form (see the module comment), through chrono; `text` is trimmed and not empty.
+fn parse_timestamp_forms(text: &str) -> Option<NaiveDateTime> {
     let parsed = chrono::DateTime::parse_from_rfc3339(text)
         .map(|zoned| zoned.naive_utc())
         .ok()
@@ -1508,6 +1541,32 @@ mod tests {
             answered += usize::from(assert_direct_agrees(&body));
         }
         assert!(answered > 100, "only {answered} mutated bodies were read directly");
+    }
+
+    #[test]
+    fn plain_timestamps_read_as_chrono_reads_them() {
+        let mut checked = 0;
+        for date in
+            ["2024-02-10", "2024-02-29", "2023-02-29", "2024-04-31", "2024-13-01", "2024-00-10", "0000-01-01"]
+        {
+            for separator in ["T", " ", "t", "_"] {
+                for time in
+                    ["08:30:00", "00:00:00", "23:59:59", "24:00:00", "12:60:00", "12:00:60", "1a:00:00"]
+                {
+                    let text = format!("{date}{separator}{time}");
+                    if let Some(plain) = plain_timestamp(&text) {
+                        assert_eq!(Some(plain), parse_timestamp_forms(&text), "{text}");
+                        checked += 1;
+                    }
+                    assert_eq!(parse_timestamp(&text), parse_timestamp_forms(&text), "{text}");
+                }
+            }
+        }
+        // 3 possible dates × 2 separators × 3 possible times
+        assert_eq!(checked, 18);
+        for other in ["2024-02-10T08:30:00Z", "2024-02-10T08:30:00.5", "+202-02-10T08:30:00", "2024-02-10"] {
+            assert_eq!(plain_timestamp(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -796,6 +796,17 @@ fn place(
             ),
         ));
     }
+    if new_rows > 0 {
+        // A new row gets room for its cells up front, so it is not regrown cell by cell (each regrowth is a
+        // fresh allocation and a copy): as many as the header row has — the enricher's filled columns are
+        // in there too — but never more than twice the previous row's length nor less than this cell needs,
+        // so the reservation stays within a small factor of the cells counted above.
+        let header_len = sheet.rows.first().map_or(0, Vec::len);
+        let previous_len = sheet.rows.last().map_or(0, Vec::len);
+        let room = header_len.min(2 * previous_len).max(col + 1);
+        sheet.rows.resize_with(row + 1, Vec::new);
+        sheet.rows[row].reserve_exact(room);
+    }
     sheet.set(row, col, cell);
     Ok(())
 }
