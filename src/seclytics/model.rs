@@ -6,6 +6,11 @@
 //!
 //! Decisions (where SPEC and the reference are silent):
 //!
+//! * **One reading, two ways.** A plain body is streamed straight into the typed model (no `serde_json::Value`
+//!   tree first, which was most of the cost of a parse); anything unusual — invalid JSON, an envelope or
+//!   block problem, a key given twice — is read again the reference way (whole `Value`, then the checks and
+//!   the lenient model below), which alone decides errors and duplicate keys (the last value wins). Both give
+//!   the same result wherever the fast one answers (tests compare them, also on randomly mutated bodies).
 //! * **Envelope.** A body that is not JSON (or nests deeper than serde_json's recursion limit of 128, which we
 //!   keep so a hostile body cannot overflow the stack) is [`DocumentError::NotJson`]. A JSON value that is not
 //!   an object is [`DocumentError::WrongShape`]. An object with a non-null `error` key is

@@ -21,7 +21,9 @@
 //!    slot budget for the whole workbook, see [`MAX_WORKBOOK_CELLS`]),
 //!    counting every allocated slot (row entries plus cells, including the empty cells padded in front of a
 //!    value), and reading stops with `TooLarge` as soon as the count passes the limit — declared dimensions
-//!    can lie. Positions are absolute: `rows[0]` is sheet row 1 and every row starts at column A, whatever
+//!    can lie. A new row reserves room for as many cells as the header row has, capped at twice the previous
+//!    row's length, so rows are not regrown cell by cell and the spare room stays within a small factor of
+//!    the counted slots. Positions are absolute: `rows[0]` is sheet row 1 and every row starts at column A, whatever
 //!    the used range's top-left corner is. Shared formulas are expanded per cell.
 //! 3. **Number formats of date cells**: only when a sheet holds date/time values, a second streaming pass
 //!    (`next_style_id`) looks up each such cell's style in the workbook's style palette (calamine 0.38 style
@@ -1029,7 +1031,11 @@ struct FormatCache {
 
 impl FormatCache {
     fn get(&mut self, code: &str) -> &CellFormat {
-        self.by_code.entry(code.to_string()).or_insert_with(|| CellFormat::new().set_num_format(code))
+        // Looked up by `&str` first: the entry API would copy `code` into a new String for every date cell.
+        if !self.by_code.contains_key(code) {
+            self.by_code.insert(code.to_string(), CellFormat::new().set_num_format(code));
+        }
+        &self.by_code[code]
     }
 }
 
