@@ -261,6 +261,10 @@ impl WatchLists {
     }
 
     /// Keywords found in the response body (lower-cased first), in file order.
+    ///
+    /// Measured on a 2.7 KB body with 11 keywords: lower-casing the body (std's ASCII fast path) and one
+    /// substring search per keyword take about 0.8 µs; a single ASCII-case-insensitive Aho-Corasick pass
+    /// (overlapping matches, so every keyword is seen) took about 3.9 µs, so the plain way stays.
     pub fn keyword_matches(&self, body: &str) -> Vec<String> {
         if self.keywords.is_empty() {
             return Vec::new();
@@ -345,6 +349,37 @@ mod tests {
         assert_eq!(normalise_ioc(" 2001:DB8:0::1 "), "2001:db8::1");
         assert_eq!(normalise_ioc("Evil.Example.COM."), "evil.example.com");
         assert_eq!(normalise_ioc("203.0.113.45"), "203.0.113.45");
+    }
+
+    #[test]
+    fn keyword_matches_follow_unicode_lower_casing_for_ascii_and_other_bodies() {
+        let mut lists = WatchLists::empty();
+        lists.add_keywords("ssh\nRDP-Brute\nkelvin\nStraße\nİstanbul\nσ\nc2\nx\"y\n{\n");
+        for (body, expected) in [
+            (r#"{"a":"SSH and rdp-BRUTE"}"#, vec!["ssh", "rdp-brute", "{"]),
+            ("\u{212a}elvin (Kelvin sign) and STRASSE", vec!["kelvin"]),
+            ("Kelvin in ASCII, STRAẞE", vec!["kelvin", "straße"]),
+            ("İSTANBUL", vec!["i̇stanbul"]),
+            ("ISTANBUL in ASCII only", vec![]),
+            ("ΣΑΣ C2", vec!["σ", "c2"]),
+            (r#"x"Y"#, vec!["x\"y"]),
+            ("", vec![]),
+        ] {
+            assert_eq!(lists.keyword_matches(body), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn lower_casing_twice_is_lower_casing_once() {
+        // The enricher lower-cases a body before `keyword_matches` lower-cases it again; dropping the first
+        // would change nothing if lower-casing is idempotent, which this checks for every character, alone and
+        // at the end of a word (where `Σ` becomes `ς`).
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            for text in [c.to_string(), format!("a{c}"), format!("a{c} ")] {
+                let once = text.to_lowercase();
+                assert_eq!(once.to_lowercase(), once, "{:?}", c);
+            }
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@
 //!   would rather see the start of a long value than an empty cell). Text within the limit is the plain join,
 //!   untouched (a token may itself end in `^` where the API wrote a `|`).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -136,7 +137,9 @@ pub enum IgnoredBecause {
 
 /// Classifies one context string for `item` (SPEC §5).
 pub fn classify_token(raw: &str, item: &Indicator) -> TokenClass {
-    let token = raw.replace('|', "^");
+    // Owned only when it changes or is kept: most tokens are ignored or lower-cased copies anyway.
+    let token: Cow<'_, str> =
+        if raw.contains('|') { Cow::Owned(raw.replace('|', "^")) } else { Cow::Borrowed(raw) };
     // Rule 1
     if let Ok(ip) = token.parse::<IpAddr>() {
         return if item.kind == IndicatorKind::Ip {
@@ -161,7 +164,7 @@ pub fn classify_token(raw: &str, item: &Indicator) -> TokenClass {
     // Rule 4
     if let Some(host) = url_host(&token) {
         let reference = is_reference_host(&host);
-        return TokenClass::Url { url: token, reference };
+        return TokenClass::Url { url: token.into_owned(), reference };
     }
     // Rule 5
     if token.chars().any(is_line_break) {
@@ -170,7 +173,7 @@ pub fn classify_token(raw: &str, item: &Indicator) -> TokenClass {
     let has_whitespace = token.chars().any(char::is_whitespace);
     // Rule 6
     if (token.contains(':') || token.contains('!')) && !has_whitespace {
-        return TokenClass::DetectionName(token);
+        return TokenClass::DetectionName(token.into_owned());
     }
     // Rule 7
     if has_whitespace {
@@ -180,7 +183,7 @@ pub fn classify_token(raw: &str, item: &Indicator) -> TokenClass {
     let length = token.chars().count();
     if (4..=31).contains(&length) && !token.ends_with("_at") && token != "duration" {
         let domain = real_domain_name(&token);
-        return TokenClass::Keyword { token, domain };
+        return TokenClass::Keyword { token: token.into_owned(), domain };
     }
     // Rule 9
     TokenClass::Ignored(IgnoredBecause::NotAKeyword)
@@ -232,22 +235,39 @@ pub fn real_domain_name(token: &str) -> Option<String> {
     Some(name)
 }
 
+/// Up to this many items, [`FirstSeen`] finds duplicates by scanning its list (no copy of each value into a
+/// set); beyond, through a hash set of the items.
+const FIRST_SEEN_SCAN: usize = 16;
+
 /// A list that keeps only the first appearance of each value, in order.
 struct FirstSeen<T> {
     items: Vec<T>,
-    seen: HashSet<T>,
+    /// Every item, once the list is longer than [`FIRST_SEEN_SCAN`].
+    index: Option<HashSet<T>>,
 }
 
 impl<T> Default for FirstSeen<T> {
     fn default() -> Self {
-        FirstSeen { items: Vec::new(), seen: HashSet::new() }
+        FirstSeen { items: Vec::new(), index: None }
     }
 }
 
 impl<T: Clone + Eq + std::hash::Hash> FirstSeen<T> {
     fn push(&mut self, value: T) {
-        if self.seen.insert(value.clone()) {
-            self.items.push(value);
+        match &mut self.index {
+            Some(index) => {
+                if index.insert(value.clone()) {
+                    self.items.push(value);
+                }
+            }
+            None => {
+                if !self.items.contains(&value) {
+                    self.items.push(value);
+                    if self.items.len() > FIRST_SEEN_SCAN {
+                        self.index = Some(self.items.iter().cloned().collect());
+                    }
+                }
+            }
         }
     }
 
@@ -823,6 +843,23 @@ mod tests {
         assert_eq!(findings.urls, strings(&["http://evil.example.com/a^b"]));
         assert!(findings.related_ips.is_empty());
         assert!(findings.reputation.iter().chain(&findings.urls).all(|token| !token.contains('|')));
+    }
+
+    #[test]
+    fn first_seen_keeps_first_appearances_below_and_beyond_the_scan_limit() {
+        for count in [3, FIRST_SEEN_SCAN, FIRST_SEEN_SCAN + 1, 5 * FIRST_SEEN_SCAN] {
+            let mut list = FirstSeen::default();
+            let mut expected: Vec<String> = Vec::new();
+            for i in 0..3 * count {
+                // Every value comes back a few times, in a different order each round.
+                let value = format!("v{}", (i * 7) % count);
+                if !expected.contains(&value) {
+                    expected.push(value.clone());
+                }
+                list.push(value);
+            }
+            assert_eq!(list.into_vec(), expected, "{count}");
+        }
     }
 
     #[test]

@@ -21,7 +21,9 @@
 //!    slot budget for the whole workbook, see [`MAX_WORKBOOK_CELLS`]),
 //!    counting every allocated slot (row entries plus cells, including the empty cells padded in front of a
 //!    value), and reading stops with `TooLarge` as soon as the count passes the limit — declared dimensions
-//!    can lie. Positions are absolute: `rows[0]` is sheet row 1 and every row starts at column A, whatever
+//!    can lie. A new row reserves room for as many cells as the header row has, capped at twice the previous
+//!    row's length, so rows are not regrown cell by cell and the spare room stays within a small factor of
+//!    the counted slots. Positions are absolute: `rows[0]` is sheet row 1 and every row starts at column A, whatever
 //!    the used range's top-left corner is. Shared formulas are expanded per cell.
 //! 3. **Number formats of date cells**: only when a sheet holds date/time values, a second streaming pass
 //!    (`next_style_id`) looks up each such cell's style in the workbook's style palette (calamine 0.38 style
@@ -796,6 +798,17 @@ fn place(
             ),
         ));
     }
+    if new_rows > 0 {
+        // A new row gets room for its cells up front, so it is not regrown cell by cell (each regrowth is a
+        // fresh allocation and a copy): as many as the header row has — the enricher's filled columns are
+        // in there too — but never more than twice the previous row's length nor less than this cell needs,
+        // so the reservation stays within a small factor of the cells counted above.
+        let header_len = sheet.rows.first().map_or(0, Vec::len);
+        let previous_len = sheet.rows.last().map_or(0, Vec::len);
+        let room = header_len.min(2 * previous_len).max(col + 1);
+        sheet.rows.resize_with(row + 1, Vec::new);
+        sheet.rows[row].reserve_exact(room);
+    }
     sheet.set(row, col, cell);
     Ok(())
 }
@@ -1018,7 +1031,11 @@ struct FormatCache {
 
 impl FormatCache {
     fn get(&mut self, code: &str) -> &CellFormat {
-        self.by_code.entry(code.to_string()).or_insert_with(|| CellFormat::new().set_num_format(code))
+        // Looked up by `&str` first: the entry API would copy `code` into a new String for every date cell.
+        if !self.by_code.contains_key(code) {
+            self.by_code.insert(code.to_string(), CellFormat::new().set_num_format(code));
+        }
+        &self.by_code[code]
     }
 }
 
