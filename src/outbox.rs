@@ -10,6 +10,7 @@
 //! * `VTTL_Error.log` is appended to, one `<RFC 3339 time> <message>` line per error, with the token redacted
 //!   by the caller.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -160,26 +161,34 @@ pub struct LogLines {
     len: usize,
 }
 
+/// `text` with CR and LF replaced by spaces (a log line is one line).
+fn one_line(text: &str) -> Cow<'_, str> {
+    if text.contains(['\r', '\n']) {
+        Cow::Owned(text.replace(['\r', '\n'], " "))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
 /// Buffered log bytes beyond which they are moved to the temporary file.
 pub const LOG_SPILL_BYTES: usize = 4 << 20;
 
 impl LogLines {
     /// Adds `<item>|<value>` unless already present. CR/LF inside the item or value are replaced by spaces.
     pub fn push(&mut self, item: &str, value: &str) {
-        let item = item.replace(['\r', '\n'], " ");
-        let value = value.replace(['\r', '\n'], " ");
-        if self.current_item.as_deref() != Some(item.as_str()) {
-            self.start_item(item);
+        let (item, value) = (one_line(item), one_line(value));
+        if self.current_item.as_deref() != Some(item.as_ref()) {
+            self.start_item(item.into_owned());
         }
         let Some(current_item) = &self.current_item else { return };
-        if self.current_values.contains(&value) {
+        if self.current_values.contains(value.as_ref()) {
             return;
         }
         self.pending.extend_from_slice(current_item.as_bytes());
         self.pending.push(b'|');
         self.pending.extend_from_slice(value.as_bytes());
         self.pending.extend_from_slice(b"\r\n");
-        self.current_values.insert(value);
+        self.current_values.insert(value.into_owned());
         self.len += 1;
         if self.pending.len() >= LOG_SPILL_BYTES {
             self.spill_pending();

@@ -578,6 +578,7 @@ impl<'a> Job<'a> {
             return Ok(());
         }
         let bar = progress_bar(&self.input, indicators.len() as u64);
+        self.facts.reserve(indicators.len());
         for chunk in indicators.chunks(LOOKUP_CHUNK) {
             let facts = self.look_up_facts(chunk, &bar)?;
             for (indicator, facts) in chunk.iter().zip(facts) {
@@ -829,7 +830,7 @@ fn facts_from(
         validation: findings.whitelist.as_ref().map(|text| join(std::slice::from_ref(text), "^")),
         first_seen: findings.first_seen,
         passive_dns_ip: findings.passive_dns_ips.first().copied(),
-        keyword_watch: join(&lists.keyword_matches(&body.to_lowercase()), "^"),
+        keyword_watch: join(&lists.keyword_matches(body), "^"),
         url_watch: join(&lists.url_matches(findings.urls.iter().map(String::as_str)), "   "),
         ip_domain_watch: join(&lists.ip_domain_matches(iocs), "^"),
         detection_watch: join(

@@ -158,6 +158,17 @@ impl Cache {
         // A cached prepared statement: a workbook with many indicators makes one `get` per indicator, and
         // compiling the SQL each time cost about a quarter of a cache read (measured, see BENCHMARKS.md).
         let connection = self.connection();
+        self.get_on(&connection, endpoint, indicator, token_fp)
+    }
+
+    /// [`Cache::get`] on a connection already locked.
+    fn get_on(
+        &self,
+        connection: &Connection,
+        endpoint: &str,
+        indicator: &str,
+        token_fp: &str,
+    ) -> Option<CachedAnswer> {
         let row: Result<Option<(i64, String, i64)>, rusqlite::Error> = connection
             .prepare_cached(
                 "SELECT status, body, fetched_at_ms FROM responses
@@ -170,7 +181,6 @@ impl Cache {
                     })
                     .optional()
             });
-        drop(connection);
         let (status, body, fetched_at_ms) = match row {
             Ok(Some(row)) => row,
             Ok(None) => return None,
@@ -187,6 +197,18 @@ impl Cache {
             404 => Some(CachedAnswer::NotFound),
             _ => None,
         }
+    }
+
+    /// [`Cache::get`] for many keys `(endpoint, indicator)`, read in one transaction (one lock of the database
+    /// file instead of one per key).
+    pub fn get_many(&self, keys: &[(&str, &str)], token_fp: &str) -> Vec<Option<CachedAnswer>> {
+        let in_transaction = self.connection().execute_batch("BEGIN").is_ok();
+        let answers =
+            keys.iter().map(|(endpoint, indicator)| self.get(endpoint, indicator, token_fp)).collect();
+        if in_transaction && let Err(e) = self.connection().execute_batch("COMMIT") {
+            self.warn("read", &e);
+        }
+        answers
     }
 
     /// Stores an answer (replacing an older one for the same key). Errors are logged and ignored.
@@ -243,6 +265,26 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_many_answers_like_get_and_leaves_the_cache_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("c.sqlite"), Duration::from_secs(3600)).unwrap();
+        cache.put("ips", "192.0.2.1", "fp", &CachedAnswer::Found("{\"id\": 1}".into()));
+        cache.put("hosts", "example.com", "fp", &CachedAnswer::NotFound);
+        let keys =
+            [("ips", "192.0.2.1"), ("hosts", "example.com"), ("ips", "192.0.2.9"), ("hosts", "192.0.2.1")];
+        let many = cache.get_many(&keys, "fp");
+        let one_by_one: Vec<_> = keys.iter().map(|(e, i)| cache.get(e, i, "fp")).collect();
+        assert_eq!(many, one_by_one);
+        assert_eq!(many[0], Some(CachedAnswer::Found("{\"id\": 1}".into())));
+        assert_eq!(many[2], None);
+        // The read transaction is over: a write afterwards is stored and seen by a second connection.
+        cache.put("files", "abc", "fp", &CachedAnswer::NotFound);
+        let other = Cache::open(&dir.path().join("c.sqlite"), Duration::from_secs(3600)).unwrap();
+        assert_eq!(other.get("files", "abc", "fp"), Some(CachedAnswer::NotFound));
+        assert!(cache.get_many(&[], "fp").is_empty());
+    }
 
     #[test]
     fn missing_parent_folders_are_created() {

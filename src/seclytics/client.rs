@@ -883,10 +883,9 @@ fn cached_answers(
 ) -> Vec<Option<(Answer, Option<Document>)>> {
     use rayon::prelude::*;
     let Some(cache) = cache else { return Vec::new() };
-    let stored: Vec<Option<CachedAnswer>> = indicators
-        .iter()
-        .map(|indicator| cache.get(indicator.kind.endpoint(), &indicator.value, token_fp))
-        .collect();
+    let keys: Vec<(&str, &str)> =
+        indicators.iter().map(|indicator| (indicator.kind.endpoint(), indicator.value.as_str())).collect();
+    let stored: Vec<Option<CachedAnswer>> = cache.get_many(&keys, token_fp);
     stored
         .into_par_iter()
         .map(|stored| match stored? {
