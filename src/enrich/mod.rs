@@ -573,20 +573,39 @@ impl<'a> Job<'a> {
     }
 
     /// Looks up `indicators` (distinct) and records their facts (in `self.facts`) and log lines.
+    ///
+    /// Pipelined: a second thread looks the chunks up and digests them (cache reads, JSON, tokens, watch
+    /// lists) while this one merges the previous chunk (counters, log lines, facts), in order.
     fn look_up(&mut self, indicators: &[Indicator]) -> Result<(), EnrichError> {
         if indicators.is_empty() {
             return Ok(());
         }
         let bar = progress_bar(&self.input, indicators.len() as u64);
         self.facts.reserve(indicators.len());
-        for chunk in indicators.chunks(LOOKUP_CHUNK) {
-            let facts = self.look_up_facts(chunk, &bar)?;
-            for (indicator, facts) in chunk.iter().zip(facts) {
-                self.facts.insert(indicator.clone(), facts);
+        let enricher = self.enricher;
+        let result = std::thread::scope(|threads| {
+            let (looked_up, digested) = std::sync::mpsc::sync_channel(2);
+            let bar = &bar;
+            threads.spawn(move || {
+                for chunk in indicators.chunks(LOOKUP_CHUNK) {
+                    let result = enricher.fetch_digested(chunk, bar);
+                    let fatal = result.is_err();
+                    if looked_up.send(result).is_err() || fatal {
+                        break;
+                    }
+                }
+            });
+            for chunk in indicators.chunks(LOOKUP_CHUNK) {
+                let Ok(result) = digested.recv() else { break };
+                let facts = self.merge_all(chunk, result.map_err(CriticalError::from)?);
+                for (indicator, facts) in chunk.iter().zip(facts) {
+                    self.facts.insert(indicator.clone(), facts);
+                }
             }
-        }
+            Ok(())
+        });
         bar.finish_and_clear();
-        Ok(())
+        result
     }
 
     /// Looks up `indicators` (distinct, at most a few thousand: their answers are held at once), records
