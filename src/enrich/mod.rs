@@ -13,8 +13,10 @@
 //! 5. **Write**: fill only empty cells, append the header cells and the rows, and rename the result into the
 //!    outbox; then the logs and the report.
 //!
-//! CSV is streamed: step 1 and step 5 each read the file once, record by record, so a million-row file is
-//! never held in memory. XLSX is read once into the typed model (calamine has no other way) and written back.
+//! CSV is streamed ([`csv_stream`]): step 1 and step 5 each read the file once, record by record, and steps 2–4
+//! run on a lookup thread between them, chunk by chunk, so neither the file nor the API's answers are ever held
+//! whole in memory. XLSX is read once into the typed model (calamine has no other way), looked up (a second
+//! thread fetches and digests the next chunk while this one merges the previous), filled and written back.
 
 mod csv_stream;
 pub mod plan;

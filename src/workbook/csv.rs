@@ -3,7 +3,9 @@
 //! This module owns everything byte-level about CSV: detecting the text encoding, sniffing the dialect,
 //! scanning records with the raw byte span of every field, and writing records back so that every byte we did
 //! not deliberately change comes out as it went in. It streams: [`CsvReader`] yields one [`Record`] at a time
-//! from a buffered file, and [`CsvWriter`] writes one record at a time.
+//! from a buffered file (or refills one, [`CsvReader::read_into`], so a million records cost no million
+//! allocations), and [`CsvWriter`] writes one record at a time, copying the bytes between patched fields in one
+//! piece.
 //!
 //! We scan records ourselves instead of using the `csv` crate because the writer needs the raw bytes of each
 //! field (quotes included) and of each line terminator; the `csv` crate only hands out decoded values. The
