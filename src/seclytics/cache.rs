@@ -30,6 +30,10 @@ use crate::config::Secret;
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
+/// The read of one cached answer.
+const GET_SQL: &str = "SELECT status, body, fetched_at_ms FROM responses
+                       WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3";
+
 /// How long SQLite waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -158,29 +162,54 @@ impl Cache {
         // A cached prepared statement: a workbook with many indicators makes one `get` per indicator, and
         // compiling the SQL each time cost about a quarter of a cache read (measured, see BENCHMARKS.md).
         let connection = self.connection();
-        self.get_on(&connection, endpoint, indicator, token_fp)
+        let row = connection.prepare_cached(GET_SQL).and_then(|mut statement| {
+            statement
+                .query_row(params![endpoint, indicator, token_fp], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        });
+        drop(connection);
+        self.answer_from(row, now_ms().saturating_sub(self.ttl_ms()))
     }
 
-    /// [`Cache::get`] on a connection already locked.
-    fn get_on(
-        &self,
-        connection: &Connection,
-        endpoint: &str,
-        indicator: &str,
-        token_fp: &str,
-    ) -> Option<CachedAnswer> {
-        let row: Result<Option<(i64, String, i64)>, rusqlite::Error> = connection
-            .prepare_cached(
-                "SELECT status, body, fetched_at_ms FROM responses
-                 WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3",
-            )
-            .and_then(|mut statement| {
-                statement
-                    .query_row(params![endpoint, indicator, token_fp], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    /// [`Cache::get`] for many keys `(endpoint, indicator)`: one transaction (one lock of the database file
+    /// instead of one per key) and one prepared statement, holding this process's connection throughout so no
+    /// other thread's statement runs inside the transaction.
+    pub fn get_many(&self, keys: &[(&str, &str)], token_fp: &str) -> Vec<Option<CachedAnswer>> {
+        let connection = self.connection();
+        let in_transaction = connection.execute_batch("BEGIN").is_ok();
+        let answers = match connection.prepare_cached(GET_SQL) {
+            Ok(mut statement) => {
+                let fresh_after = now_ms().saturating_sub(self.ttl_ms());
+                keys.iter()
+                    .map(|(endpoint, indicator)| {
+                        let row = statement
+                            .query_row(params![endpoint, indicator, token_fp], |row| {
+                                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                            })
+                            .optional();
+                        self.answer_from(row, fresh_after)
                     })
-                    .optional()
-            });
+                    .collect()
+            }
+            Err(e) => {
+                self.warn("read", &e);
+                vec![None; keys.len()]
+            }
+        };
+        if in_transaction && let Err(e) = connection.execute_batch("COMMIT") {
+            self.warn("read", &e);
+        }
+        answers
+    }
+
+    /// The cached answer in a row read by [`GET_SQL`], unless expired (fetched at or before `fresh_after`).
+    fn answer_from(
+        &self,
+        row: Result<Option<(i64, String, i64)>, rusqlite::Error>,
+        fresh_after: i64,
+    ) -> Option<CachedAnswer> {
         let (status, body, fetched_at_ms) = match row {
             Ok(Some(row)) => row,
             Ok(None) => return None,
@@ -189,7 +218,7 @@ impl Cache {
                 return None;
             }
         };
-        if now_ms().saturating_sub(fetched_at_ms) >= self.ttl_ms() {
+        if fetched_at_ms <= fresh_after {
             return None;
         }
         match status {
@@ -197,18 +226,6 @@ impl Cache {
             404 => Some(CachedAnswer::NotFound),
             _ => None,
         }
-    }
-
-    /// [`Cache::get`] for many keys `(endpoint, indicator)`, read in one transaction (one lock of the database
-    /// file instead of one per key).
-    pub fn get_many(&self, keys: &[(&str, &str)], token_fp: &str) -> Vec<Option<CachedAnswer>> {
-        let in_transaction = self.connection().execute_batch("BEGIN").is_ok();
-        let answers =
-            keys.iter().map(|(endpoint, indicator)| self.get(endpoint, indicator, token_fp)).collect();
-        if in_transaction && let Err(e) = self.connection().execute_batch("COMMIT") {
-            self.warn("read", &e);
-        }
-        answers
     }
 
     /// Stores an answer (replacing an older one for the same key). Errors are logged and ignored.
