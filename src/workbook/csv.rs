@@ -493,7 +493,7 @@ fn detect_encoding(path: &Path, size: u64) -> Result<TextEncoding, WorkbookError
             break;
         }
         let fresh = &buf[carry..carry + n];
-        if let Some(pos) = fresh.iter().position(|&b| b == 0) {
+        if let Some(pos) = memchr::memchr(0, fresh) {
             return Err(WorkbookError::Encoding {
                 path: path.to_path_buf(),
                 reason: format!(
@@ -503,10 +503,12 @@ fn detect_encoding(path: &Path, size: u64) -> Result<TextEncoding, WorkbookError
             });
         }
         offset += n as u64;
-        non_ascii |= !fresh.is_ascii();
+        let fresh_ascii = fresh.is_ascii();
+        non_ascii |= !fresh_ascii;
         let chunk_len = carry + n;
         carry = 0;
-        if valid_utf8 {
+        // ASCII after a complete sequence is valid UTF-8: nothing to check.
+        if valid_utf8 && !(fresh_ascii && chunk_len == n) {
             match std::str::from_utf8(&buf[..chunk_len]) {
                 Ok(_) => {}
                 Err(e) if e.error_len().is_none() => {
@@ -691,7 +693,7 @@ impl Scanner {
                         if byte == b'"' {
                             state = ScanState::QuoteInQuoted;
                         } else {
-                            used = memchr::memchr(b'"', &buf[used + 1..]).map_or(len, |at| used + 1 + at);
+                            used = skip_quoted(buf, used + 1);
                             continue;
                         }
                     }
@@ -733,8 +735,29 @@ impl Scanner {
 /// Inside an unquoted field: the position of the next delimiter or line-break byte at or after `from` (the end
 /// of `buf` when there is none in it).
 fn skip_unquoted(buf: &[u8], from: usize, delimiter: u8) -> usize {
+    let stop = |b: &u8| *b == delimiter || *b == b'\r' || *b == b'\n';
+    // Most fields are short: a plain loop over the first bytes beats the set-up of a vectorised search.
+    let near = &buf[from..buf.len().min(from + SHORT_FIELD)];
+    if let Some(at) = near.iter().position(stop) {
+        return from + at;
+    }
+    let from = from + near.len();
     memchr::memchr3(delimiter, b'\r', b'\n', &buf[from..]).map_or(buf.len(), |at| from + at)
 }
+
+/// Inside a quoted field: the position of the next `"` at or after `from` (the end of `buf` when there is
+/// none in it).
+fn skip_quoted(buf: &[u8], from: usize) -> usize {
+    let near = &buf[from..buf.len().min(from + SHORT_FIELD)];
+    if let Some(at) = near.iter().position(|&b| b == b'"') {
+        return from + at;
+    }
+    let from = from + near.len();
+    memchr::memchr(b'"', &buf[from..]).map_or(buf.len(), |at| from + at)
+}
+
+/// Bytes searched one by one before the scanner hands a field over to memchr.
+const SHORT_FIELD: usize = 16;
 
 /// A streaming reader of one CSV file.
 pub struct CsvReader {
