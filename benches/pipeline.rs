@@ -259,6 +259,11 @@ impl Measured {
 fn measure(mut command: Command, stderr_path: &Path, kill_after: Option<Duration>) -> Measured {
     let stderr = std::fs::File::create(stderr_path).expect("stderr file");
     command.stdout(Stdio::null()).stderr(stderr).stdin(Stdio::null());
+    // Start every measured child with no dirty page-cache data of the previous one: the floors do not flush
+    // their output, and on ext4 (ordered data) the program's `fsync` of its own output would otherwise also
+    // write out the floor's hundreds of megabytes and be charged for it.
+    // SAFETY: sync(2) has no arguments and no failure mode.
+    unsafe { libc::sync() };
     let started = Instant::now();
     let mut child = command.spawn().expect("spawn child");
     let pid = child.id() as libc::pid_t;
