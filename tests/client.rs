@@ -824,3 +824,42 @@ fn a_fractional_retry_after_is_honoured() {
     let gap = requests[1].arrived - requests[0].arrived;
     assert!(gap >= Duration::from_millis(380) && gap < Duration::from_secs(2), "{gap:?}");
 }
+
+/// `lookup_known` answers from the cache and the run's memory only: a miss is `None` and no request is ever
+/// sent; what it answered is counted once, and `lookup_all` then fetches only the misses.
+#[test]
+fn lookup_known_never_sends_a_request() {
+    let server = ApiServer::start();
+    let ips = serve_ips(&server, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let settings =
+        SeclyticsSettings { cache: Some(dir.path().join("cache.sqlite")), ..settings(&server, "tok-known") };
+    let first = client(&settings);
+    // Put two answers in the cache through a real lookup.
+    lookup(&first, &ips[..2], false).unwrap();
+    assert_eq!(server.request_count(), 2);
+    drop(first);
+
+    let second = client(&settings);
+    let known = second.lookup_known(&ips, false, &|_, _| {});
+    assert_eq!(server.request_count(), 2, "no request from lookup_known");
+    assert!(
+        known[0]
+            .as_ref()
+            .is_some_and(|(answer, document)| is_found(answer, AnswerSource::Cache) && document.is_some())
+    );
+    assert!(known[1].is_some());
+    assert!(known[2].is_none() && known[3].is_none());
+    assert_eq!(second.stats().cache_hits, 2);
+    // `refresh` bypasses the cache: nothing is known.
+    assert!(second.lookup_known(&ips, true, &|_, _| {}).iter().all(Option::is_none));
+    assert_eq!(server.request_count(), 2);
+    // The misses are then fetched, once each; afterwards the run's memory knows them too.
+    lookup(&second, &ips[2..], false).unwrap();
+    assert_eq!(server.request_count(), 4);
+    let settings_no_cache = SeclyticsSettings { cache: None, ..settings.clone() };
+    let memory_only = client(&settings_no_cache);
+    lookup(&memory_only, &ips[3..], false).unwrap();
+    assert!(memory_only.lookup_known(&ips[3..], false, &|_, _| {})[0].is_some(), "from the run's memory");
+    assert_eq!(server.request_count(), 5);
+}

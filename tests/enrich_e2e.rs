@@ -1031,3 +1031,31 @@ fn a_csv_changed_between_the_passes_fails() {
     assert!(stderr.contains("changed while it was read"), "{stderr}");
     assert!(!scenario.outbox().join("moving.csv").exists(), "no output for a file that changed");
 }
+
+/// While the first pass still reads a CSV, only answers that need no request are prepared: a file that turns
+/// out to be broken half-way (here a record with more fields than a sheet can have, after more indicators than
+/// one lookup chunk) fails without having cost a single API request.
+#[test]
+fn a_csv_broken_half_way_costs_no_api_request() {
+    let scenario = Scenario::new();
+    let mut text = csv_line(&["Scanned Item", "WHOIS"]);
+    for i in 0..3000 {
+        text.push_str(&csv_line(&[&format!("11.9.{}.{}", i / 250, i % 250 + 1), ""]));
+    }
+    text.push_str(&",".repeat(20_000));
+    text.push_str("\r\n");
+    text.push_str(&csv_line(&["198.51.100.53", ""]));
+    let input = scenario.path("broken.csv");
+    std::fs::write(&input, &text).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("fields"), "{stderr}");
+    assert_eq!(scenario.api.request_count(), 0, "a broken file must not spend API quota");
+    assert!(!scenario.outbox().join("broken.csv").exists());
+    // The same rows without the broken record are looked up normally.
+    let good = text.replace(&format!("{}\r\n", ",".repeat(20_000)), "");
+    std::fs::write(&input, good).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(scenario.api.request_count(), 3001);
+}

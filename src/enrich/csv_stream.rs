@@ -8,7 +8,9 @@
 //! 2. **Look up**, on a thread of its own, while both passes run: each [`LOOKUP_CHUNK`] new indicators the scan
 //!    finds are looked up together and their answers digested (JSON, tokens, watch lists), at most
 //!    [`CHUNKS_AHEAD`] chunks ahead of the write pass. Ids come in order of first appearance, which is exactly
-//!    the order in which the write pass needs them.
+//!    the order in which the write pass needs them. Until the scan has read the whole file, only answers that
+//!    need no request (run memory, cache, offline folder) are prepared: a file that turns out to be broken
+//!    half-way costs no API quota.
 //! 3. **Write.** Records are read again and written out one by one. When a row needs an indicator of the next
 //!    chunk, the write pass takes that chunk (merging its counters and log lines in order) and, when reverse
 //!    DNS is on, resolves the IPs of that chunk. The facts of an indicator are dropped after the last row that uses it. When more than
@@ -96,15 +98,28 @@ pub(super) fn enrich_csv(
         let (looked_up, digested) = mpsc::sync_channel(CHUNKS_AHEAD);
         let bar = &bar;
         threads.spawn(move || {
-            let mut hand_over = |chunk: &[Indicator]| {
-                let result = enricher.fetch_digested(chunk, bar);
+            let hand_over = |result: Result<Vec<Digested>, FatalError>| {
                 let fatal = result.is_err();
                 looked_up.send(result).is_ok() && !fatal
             };
+            // While the scan runs the file is not known to be sound: only answers that need no request are
+            // prepared (a file that fails half-way must not cost API quota); the rest waits for the scan's end.
+            let mut prepared: Vec<(Vec<Indicator>, Vec<Option<Digested>>)> = Vec::new();
             for work in to_look_up {
                 let go_on = match work {
-                    Work::Chunk(chunk) => hand_over(&chunk),
-                    Work::Rest { all, from } => all[from..].chunks(LOOKUP_CHUNK).all(&mut hand_over),
+                    Work::Chunk(chunk) => {
+                        let known = enricher.known_digested(&chunk, bar);
+                        prepared.push((chunk, known));
+                        true
+                    }
+                    Work::Rest { all, from } => {
+                        prepared
+                            .drain(..)
+                            .all(|(chunk, known)| hand_over(enricher.complete_digested(&chunk, known, bar)))
+                            && all[from..]
+                                .chunks(LOOKUP_CHUNK)
+                                .all(|chunk| hand_over(enricher.fetch_digested(chunk, bar)))
+                    }
                 };
                 if !go_on {
                     break;

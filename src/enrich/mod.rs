@@ -134,6 +134,57 @@ impl Enricher {
         &self.config
     }
 
+    /// The digested answers of `indicators` (distinct) that need no request ([`Client::lookup_known`]: run
+    /// memory, cache, offline folder); `None` for the others. Safe to run while a file is still being checked.
+    fn known_digested(
+        &self,
+        indicators: &[Indicator],
+        bar: &indicatif::ProgressBar,
+    ) -> Vec<Option<Digested>> {
+        use rayon::prelude::*;
+        let known = self.client.lookup_known(indicators, self.refresh, &|_, _| bar.inc(1));
+        let (lists, switches) = (&self.lists, self.config.logs);
+        indicators
+            .par_iter()
+            .zip(known.into_par_iter())
+            .map(|(indicator, known)| {
+                known.map(|(answer, parsed)| digest(lists, switches, indicator, answer, parsed))
+            })
+            .collect()
+    }
+
+    /// Completes [`Enricher::known_digested`]: looks up (through the API when needed) the indicators it had no
+    /// answer for, and returns every digested answer in order.
+    fn complete_digested(
+        &self,
+        indicators: &[Indicator],
+        known: Vec<Option<Digested>>,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Vec<Digested>, crate::seclytics::client::FatalError> {
+        let missing: Vec<Indicator> =
+            indicators.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(i, _)| i.clone()).collect();
+        let mut fetched = if missing.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            self.fetch_digested(&missing, bar)?.into_iter()
+        };
+        // `fetch_digested` answers every indicator it is given, so `fetched` never runs dry; should it, the
+        // lookup counts as failed (cells stay empty, the error is logged), as the client does.
+        let complete = known
+            .into_iter()
+            .map(|known| {
+                known.or_else(|| fetched.next()).unwrap_or_else(|| Digested {
+                    source: None,
+                    not_found: false,
+                    facts: None,
+                    failure: Some("lookup did not complete".into()),
+                    logs: Vec::new(),
+                })
+            })
+            .collect();
+        Ok(complete)
+    }
+
     /// Looks `indicators` up (distinct, a chunk at a time) and digests each answer: the part of a lookup that
     /// does not touch a [`Job`], so it can run on another thread than the one writing the workbook.
     fn fetch_digested(

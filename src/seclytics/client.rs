@@ -747,6 +747,58 @@ impl Client {
         Ok(answers.into_iter().map(|(answer, _)| answer).collect())
     }
 
+    /// What the client can answer **without a request**: its memory of this run, the cache (unless
+    /// `refresh`), or the offline folder; `None` for every other indicator. Never sends anything to the API,
+    /// so it may run before the caller knows the file is sound. Answers are counted and reported to
+    /// `progress` like those of [`Client::lookup_all_parsed`], which the caller then asks for the `None`s.
+    /// `indicators` must be distinct.
+    pub fn lookup_known(
+        &self,
+        indicators: &[Indicator],
+        refresh: bool,
+        progress: &(dyn Fn(&Indicator, &Answer) + Sync),
+    ) -> Vec<Option<(Answer, Option<Document>)>> {
+        let mut known: Vec<Option<(Answer, Option<Document>)>> = indicators.iter().map(|_| None).collect();
+        match &self.backend {
+            Backend::Offline { dir, max_body_bytes } => {
+                for (slot, indicator) in known.iter_mut().zip(indicators) {
+                    let answer = offline_answer(dir, indicator, *max_body_bytes);
+                    self.counters.count_answer(&answer);
+                    progress(indicator, &answer);
+                    *slot = Some((answer, None));
+                }
+            }
+            Backend::Http(backend) => {
+                let HttpBackend { cache, token_fp, memo, .. } = &**backend;
+                let mut unknown = Vec::new();
+                {
+                    let memo = memo.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for (index, indicator) in indicators.iter().enumerate() {
+                        match memo.get(indicator) {
+                            Some(answer) => known[index] = Some((answer, None)),
+                            None => unknown.push(index),
+                        }
+                    }
+                }
+                if !refresh {
+                    let unknown_indicators: Vec<&Indicator> =
+                        unknown.iter().map(|&i| &indicators[i]).collect();
+                    let cached = cached_answers(cache.as_ref(), token_fp, &unknown_indicators);
+                    for (&index, answer) in unknown.iter().zip(cached) {
+                        known[index] = answer;
+                    }
+                }
+                for (slot, indicator) in known.iter().zip(indicators) {
+                    if let Some((answer, _)) = slot {
+                        self.counters.count_answer(answer);
+                        progress(indicator, answer);
+                    }
+                }
+            }
+        }
+        known
+    }
+
     /// [`Client::lookup_all`], also handing over the parsed [`Document`] of a found answer when the client
     /// already had to parse its body (today: answers from the cache, which are re-checked when read), so the
     /// caller need not parse the same text again. `None` means "parse the body yourself"; the document is
