@@ -173,13 +173,9 @@ impl Enricher {
         let complete = known
             .into_iter()
             .map(|known| {
-                known.or_else(|| fetched.next()).unwrap_or_else(|| Digested {
-                    source: None,
-                    not_found: false,
-                    facts: None,
-                    failure: Some("lookup did not complete".into()),
-                    logs: Vec::new(),
-                })
+                known
+                    .or_else(|| fetched.next())
+                    .unwrap_or_else(|| Digested::failed("lookup did not complete".into()))
             })
             .collect();
         Ok(complete)
@@ -228,22 +224,12 @@ impl Enricher {
 
         let mut job = Job::new(self, hooks.reported_input().unwrap_or(input));
         let output = match format {
-            Format::Csv => self.enrich_csv(input, outbox, &output_name, &mut job)?,
+            // CSV: two streaming passes over the file.
+            Format::Csv => csv_stream::enrich_csv(self, input, outbox, &output_name, &mut job)?,
             Format::Xlsx | Format::Xls => self.enrich_xlsx(input, outbox, &output_name, &mut job)?,
         };
         let output = publish(output, outbox, &output_name, hooks)?;
         job.finish(outbox, output, unique, started)
-    }
-
-    /// CSV: two streaming passes over the file ([`csv_stream`]).
-    fn enrich_csv(
-        &self,
-        input: &Path,
-        outbox: &Path,
-        name: &str,
-        job: &mut Job,
-    ) -> Result<tempfile::NamedTempFile, EnrichError> {
-        csv_stream::enrich_csv(self, input, outbox, name, job)
     }
 
     /// XLSX/XLS: read into the typed model, fill, write back.
@@ -846,6 +832,13 @@ struct Digested {
     logs: Vec<(SeclyticLog, Vec<String>)>,
 }
 
+impl Digested {
+    /// A lookup that failed for `reason`: no facts, nothing to log.
+    fn failed(reason: String) -> Digested {
+        Digested { source: None, not_found: false, facts: None, failure: Some(reason), logs: Vec::new() }
+    }
+}
+
 fn digest(
     lists: &watchlists::WatchLists,
     switches: crate::config::LogSwitches,
@@ -853,13 +846,6 @@ fn digest(
     answer: Answer,
     parsed: Option<model::Document>,
 ) -> Digested {
-    let failed = |reason: String| Digested {
-        source: None,
-        not_found: false,
-        facts: None,
-        failure: Some(reason),
-        logs: Vec::new(),
-    };
     match answer {
         // The client's parse of this very body, when it made one (cached answers): no need to parse twice.
         Answer::Found { body, source } => match parsed.map_or_else(|| model::parse_document(&body), Ok) {
@@ -867,7 +853,7 @@ fn digest(
                 let (facts, logs) = facts_from(lists, switches, indicator, &document, &body);
                 Digested { source: Some(source), not_found: false, facts: Some(facts), failure: None, logs }
             }
-            Err(e) => Digested { source: Some(source), ..failed(e.to_string()) },
+            Err(e) => Digested { source: Some(source), ..Digested::failed(e.to_string()) },
         },
         Answer::NotFound { source } => Digested {
             source: Some(source),
@@ -876,7 +862,7 @@ fn digest(
             failure: None,
             logs: Vec::new(),
         },
-        Answer::Failed { reason } => failed(reason),
+        Answer::Failed { reason } => Digested::failed(reason),
     }
 }
 
