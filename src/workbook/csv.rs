@@ -642,47 +642,37 @@ impl Scanner {
                 let byte = buf[used];
                 let pos = base + used;
                 match state {
-                    ScanState::FieldStart => {
-                        field_start = pos;
-                        if byte == b'"' {
-                            state = ScanState::Quoted;
-                        } else if byte == delimiter {
-                            fields.push(pos..pos);
-                        } else if byte == b'\r' || byte == b'\n' {
+                    // A line break outside quotes ends the record, whatever field it ends.
+                    ScanState::FieldStart | ScanState::Unquoted | ScanState::QuoteInQuoted
+                        if byte == b'\r' || byte == b'\n' =>
+                    {
+                        if state != ScanState::FieldStart {
+                            fields.push(field_start..pos);
+                        } else if pos > 0 {
                             // `a,<EOL>` ends an empty last field; an empty line has no field at all.
-                            if pos > 0 {
-                                fields.push(pos..pos);
-                            }
-                            content_len = Some(pos);
-                            if byte == b'\n' {
-                                terminator = Some(LineEnding::Lf);
-                                used += 1;
-                                done = true;
-                                break;
-                            }
-                            state = ScanState::AfterCr;
-                        } else {
-                            state = ScanState::Unquoted;
-                            used = skip_unquoted(buf, used + 1, delimiter);
-                            continue;
+                            fields.push(pos..pos);
                         }
+                        content_len = Some(pos);
+                        if byte == b'\n' {
+                            terminator = Some(LineEnding::Lf);
+                            used += 1;
+                            done = true;
+                            break;
+                        }
+                        state = ScanState::AfterCr;
                     }
-                    ScanState::Unquoted | ScanState::QuoteInQuoted => {
-                        if state == ScanState::QuoteInQuoted && byte == b'"' {
-                            state = ScanState::Quoted;
-                        } else if byte == delimiter {
+                    ScanState::FieldStart if byte == b'"' => {
+                        field_start = pos;
+                        state = ScanState::Quoted;
+                    }
+                    ScanState::QuoteInQuoted if byte == b'"' => state = ScanState::Quoted,
+                    ScanState::FieldStart | ScanState::Unquoted | ScanState::QuoteInQuoted => {
+                        if state == ScanState::FieldStart {
+                            field_start = pos;
+                        }
+                        if byte == delimiter {
                             fields.push(field_start..pos);
                             state = ScanState::FieldStart;
-                        } else if byte == b'\r' || byte == b'\n' {
-                            fields.push(field_start..pos);
-                            content_len = Some(pos);
-                            if byte == b'\n' {
-                                terminator = Some(LineEnding::Lf);
-                                used += 1;
-                                done = true;
-                                break;
-                            }
-                            state = ScanState::AfterCr;
                         } else {
                             state = ScanState::Unquoted;
                             used = skip_unquoted(buf, used + 1, delimiter);
