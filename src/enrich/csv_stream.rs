@@ -65,7 +65,6 @@ const WANTS_IP_NOTES: u8 = 2;
 /// What the first pass learnt.
 struct Scan {
     plan: TablePlan,
-    rows: usize,
     skipped: usize,
     /// Distinct indicators by id (order of first appearance); shared with the lookup thread.
     indicators: Arc<Vec<Indicator>>,
@@ -146,7 +145,7 @@ pub(super) fn enrich_csv(
         drop(found);
         bar.set_length(scan.indicators.len() as u64);
         tracing::debug!(
-            rows = scan.rows,
+            rows = scan.row_ids.len(),
             indicators = scan.indicators.len(),
             ms = started.elapsed().as_millis() as u64,
             "CSV scan done"
@@ -207,7 +206,7 @@ fn write_pass(
     bar: &indicatif::ProgressBar,
 ) -> Result<tempfile::NamedTempFile, EnrichError> {
     let read_err = |e| file_error("read", e);
-    job.report.rows += scan.rows;
+    job.report.rows += scan.row_ids.len();
     job.report.skipped_indicators += scan.skipped;
     job.report.tables = 1;
     reader.rewind().map_err(read_err)?;
@@ -410,7 +409,7 @@ fn scan(
     drop(ids);
     let indicators = Arc::new(indicators);
     let ips_present = indicators.iter().filter_map(Indicator::ip).collect();
-    Ok(Scan { plan, rows: row_ids.len(), skipped, indicators, uses, flags, row_ids, ips_present })
+    Ok(Scan { plan, skipped, indicators, uses, flags, row_ids, ips_present })
 }
 
 /// True when `cell` (a row's indicator cell in the second pass) still holds `indicator`. The common case is
