@@ -203,12 +203,11 @@ impl LogLines {
             self.earlier_items.insert(hash);
         }
         let hash = self.earlier_items.hasher().hash_one(&item);
-        let prefix = format!("{item}|");
-        self.current_item = Some(item);
         self.current_values.clear();
         if self.earlier_items.contains(&hash) {
             // Seen before (or a hash collision): read its earlier lines back. Never the case for the
             // enricher, which pushes each item once.
+            let prefix = format!("{item}|");
             let mut content = Vec::new();
             if self.write_to(&mut content).is_ok() {
                 for line in content.split(|&b| b == b'\n') {
@@ -219,6 +218,7 @@ impl LogLines {
                 }
             }
         }
+        self.current_item = Some(item);
     }
 
     pub fn is_empty(&self) -> bool {

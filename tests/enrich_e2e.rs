@@ -1059,3 +1059,96 @@ fn a_csv_broken_half_way_costs_no_api_request() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(scenario.api.request_count(), 3001);
 }
+
+/// Runs `enrich` on `input` into the outbox folder `outbox` (under the scenario); returns the output bytes and
+/// the report.
+fn enrich_into(scenario: &Scenario, input: &Path, outbox: &str) -> (Vec<u8>, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+        .arg("--config")
+        .arg(scenario.path("vttl.ini"))
+        .arg("enrich")
+        .arg(input)
+        .arg("--outbox")
+        .arg(scenario.path(outbox))
+        .env_remove("SECLYTICS_ACCESS_TOKEN")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let name = input.file_name().unwrap().to_string_lossy().into_owned();
+    let outbox = scenario.path(outbox);
+    let report = serde_json::from_slice(&std::fs::read(outbox.join(format!("{name}.report.json"))).unwrap());
+    (std::fs::read(outbox.join(&name)).unwrap(), report.unwrap())
+}
+
+#[test]
+fn a_rerun_fills_from_the_kept_digests_exactly_like_the_first_run_and_a_list_change_invalidates_them() {
+    let scenario = Scenario::new();
+    let input = scenario.path("book.csv");
+    std::fs::write(&input, ip_csv_bytes()).unwrap();
+    let (first, first_report) = enrich_into(&scenario, &input, "out1");
+    assert_eq!(first_report["failed_lookups"], 1);
+    // Failed lookups are never cached: each run asks for that one again (twice: `max_retries = 1`).
+    let failed_path = "/ips/203.0.113.99";
+    let requests = || scenario.api.request_count() - scenario.api.count_path(failed_path);
+    let cached_requests = requests();
+    assert!(cached_requests > 0);
+    let cache = rusqlite::Connection::open(scenario.path("cache.sqlite")).unwrap();
+    let count = |table: &str| -> i64 {
+        cache.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0)).unwrap()
+    };
+    // Every cached answer (found or not found) got its digest.
+    assert!(count("responses") > 0);
+    assert_eq!(count("digests"), count("responses"));
+
+    // Second run: everything from the cache, byte for byte the same workbook and logs.
+    let (second, report) = enrich_into(&scenario, &input, "out2");
+    assert_eq!(requests(), cached_requests, "no new request");
+    assert_eq!(report["cache_hits"].as_u64(), Some(count("responses") as u64));
+    assert_eq!(report["not_found"], first_report["not_found"]);
+    assert_eq!(report["cells_filled"], first_report["cells_filled"]);
+    assert_eq!(String::from_utf8_lossy(&second), String::from_utf8_lossy(&first));
+    let logs: Vec<String> = std::fs::read_dir(scenario.path("out1"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|name| name.contains("_Seclytic_"))
+        .map(|name| name[..name.find("_Seclytic_").unwrap() + "_Seclytic_".len()].to_string())
+        .collect();
+    assert!(logs.len() >= 2, "{logs:?}");
+    for log in &logs {
+        assert_eq!(read_log(&scenario.path("out2"), log), read_log(&scenario.path("out1"), log), "{log}");
+    }
+
+    // The digests are what the second run used: with the cached bodies changed behind the cache's back (only
+    // a new answer, which drops the digest, changes a body in real use), the output stays the same.
+    let changed = cache
+        .execute("UPDATE responses SET body = replace(body, 'AgentTesla', 'ZebraKit') WHERE body LIKE '%AgentTesla%'", [])
+        .unwrap();
+    assert!(changed > 0);
+    let (third, _) = enrich_into(&scenario, &input, "out3");
+    assert_eq!(String::from_utf8_lossy(&third), String::from_utf8_lossy(&first));
+
+    // Editing a watch list invalidates every digest: the bodies are digested again (from the cache, still
+    // no request), so the changed bodies and the new keyword show.
+    let lists = scenario.path("lists/KWordwatchlist.txt");
+    let mut keywords = std::fs::read_to_string(&lists).unwrap();
+    keywords.push_str("ZebraKit\r\n");
+    std::fs::write(&lists, keywords).unwrap();
+    let (fourth, report) = enrich_into(&scenario, &input, "out4");
+    assert_eq!(requests(), cached_requests, "still no new request");
+    assert_eq!(report["cache_hits"].as_u64(), Some(count("responses") as u64));
+    let table = read_csv_table(&fourth, encoding_rs::WINDOWS_1252);
+    let keywords = table.get("203.0.113.45", "Keyword Watch List").to_lowercase();
+    assert!(keywords.contains("zebrakit") && !keywords.contains("agenttesla"), "{keywords}");
+    let reputation = table.get("203.0.113.45", "Seclytics Reputation and Reason");
+    assert!(reputation.contains("ZebraKit.XK"), "{reputation}");
+    // … and digests are kept again under the new lists: a fifth run answers like the fourth.
+    let (fifth, _) = enrich_into(&scenario, &input, "out5");
+    assert_eq!(String::from_utf8_lossy(&fifth), String::from_utf8_lossy(&fourth));
+
+    // A damaged digest is a miss: the body is digested again, the output is the same.
+    cache.execute("UPDATE digests SET data = x'00'", []).unwrap();
+    let (sixth, report) = enrich_into(&scenario, &input, "out6");
+    assert_eq!(String::from_utf8_lossy(&sixth), String::from_utf8_lossy(&fourth));
+    assert_eq!(report["cache_hits"].as_u64(), Some(count("responses") as u64));
+    assert_eq!(requests(), cached_requests);
+}

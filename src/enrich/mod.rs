@@ -22,6 +22,7 @@ mod csv_stream;
 pub mod plan;
 pub mod rdns;
 pub mod sinkholes;
+mod stored;
 pub mod watchlists;
 
 use std::borrow::Cow;
@@ -88,6 +89,8 @@ pub struct Enricher {
     sinkholes: sinkholes::Sinkholes,
     resolver: Option<rdns::ReverseResolver>,
     refresh: bool,
+    /// What the digests this enricher keeps in the cache are made with ([`stored::derivation`]).
+    derivation: i64,
 }
 
 impl Enricher {
@@ -127,30 +130,32 @@ impl Enricher {
         } else {
             None
         };
-        Ok((Enricher { config, client, lists, sinkholes, resolver, refresh }, warnings))
+        let derivation = stored::derivation(&lists, config.logs);
+        Ok((Enricher { config, client, lists, sinkholes, resolver, refresh, derivation }, warnings))
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The digested answers of `indicators` (distinct) that need no request ([`Client::lookup_known`]: run
-    /// memory, cache, offline folder); `None` for the others. Safe to run while a file is still being checked.
+    /// The digested answers of `indicators` (distinct) that need no request: digests kept in the cache, then
+    /// [`Client::lookup_known`] (run memory, cache, offline folder); `None` for the others. Safe to run while a
+    /// file is still being checked.
     fn known_digested(
         &self,
         indicators: &[Indicator],
         bar: &indicatif::ProgressBar,
     ) -> Vec<Option<Digested>> {
-        use rayon::prelude::*;
-        let known = self.client.lookup_known(indicators, self.refresh, &|_, _| bar.inc(1));
-        let (lists, switches) = (&self.lists, self.config.logs);
-        indicators
-            .par_iter()
-            .zip(known.into_par_iter())
-            .map(|(indicator, known)| {
-                known.map(|(answer, parsed)| digest(lists, switches, indicator, answer, parsed))
-            })
-            .collect()
+        let mut known = self.stored_digested(indicators, bar);
+        let (missing, slots) = unanswered(indicators, &known);
+        if !missing.is_empty() {
+            let answers = self.client.lookup_known(&missing, self.refresh, &|_, _| bar.inc(1));
+            let digested = self.digest_all(&missing, answers);
+            for (slot, digested) in slots.into_iter().zip(digested) {
+                known[slot] = digested;
+            }
+        }
+        known
     }
 
     /// Completes [`Enricher::known_digested`]: looks up (through the API when needed) the indicators it had no
@@ -161,15 +166,14 @@ impl Enricher {
         known: Vec<Option<Digested>>,
         bar: &indicatif::ProgressBar,
     ) -> Result<Vec<Digested>, crate::seclytics::client::FatalError> {
-        let missing: Vec<Indicator> =
-            indicators.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(i, _)| i.clone()).collect();
+        let (missing, _) = unanswered(indicators, &known);
         let mut fetched = if missing.is_empty() {
             Vec::new().into_iter()
         } else {
-            self.fetch_digested(&missing, bar)?.into_iter()
+            self.look_up_and_digest(&missing, bar)?.into_iter()
         };
-        // `fetch_digested` answers every indicator it is given, so `fetched` never runs dry; should it, the
-        // lookup counts as failed (cells stay empty, the error is logged), as the client does.
+        // `look_up_and_digest` answers every indicator it is given, so `fetched` never runs dry; should it,
+        // the lookup counts as failed (cells stay empty, the error is logged), as the client does.
         let complete = known
             .into_iter()
             .map(|known| {
@@ -182,20 +186,78 @@ impl Enricher {
     }
 
     /// Looks `indicators` up (distinct, a chunk at a time) and digests each answer: the part of a lookup that
-    /// does not touch a [`Job`], so it can run on another thread than the one writing the workbook.
+    /// does not touch a [`Job`], so it can run on another thread than the one writing the workbook. Digests
+    /// kept in the cache are used as they are; the other answers are digested and their digests kept.
     fn fetch_digested(
         &self,
         indicators: &[Indicator],
         bar: &indicatif::ProgressBar,
     ) -> Result<Vec<Digested>, crate::seclytics::client::FatalError> {
+        let known = self.stored_digested(indicators, bar);
+        self.complete_digested(indicators, known, bar)
+    }
+
+    /// The digests kept in the cache for `indicators` (see `stored`), decoded; `None` where there is none (or
+    /// it does not decode). Those used are counted as cache answers.
+    fn stored_digested(
+        &self,
+        indicators: &[Indicator],
+        bar: &indicatif::ProgressBar,
+    ) -> Vec<Option<Digested>> {
         use rayon::prelude::*;
+        let blobs = self.client.stored_digests(indicators, self.derivation, self.refresh);
+        let digested: Vec<Option<Digested>> =
+            blobs.into_par_iter().map(|blob| blob.and_then(|blob| stored::decode(&blob))).collect();
+        let (mut found, mut not_found) = (0, 0);
+        for digested in digested.iter().flatten() {
+            if digested.not_found {
+                not_found += 1;
+            } else {
+                found += 1;
+            }
+        }
+        self.client.count_stored_answers(found, not_found);
+        bar.inc(found + not_found);
+        digested
+    }
+
+    /// Looks `indicators` up through the client (run memory, cache, API) and digests the answers.
+    fn look_up_and_digest(
+        &self,
+        indicators: &[Indicator],
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Vec<Digested>, crate::seclytics::client::FatalError> {
         let answers = self.client.lookup_all_parsed(indicators, self.refresh, &|_, _| bar.inc(1))?;
+        Ok(self
+            .digest_all(indicators, answers.into_iter().map(Some).collect())
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Digests the answers of `indicators` (`None`: no answer, stays `None`) on every core, and keeps the
+    /// digests of cached and API answers in the cache for the next run.
+    fn digest_all(
+        &self,
+        indicators: &[Indicator],
+        answers: Vec<Option<(Answer, Option<model::Document>)>>,
+    ) -> Vec<Option<Digested>> {
+        use rayon::prelude::*;
         let (lists, switches) = (&self.lists, self.config.logs);
-        Ok(indicators
+        let (digested, blobs): (Vec<Option<Digested>>, Vec<Option<Vec<u8>>>) = indicators
             .par_iter()
             .zip(answers.into_par_iter())
-            .map(|(indicator, (answer, parsed))| digest(lists, switches, indicator, answer, parsed))
-            .collect())
+            .map(|(indicator, answer)| {
+                let digested =
+                    answer.map(|(answer, parsed)| digest(lists, switches, indicator, answer, parsed));
+                let blob = digested.as_ref().and_then(stored::encode);
+                (digested, blob)
+            })
+            .unzip();
+        let blobs: Vec<(&Indicator, Vec<u8>)> =
+            indicators.iter().zip(blobs).filter_map(|(indicator, blob)| Some((indicator, blob?))).collect();
+        self.client.store_digests(self.derivation, &blobs);
+        digested
     }
 
     /// Enriches `input` into `outbox`. The input is never modified.
@@ -680,7 +742,13 @@ impl<'a> Job<'a> {
 
     /// Records what one answer said (in input order); returns its facts.
     fn merge(&mut self, indicator: &Indicator, digested: Digested) -> Option<Facts> {
-        *self.report.indicators.entry(kind_name(indicator.kind).to_string()).or_default() += 1;
+        let kind = kind_name(indicator.kind);
+        match self.report.indicators.get_mut(kind) {
+            Some(count) => *count += 1,
+            None => {
+                self.report.indicators.insert(kind.to_string(), 1);
+            }
+        }
         if let Some(source) = digested.source {
             self.count_source(source);
         }
@@ -837,6 +905,17 @@ impl Digested {
     fn failed(reason: String) -> Digested {
         Digested { source: None, not_found: false, facts: None, failure: Some(reason), logs: Vec::new() }
     }
+}
+
+/// The indicators without an answer in `known` (cloned, in order) and their positions.
+fn unanswered(indicators: &[Indicator], known: &[Option<Digested>]) -> (Vec<Indicator>, Vec<usize>) {
+    indicators
+        .iter()
+        .zip(known)
+        .enumerate()
+        .filter(|(_, (_, known))| known.is_none())
+        .map(|(slot, (indicator, _))| (indicator.clone(), slot))
+        .unzip()
 }
 
 fn digest(

@@ -260,6 +260,38 @@ impl WatchLists {
         !self.detection_names.is_empty()
     }
 
+    /// Feeds everything the lists match with into `hasher`, in a fixed order: equal lists give equal
+    /// fingerprints whatever order the files listed them in where order does not matter. The enricher keys
+    /// the digests it keeps in the cache with it, so editing a list invalidates them.
+    pub fn fingerprint(&self, hasher: &mut impl sha2::Digest) {
+        fn text(hasher: &mut impl sha2::Digest, tag: u8, text: &str) {
+            hasher.update([tag]);
+            hasher.update((text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        }
+        for keyword in &self.keywords {
+            text(hasher, b'k', keyword);
+        }
+        for entry in &self.urls {
+            text(hasher, b'u', &entry.display);
+            match &entry.matcher {
+                UrlMatcher::Substring(needle) => text(hasher, b's', needle),
+                UrlMatcher::Regex(regex) => text(hasher, b'r', regex.as_str()),
+            }
+        }
+        let mut ip_domains: Vec<(&String, &String)> = self.ip_domains.iter().collect();
+        ip_domains.sort_unstable();
+        for (key, cell) in ip_domains {
+            text(hasher, b'i', key);
+            text(hasher, b'c', cell);
+        }
+        let mut names: Vec<&String> = self.detection_names.iter().collect();
+        names.sort_unstable();
+        for name in names {
+            text(hasher, b'd', name);
+        }
+    }
+
     /// Keywords found in the response body (lower-cased first), in file order.
     ///
     /// Measured on a 2.7 KB body with 11 keywords: lower-casing the body (std's ASCII fast path) and one

@@ -16,6 +16,15 @@
 //!   write error later is logged once as a warning and treated as a miss / skipped write. The file is never
 //!   deleted or recreated by us (another process may be using it).
 //! * Only status 200 (a body that passed `parse_document`) and 404 are stored; callers never pass errors.
+//! * Beside each answer the cache may keep a **digest**: an opaque blob the caller derived from that answer
+//!   (the enricher stores the cell values and log lines it computed, so a later run skips parsing and
+//!   digesting the body again), tagged with a `derivation` number the caller chooses (what the blob depends
+//!   on besides the answer: program version, watch lists, switches) and stamped with the answer's
+//!   `fetched_at_ms`. A digest is only stored while its answer is in the cache, is deleted whenever that
+//!   answer is replaced, expires with it, and is only handed out for the same `derivation`. Schema version 2
+//!   added the `digests` table; a version 1 file is upgraded in place when opened (a program that only knows
+//!   version 1 then refuses the file and runs without a cache, so it cannot replace answers behind the
+//!   digests' back).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -27,12 +36,30 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 
-/// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version stored in `PRAGMA user_version` (1: answers only; 2: answers and digests).
+const SCHEMA_VERSION: i64 = 2;
 
 /// The read of one cached answer.
 const GET_SQL: &str = "SELECT status, body, fetched_at_ms FROM responses
                        WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3";
+
+/// The read of one digest: made under `derivation` ?4 from an answer fetched after ?5.
+const GET_DIGEST_SQL: &str = "SELECT data FROM digests
+                              WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3
+                                AND derivation = ?4 AND fetched_at_ms > ?5";
+
+/// Storing an answer: its digest (made from the answer it replaces) goes first, in the same transaction.
+const DELETE_DIGEST_SQL: &str =
+    "DELETE FROM digests WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3";
+const PUT_SQL: &str =
+    "INSERT OR REPLACE INTO responses (endpoint, indicator, token_fp, status, body, fetched_at_ms)
+                       VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Storing a digest: only while its answer is cached, stamped with that answer's `fetched_at_ms`.
+const PUT_DIGEST_SQL: &str = "INSERT OR REPLACE INTO digests
+                                  (endpoint, indicator, token_fp, derivation, fetched_at_ms, data)
+                              SELECT ?1, ?2, ?3, ?4, fetched_at_ms, ?5 FROM responses
+                              WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3";
 
 /// How long SQLite waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +69,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum CacheError {
     #[error("cannot use cache file {path}: {reason}")]
     Open { path: PathBuf, reason: String },
-    #[error("cache file {path} has schema version {found}, expected {SCHEMA_VERSION}")]
+    #[error("cache file {path} has schema version {found}, expected 1 or {SCHEMA_VERSION}")]
     Schema { path: PathBuf, found: i64 },
 }
 
@@ -102,12 +129,14 @@ impl Cache {
         connection.execute_batch("PRAGMA synchronous=NORMAL;").map_err(open_error)?;
         let version: i64 =
             connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(open_error)?;
-        if version != 0 && version != SCHEMA_VERSION {
+        if !(0..=SCHEMA_VERSION).contains(&version) {
             return Err(CacheError::Schema { path: path.to_path_buf(), found: version });
         }
+        // Idempotent: creates what a new file lacks, adds the digests of version 2 to a version 1 file.
         connection
             .execute_batch(
-                "CREATE TABLE IF NOT EXISTS responses (
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS responses (
                     endpoint      TEXT    NOT NULL,
                     indicator     TEXT    NOT NULL,
                     token_fp      TEXT    NOT NULL,
@@ -116,7 +145,17 @@ impl Cache {
                     fetched_at_ms INTEGER NOT NULL,
                     PRIMARY KEY (endpoint, indicator, token_fp)
                  ) WITHOUT ROWID;
-                 PRAGMA user_version = 1;",
+                 CREATE TABLE IF NOT EXISTS digests (
+                    endpoint      TEXT    NOT NULL,
+                    indicator     TEXT    NOT NULL,
+                    token_fp      TEXT    NOT NULL,
+                    derivation    INTEGER NOT NULL,
+                    fetched_at_ms INTEGER NOT NULL,
+                    data          BLOB    NOT NULL,
+                    PRIMARY KEY (endpoint, indicator, token_fp)
+                 ) WITHOUT ROWID;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
             )
             .map_err(open_error)?;
         let cache =
@@ -150,8 +189,12 @@ impl Cache {
     /// Deletes entries whose age is at least the TTL. Best effort.
     fn purge_expired(&self) {
         let cutoff = now_ms().saturating_sub(self.ttl_ms());
+        let connection = self.connection();
         let result =
-            self.connection().execute("DELETE FROM responses WHERE fetched_at_ms <= ?1", params![cutoff]);
+            connection.execute("DELETE FROM responses WHERE fetched_at_ms <= ?1", params![cutoff]).and_then(
+                |_| connection.execute("DELETE FROM digests WHERE fetched_at_ms <= ?1", params![cutoff]),
+            );
+        drop(connection);
         if let Err(e) = result {
             self.warn("purge", &e);
         }
@@ -177,22 +220,50 @@ impl Cache {
     /// instead of one per key) and one prepared statement, holding this process's connection throughout so no
     /// other thread's statement runs inside the transaction.
     pub fn get_many(&self, keys: &[(&str, &str)], token_fp: &str) -> Vec<Option<CachedAnswer>> {
+        let fresh_after = now_ms().saturating_sub(self.ttl_ms());
+        self.read_many(keys, GET_SQL, |statement, (endpoint, indicator)| {
+            let row = statement
+                .query_row(params![endpoint, indicator, token_fp], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional();
+            self.answer_from(row, fresh_after)
+        })
+    }
+
+    /// The digests stored for many keys `(endpoint, indicator)` under `derivation`, while their answers are
+    /// fresh; `None` for every other key. Read like [`Cache::get_many`]; errors count as misses.
+    pub fn get_digests(
+        &self,
+        keys: &[(&str, &str)],
+        token_fp: &str,
+        derivation: i64,
+    ) -> Vec<Option<Vec<u8>>> {
+        let fresh_after = now_ms().saturating_sub(self.ttl_ms());
+        self.read_many(keys, GET_DIGEST_SQL, |statement, (endpoint, indicator)| {
+            let row = statement
+                .query_row(params![endpoint, indicator, token_fp, derivation, fresh_after], |row| {
+                    row.get::<_, Vec<u8>>(0)
+                })
+                .optional();
+            row.unwrap_or_else(|e| {
+                self.warn("read", &e);
+                None
+            })
+        })
+    }
+
+    /// Runs `read` for every key with the prepared statement of `sql`, inside one read transaction.
+    fn read_many<T: Clone>(
+        &self,
+        keys: &[(&str, &str)],
+        sql: &str,
+        mut read: impl FnMut(&mut rusqlite::CachedStatement<'_>, &(&str, &str)) -> Option<T>,
+    ) -> Vec<Option<T>> {
         let connection = self.connection();
         let in_transaction = connection.execute_batch("BEGIN").is_ok();
-        let answers = match connection.prepare_cached(GET_SQL) {
-            Ok(mut statement) => {
-                let fresh_after = now_ms().saturating_sub(self.ttl_ms());
-                keys.iter()
-                    .map(|(endpoint, indicator)| {
-                        let row = statement
-                            .query_row(params![endpoint, indicator, token_fp], |row| {
-                                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                            })
-                            .optional();
-                        self.answer_from(row, fresh_after)
-                    })
-                    .collect()
-            }
+        let found = match connection.prepare_cached(sql) {
+            Ok(mut statement) => keys.iter().map(|key| read(&mut statement, key)).collect(),
             Err(e) => {
                 self.warn("read", &e);
                 vec![None; keys.len()]
@@ -201,7 +272,7 @@ impl Cache {
         if in_transaction && let Err(e) = connection.execute_batch("COMMIT") {
             self.warn("read", &e);
         }
-        answers
+        found
     }
 
     /// The cached answer in a row read by [`GET_SQL`], unless expired (fetched at or before `fresh_after`).
@@ -228,48 +299,51 @@ impl Cache {
         }
     }
 
-    /// Stores an answer (replacing an older one for the same key). Errors are logged and ignored.
+    /// Stores an answer (replacing an older one for the same key, and the digest made from it). Errors are
+    /// logged and ignored.
     pub fn put(&self, endpoint: &str, indicator: &str, token_fp: &str, answer: &CachedAnswer) {
-        let (status, body) = match answer {
-            CachedAnswer::Found(body) => (200, body.as_str()),
-            CachedAnswer::NotFound => (404, ""),
-        };
-        let connection = self.connection();
-        let result = connection
-            .prepare_cached(
-                "INSERT OR REPLACE INTO responses (endpoint, indicator, token_fp, status, body, fetched_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut statement| statement.execute(params![endpoint, indicator, token_fp, status, body, now_ms()]));
-        drop(connection);
-        if let Err(e) = result {
-            self.warn("write", &e);
-        }
+        self.put_many(token_fp, &[(endpoint, indicator, answer.clone())]);
     }
-}
 
-impl Cache {
     /// Stores many answers — `(endpoint, indicator, answer)` under one token fingerprint — in one
     /// transaction: one commit instead of one per answer (priming a cache with a million answers takes
     /// seconds instead of minutes). Errors are logged and ignored, like [`Cache::put`]; on an error nothing of
     /// this batch is stored.
     pub fn put_many(&self, token_fp: &str, entries: &[(&str, &str, CachedAnswer)]) {
-        let mut connection = self.connection();
         let fetched_at_ms = now_ms();
-        let result = connection.transaction().and_then(|transaction| {
-            {
-                let mut statement = transaction.prepare_cached(
-                    "INSERT OR REPLACE INTO responses (endpoint, indicator, token_fp, status, body, fetched_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for (endpoint, indicator, answer) in entries {
-                    let (status, body) = match answer {
-                        CachedAnswer::Found(body) => (200, body.as_str()),
-                        CachedAnswer::NotFound => (404, ""),
-                    };
-                    statement.execute(params![endpoint, indicator, token_fp, status, body, fetched_at_ms])?;
-                }
+        self.write_many(|transaction| {
+            let mut forget_digest = transaction.prepare_cached(DELETE_DIGEST_SQL)?;
+            let mut store = transaction.prepare_cached(PUT_SQL)?;
+            for (endpoint, indicator, answer) in entries {
+                let (status, body) = match answer {
+                    CachedAnswer::Found(body) => (200, body.as_str()),
+                    CachedAnswer::NotFound => (404, ""),
+                };
+                forget_digest.execute(params![endpoint, indicator, token_fp])?;
+                store.execute(params![endpoint, indicator, token_fp, status, body, fetched_at_ms])?;
             }
+            Ok(())
+        });
+    }
+
+    /// Stores digests — `(endpoint, indicator, data)` made under `derivation` — for the answers that are
+    /// cached now (a digest whose answer is not in the cache is dropped), in one transaction. Errors are
+    /// logged and ignored.
+    pub fn put_digests(&self, token_fp: &str, derivation: i64, entries: &[(&str, &str, &[u8])]) {
+        self.write_many(|transaction| {
+            let mut store = transaction.prepare_cached(PUT_DIGEST_SQL)?;
+            for (endpoint, indicator, data) in entries {
+                store.execute(params![endpoint, indicator, token_fp, derivation, data])?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Runs `write` in one transaction; commits when it succeeds. Errors are logged and ignored.
+    fn write_many(&self, write: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>) {
+        let mut connection = self.connection();
+        let result = connection.transaction().and_then(|transaction| {
+            write(&transaction)?;
             transaction.commit()
         });
         drop(connection);
@@ -371,5 +445,93 @@ mod tests {
         assert!(err.to_string().contains("c.sqlite"), "{err}");
         // The file is left as it was.
         assert_eq!(std::fs::read(&path).unwrap(), vec![0x42u8; 8192]);
+    }
+
+    #[test]
+    fn digests_live_and_die_with_their_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("c.sqlite"), Duration::from_secs(3600)).unwrap();
+        cache.put("ips", "192.0.2.1", "fp", &CachedAnswer::Found("{\"id\": 1}".into()));
+        cache.put("hosts", "gone.example", "fp", &CachedAnswer::NotFound);
+        let keys = [("ips", "192.0.2.1"), ("hosts", "gone.example"), ("files", "abc")];
+        // `files/abc` has no cached answer: its digest is dropped.
+        cache.put_digests(
+            "fp",
+            7,
+            &[("ips", "192.0.2.1", b"one"), ("hosts", "gone.example", b"two"), ("files", "abc", b"three")],
+        );
+        assert_eq!(
+            cache.get_digests(&keys, "fp", 7),
+            vec![Some(b"one".to_vec()), Some(b"two".to_vec()), None]
+        );
+        // Another derivation, another token: nothing.
+        assert_eq!(cache.get_digests(&keys, "fp", 8), vec![None, None, None]);
+        assert_eq!(cache.get_digests(&keys, "other", 7), vec![None, None, None]);
+        // A new answer for a key drops that key's digest (it was made from the old answer), and only that one.
+        cache.put("ips", "192.0.2.1", "fp", &CachedAnswer::Found("{\"id\": 2}".into()));
+        assert_eq!(cache.get_digests(&keys, "fp", 7), vec![None, Some(b"two".to_vec()), None]);
+        cache.put_many("fp", &[("hosts", "gone.example", CachedAnswer::NotFound)]);
+        assert_eq!(cache.get_digests(&keys, "fp", 7), vec![None, None, None]);
+        // Stored again, replaced in place; seen by a second connection.
+        cache.put_digests("fp", 7, &[("ips", "192.0.2.1", b"new"), ("ips", "192.0.2.1", b"newer")]);
+        let other = Cache::open(&dir.path().join("c.sqlite"), Duration::from_secs(3600)).unwrap();
+        assert_eq!(other.get_digests(&keys[..1], "fp", 7), vec![Some(b"newer".to_vec())]);
+    }
+
+    #[test]
+    fn digests_expire_with_their_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let cache = Cache::open(&path, Duration::from_millis(300)).unwrap();
+        cache.put("ips", "192.0.2.1", "fp", &CachedAnswer::NotFound);
+        cache.put_digests("fp", 1, &[("ips", "192.0.2.1", b"d")]);
+        assert!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 1)[0].is_some());
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 1)[0].is_none());
+        // Reopening purges both tables.
+        drop(cache);
+        let _reopened = Cache::open(&path, Duration::from_millis(300)).unwrap();
+        let connection = Connection::open(&path).unwrap();
+        for table in ["responses", "digests"] {
+            let rows: i64 =
+                connection.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0)).unwrap();
+            assert_eq!(rows, 0, "{table}");
+        }
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_and_keeps_its_answers_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            // What version 1 created.
+            let connection = Connection::open(&path).unwrap();
+            connection
+                .execute_batch(
+                    "CREATE TABLE responses (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,
+                        token_fp TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
+                        fetched_at_ms INTEGER NOT NULL, PRIMARY KEY (endpoint, indicator, token_fp)) WITHOUT ROWID;
+                     PRAGMA user_version = 1;",
+                )
+                .unwrap();
+            connection
+                .execute(
+                    "INSERT INTO responses VALUES ('ips', '192.0.2.1', 'fp', 200, '{}', ?1)",
+                    params![now_ms()],
+                )
+                .unwrap();
+        }
+        let cache = Cache::open(&path, Duration::from_secs(3600)).unwrap();
+        assert_eq!(cache.get("ips", "192.0.2.1", "fp"), Some(CachedAnswer::Found("{}".into())));
+        cache.put_digests("fp", 3, &[("ips", "192.0.2.1", b"d")]);
+        assert_eq!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 3), vec![Some(b"d".to_vec())]);
+        drop(cache);
+        let connection = Connection::open(&path).unwrap();
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, 2);
+        connection.execute_batch("PRAGMA user_version = 3").unwrap();
+        drop(connection);
+        let err = Cache::open(&path, Duration::from_secs(3600)).unwrap_err();
+        assert!(matches!(err, CacheError::Schema { found: 3, .. }), "{err}");
     }
 }

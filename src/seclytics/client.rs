@@ -731,6 +731,50 @@ impl Client {
         self.counters.snapshot()
     }
 
+    /// The digests kept in the cache for `indicators` under `derivation` (see [`Cache::get_digests`]); `None`
+    /// for each indicator without one, and for all when there is no cache or `refresh` is set. Only reads: a
+    /// digest the caller uses counts as a cache answer once it says so ([`Client::count_stored_answers`]).
+    pub fn stored_digests(
+        &self,
+        indicators: &[Indicator],
+        derivation: i64,
+        refresh: bool,
+    ) -> Vec<Option<Vec<u8>>> {
+        match &self.backend {
+            Backend::Http(backend) if !refresh && backend.cache.is_some() => {
+                let HttpBackend { cache, token_fp, .. } = &**backend;
+                let keys: Vec<(&str, &str)> =
+                    indicators.iter().map(|i| (i.kind.endpoint(), i.value.as_str())).collect();
+                cache.as_ref().map_or_else(Vec::new, |cache| cache.get_digests(&keys, token_fp, derivation))
+            }
+            _ => vec![None; indicators.len()],
+        }
+    }
+
+    /// Keeps digests — `(indicator, data)` made under `derivation` — beside the cached answers they were made
+    /// from (nothing without a cache; a digest whose answer is not cached is dropped).
+    pub fn store_digests(&self, derivation: i64, digests: &[(&Indicator, Vec<u8>)]) {
+        if let Backend::Http(backend) = &self.backend
+            && let Some(cache) = &backend.cache
+            && !digests.is_empty()
+        {
+            let entries: Vec<(&str, &str, &[u8])> = digests
+                .iter()
+                .map(|(indicator, data)| {
+                    (indicator.kind.endpoint(), indicator.value.as_str(), data.as_slice())
+                })
+                .collect();
+            cache.put_digests(&backend.token_fp, derivation, &entries);
+        }
+    }
+
+    /// Counts answers the caller took from [`Client::stored_digests`]: `found` and `not_found` answers from the
+    /// cache, as [`Client::stats`] reports them.
+    pub fn count_stored_answers(&self, found: u64, not_found: u64) {
+        self.counters.cache_hits.fetch_add(found + not_found, Ordering::Relaxed);
+        self.counters.not_found.fetch_add(not_found, Ordering::Relaxed);
+    }
+
     /// Looks up every indicator (distinct ones concurrently, each at most once), at most `concurrency` requests
     /// in flight, never faster than `requests_per_minute`. `refresh` bypasses the cache for reading (answers
     /// are still written to it). `progress` is called once per finished distinct indicator. Returns the answers

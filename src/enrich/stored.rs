@@ -1,0 +1,270 @@
+//! Digested answers kept in the cache beside the answers they were made from, so that a workbook whose
+//! indicators are all cached skips parsing and digesting every body again (JSON, tokens, watch lists: most
+//! of a cache hit's cost, see BENCHMARKS.md).
+//!
+//! A digest is everything [`Digested`] says about a found or not-found answer: the facts that go into the
+//! cells and the values for the Seclytic logs. It depends on the answer (the cache ties it to that answer and
+//! drops it when the answer is replaced or expires) and on what the program digests it with, which the
+//! [`derivation`] number covers: the digest format, this program's version, the Seclytic log switches and the
+//! watch lists' content. Anything else that changes what [`super::digest`] computes must bump
+//! [`DIGEST_VERSION`]. A stored digest that does not decode is a miss (the body is digested again), never an
+//! error: the cache file is not trusted more than any other input.
+//!
+//! Failed lookups and offline answers are never stored (only cached answers have digests).
+
+use sha2::{Digest, Sha256};
+
+use super::Digested;
+use super::plan::Facts;
+use super::watchlists::WatchLists;
+use crate::config::LogSwitches;
+use crate::outbox::SeclyticLog;
+use crate::seclytics::client::AnswerSource;
+
+/// Bump when what `digest` computes from an answer changes without this program's version changing.
+pub const DIGEST_VERSION: u32 = 1;
+
+/// First byte of every stored digest (the layout below).
+const FORMAT: u8 = 1;
+
+/// The derivation number stored with each digest: digests made under another number are not used.
+pub fn derivation(lists: &WatchLists, switches: LogSwitches) -> i64 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"vttl-seclytics digest\0");
+    hasher.update(DIGEST_VERSION.to_le_bytes());
+    hasher.update([FORMAT]);
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hasher.update([
+        0,
+        switches.ips as u8,
+        switches.hashes as u8,
+        switches.urls as u8,
+        switches.reference_urls as u8,
+    ]);
+    hasher.update((super::CELL_LIMIT as u64).to_le_bytes());
+    lists.fingerprint(&mut hasher);
+    let hash = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    i64::from_le_bytes(first)
+}
+
+fn log_code(log: SeclyticLog) -> u8 {
+    match log {
+        SeclyticLog::Ips => 1,
+        SeclyticLog::Hashes => 2,
+        SeclyticLog::Urls => 3,
+        SeclyticLog::References => 4,
+    }
+}
+
+fn log_from_code(code: u8) -> Option<SeclyticLog> {
+    SeclyticLog::ALL.into_iter().find(|log| log_code(*log) == code)
+}
+
+/// The stored form of a digested answer from the cache or the API; `None` for what is never stored (failed
+/// lookups, offline answers).
+pub fn encode(digested: &Digested) -> Option<Vec<u8>> {
+    if digested.failure.is_some() || !matches!(digested.source, Some(AnswerSource::Cache | AnswerSource::Api))
+    {
+        return None;
+    }
+    let facts = digested.facts.as_ref()?;
+    let mut out = Vec::with_capacity(256);
+    out.push(FORMAT);
+    out.push(digested.not_found as u8);
+    let mut encoded_facts = Vec::with_capacity(192);
+    facts.encode(&mut encoded_facts);
+    put_u64(&mut out, encoded_facts.len() as u64);
+    out.extend_from_slice(&encoded_facts);
+    put_u64(&mut out, digested.logs.len() as u64);
+    for (log, values) in &digested.logs {
+        out.push(log_code(*log));
+        put_u64(&mut out, values.len() as u64);
+        for value in values {
+            put_u64(&mut out, value.len() as u64);
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
+    Some(out)
+}
+
+/// Reads what [`encode`] wrote, as an answer from the cache; `None` when `bytes` is not such an encoding.
+pub fn decode(bytes: &[u8]) -> Option<Digested> {
+    let mut input = Input(bytes);
+    if input.byte()? != FORMAT {
+        return None;
+    }
+    let not_found = match input.byte()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let facts_len = input.len()?;
+    let facts = Facts::decode(input.take(facts_len)?)?;
+    let log_count = input.len()?;
+    // Every log and value takes at least one byte: counts larger than what is left are corrupt, and never
+    // used to reserve memory.
+    let mut logs = Vec::with_capacity(log_count.min(SeclyticLog::ALL.len()));
+    for _ in 0..log_count {
+        let log = log_from_code(input.byte()?)?;
+        let value_count = input.len()?;
+        let mut values = Vec::with_capacity(value_count.min(input.0.len() / 8));
+        for _ in 0..value_count {
+            let len = input.len()?;
+            values.push(std::str::from_utf8(input.take(len)?).ok()?.to_owned());
+        }
+        logs.push((log, values));
+    }
+    input.0.is_empty().then_some(Digested {
+        source: Some(AnswerSource::Cache),
+        not_found,
+        facts: Some(facts),
+        failure: None,
+        logs,
+    })
+}
+
+fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+struct Input<'b>(&'b [u8]);
+
+impl<'b> Input<'b> {
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    /// A length or count: never more than the bytes left.
+    fn len(&mut self) -> Option<usize> {
+        let value = u64::from_le_bytes(self.take(8)?.try_into().ok()?);
+        usize::try_from(value).ok().filter(|&n| n <= self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found() -> Digested {
+        Digested {
+            source: Some(AnswerSource::Api),
+            not_found: false,
+            facts: Some(Facts {
+                reputation: "scanner^malicious".into(),
+                file_metadata: String::new(),
+                file_count: Some(3),
+                whois: Some("EXAMPLE-AS, ZZ".into()),
+                validation: None,
+                first_seen: chrono::DateTime::from_timestamp(1_700_000_123, 456_000_000)
+                    .map(|t| t.naive_utc()),
+                passive_dns_ip: Some("2001:db8::7".parse().unwrap()),
+                keyword_watch: "AgentTesla".into(),
+                url_watch: "/gate.php".into(),
+                ip_domain_watch: String::new(),
+                detection_watch: "trojan:win32/agenttesla!ml".into(),
+            }),
+            failure: None,
+            logs: vec![
+                (SeclyticLog::Ips, vec!["203.0.113.45".into(), "198.51.100.7".into()]),
+                (SeclyticLog::Urls, vec![]),
+                (SeclyticLog::References, vec!["https://example.org/ü".into()]),
+            ],
+        }
+    }
+
+    fn same(a: &Digested, b: &Digested) -> bool {
+        a.not_found == b.not_found && a.facts == b.facts && a.failure == b.failure && a.logs == b.logs
+    }
+
+    #[test]
+    fn found_and_not_found_answers_come_back_as_cache_answers() {
+        let not_found = Digested {
+            source: Some(AnswerSource::Cache),
+            not_found: true,
+            facts: Some(Facts { ip_domain_watch: "C2 list".into(), ..Facts::default() }),
+            failure: None,
+            logs: Vec::new(),
+        };
+        for digested in [found(), not_found] {
+            let bytes = encode(&digested).unwrap();
+            let back = decode(&bytes).unwrap();
+            assert!(same(&back, &digested), "{:?} vs {:?}", back.facts, digested.facts);
+            assert_eq!(back.source, Some(AnswerSource::Cache));
+        }
+    }
+
+    #[test]
+    fn failures_and_offline_answers_are_never_stored() {
+        assert!(encode(&Digested::failed("timeout".into())).is_none());
+        assert!(encode(&Digested { source: Some(AnswerSource::Offline), ..found() }).is_none());
+        assert!(encode(&Digested { failure: Some("bad body".into()), ..found() }).is_none());
+    }
+
+    #[test]
+    fn damaged_digests_are_misses_never_panics() {
+        let bytes = encode(&found()).unwrap();
+        // Every truncation, and a byte too many.
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_none(), "prefix of {len} bytes decoded");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_none());
+        // Every single-byte change either fails or decodes to something (no panic, no huge allocation).
+        for at in 0..bytes.len() {
+            for value in [0x00, 0x01, 0x7f, 0xff] {
+                let mut changed = bytes.clone();
+                changed[at] = value;
+                let _ = decode(&changed);
+            }
+        }
+        // A count near u64::MAX is refused before anything is reserved.
+        let mut huge = vec![FORMAT, 0];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode(&huge).is_none());
+    }
+
+    #[test]
+    fn the_derivation_follows_the_lists_and_the_switches() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |files: &[(&str, &str)]| {
+            for name in ["KWordwatchlist.txt", "URLwatchlist.txt", "IPDwatchlist.txt", "DNwatchlist.txt"] {
+                let _ = std::fs::remove_file(dir.path().join(name));
+            }
+            for (name, text) in files {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            WatchLists::load(dir.path(), false).0
+        };
+        let all = LogSwitches { ips: true, hashes: true, urls: true, reference_urls: true };
+        let base = derivation(&load(&[("KWordwatchlist.txt", "tesla\nzeus\n")]), all);
+        // Same lists, other file order where order does not matter: same number.
+        let ipd = derivation(&load(&[("IPDwatchlist.txt", "192.0.2.1|a\nexample.com|b\n")]), all);
+        assert_eq!(ipd, derivation(&load(&[("IPDwatchlist.txt", "example.com|b\n192.0.2.1|a\n")]), all));
+        assert_eq!(base, derivation(&load(&[("KWordwatchlist.txt", "tesla\nzeus\n")]), all));
+        // Any change of content or switches: another number.
+        let others = [
+            derivation(&load(&[("KWordwatchlist.txt", "tesla\n")]), all),
+            derivation(
+                &load(&[("KWordwatchlist.txt", "tesla\nzeus\n"), ("URLwatchlist.txt", ".exe\n")]),
+                all,
+            ),
+            derivation(&load(&[("KWordwatchlist.txt", "tesla\nzeus\n"), ("DNwatchlist.txt", "x\n")]), all),
+            derivation(&load(&[("KWordwatchlist.txt", "tesla\nzeus\n")]), LogSwitches { urls: false, ..all }),
+            ipd,
+            derivation(&load(&[("IPDwatchlist.txt", "192.0.2.1|a\nexample.com|c\n")]), all),
+        ];
+        for (i, other) in others.iter().enumerate() {
+            assert_ne!(base, *other, "variant {i}");
+        }
+        assert_ne!(others[4], others[5]);
+    }
+}
