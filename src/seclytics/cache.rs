@@ -24,7 +24,9 @@
 //!   answer is replaced, expires with it, and is only handed out for the same `derivation`. Schema version 2
 //!   added the `digests` table; a version 1 file is upgraded in place when opened (a program that only knows
 //!   version 1 then refuses the file and runs without a cache, so it cannot replace answers behind the
-//!   digests' back).
+//!   digests' back). One race is accepted: when another process replaces an answer between our reading it
+//!   and storing its digest, the digest (of the answer replaced seconds earlier) is stored with the new
+//!   answer and used until that one expires or is replaced.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
