@@ -310,11 +310,9 @@ pub fn write_log_set(
         for (log, lines) in logs.iter_mut() {
             let name = log.file_name(unique);
             let mut temp = temp_file_for(dir, &name)?;
-            {
-                let mut out = std::io::BufWriter::with_capacity(1 << 16, temp.as_file_mut());
-                lines.write_to(&mut out)?;
-                out.flush()?;
-            }
+            // Straight to the file, no buffer: the lines moved to a temporary file are then copied by the
+            // kernel (`std::io::copy` between files), not read into memory and written back.
+            lines.write_to(temp.as_file_mut())?;
             temp.as_file().sync_all()?;
             let target = dir.join(&name);
             match temp.persist_noclobber(&target) {

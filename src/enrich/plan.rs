@@ -125,32 +125,7 @@ impl Facts {
 
     /// Reads what [`Facts::encode`] wrote; `None` when `bytes` is not such an encoding.
     pub fn decode(bytes: &[u8]) -> Option<Facts> {
-        struct Input<'b>(&'b [u8]);
-        impl<'b> Input<'b> {
-            fn take(&mut self, n: usize) -> Option<&'b [u8]> {
-                let (head, rest) = self.0.split_at_checked(n)?;
-                self.0 = rest;
-                Some(head)
-            }
-            fn byte(&mut self) -> Option<u8> {
-                self.take(1).map(|b| b[0])
-            }
-            fn u64(&mut self) -> Option<u64> {
-                Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-            }
-            fn text(&mut self) -> Option<String> {
-                let len = usize::try_from(self.u64()?).ok()?;
-                String::from_utf8(self.take(len)?.to_vec()).ok()
-            }
-            fn optional_text(&mut self) -> Option<Option<String>> {
-                match self.byte()? {
-                    0 => Some(None),
-                    1 => Some(Some(self.text()?)),
-                    _ => None,
-                }
-            }
-        }
-        let mut input = Input(bytes);
+        let mut input = ByteInput::new(bytes);
         let reputation = input.text()?;
         let file_metadata = input.text()?;
         let file_count = match input.byte()? {
@@ -188,7 +163,57 @@ impl Facts {
             ip_domain_watch: input.text()?,
             detection_watch: input.text()?,
         };
-        input.0.is_empty().then_some(facts)
+        input.is_empty().then_some(facts)
+    }
+}
+
+/// Reads the compact binary forms written in this module and in `stored` (little-endian numbers,
+/// length-prefixed UTF-8 text). Every read fails (`None`) rather than panic or over-allocate on damaged input.
+pub(crate) struct ByteInput<'b>(&'b [u8]);
+
+impl<'b> ByteInput<'b> {
+    pub(crate) fn new(bytes: &'b [u8]) -> ByteInput<'b> {
+        ByteInput(bytes)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    pub(crate) fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// A length or count: never more than the bytes left.
+    pub(crate) fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?).ok().filter(|&n| n <= self.0.len())
+    }
+
+    pub(crate) fn text(&mut self) -> Option<String> {
+        let len = self.len()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+
+    pub(crate) fn optional_text(&mut self) -> Option<Option<String>> {
+        match self.byte()? {
+            0 => Some(None),
+            1 => Some(Some(self.text()?)),
+            _ => None,
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 use sha2::{Digest, Sha256};
 
 use super::Digested;
-use super::plan::Facts;
+use super::plan::{ByteInput, Facts};
 use super::watchlists::WatchLists;
 use crate::config::LogSwitches;
 use crate::outbox::SeclyticLog;
@@ -91,7 +91,7 @@ pub fn encode(digested: &Digested) -> Option<Vec<u8>> {
 
 /// Reads what [`encode`] wrote, as an answer from the cache; `None` when `bytes` is not such an encoding.
 pub fn decode(bytes: &[u8]) -> Option<Digested> {
-    let mut input = Input(bytes);
+    let mut input = ByteInput::new(bytes);
     if input.byte()? != FORMAT {
         return None;
     }
@@ -109,14 +109,13 @@ pub fn decode(bytes: &[u8]) -> Option<Digested> {
     for _ in 0..log_count {
         let log = log_from_code(input.byte()?)?;
         let value_count = input.len()?;
-        let mut values = Vec::with_capacity(value_count.min(input.0.len() / 8));
+        let mut values = Vec::with_capacity(value_count.min(input.remaining() / 8));
         for _ in 0..value_count {
-            let len = input.len()?;
-            values.push(std::str::from_utf8(input.take(len)?).ok()?.to_owned());
+            values.push(input.text()?);
         }
         logs.push((log, values));
     }
-    input.0.is_empty().then_some(Digested {
+    input.is_empty().then_some(Digested {
         source: Some(AnswerSource::Cache),
         not_found,
         facts: Some(facts),
@@ -127,26 +126,6 @@ pub fn decode(bytes: &[u8]) -> Option<Digested> {
 
 fn put_u64(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(&value.to_le_bytes());
-}
-
-struct Input<'b>(&'b [u8]);
-
-impl<'b> Input<'b> {
-    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    /// A length or count: never more than the bytes left.
-    fn len(&mut self) -> Option<usize> {
-        let value = u64::from_le_bytes(self.take(8)?.try_into().ok()?);
-        usize::try_from(value).ok().filter(|&n| n <= self.0.len())
-    }
 }
 
 #[cfg(test)]
