@@ -317,7 +317,7 @@ pub fn datetime_cell(ndt: chrono::NaiveDateTime) -> Cell {
     if serial < 61.0 {
         serial -= 1.0;
     }
-    Cell::DateTime { serial, format: DATETIME_FORMAT.to_string() }
+    Cell::DateTime { serial, format: DATETIME_FORMAT.into() }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -712,10 +712,10 @@ fn read_xlsx_sheet<RS: Read + Seek>(
                 continue;
             };
             match cell {
-                Cell::DateTime { format, .. } => *format = code.clone(),
+                Cell::DateTime { format, .. } => *format = code.as_str().into(),
                 Cell::Formula { cached, .. } => {
                     if let Cell::DateTime { format, .. } = cached.as_mut() {
-                        *format = code.clone();
+                        *format = code.as_str().into();
                     }
                 }
                 _ => {}
@@ -821,7 +821,7 @@ fn formula_cell(formula: String, cached: Cell) -> Cell {
     {
         return cached;
     }
-    Cell::Formula { formula, cached: Box::new(cached) }
+    Cell::Formula { formula: formula.into_boxed_str(), cached: Box::new(cached) }
 }
 
 fn datetime_from_serial(serial: f64, is_duration: bool, is_1904: bool) -> Cell {
@@ -833,7 +833,7 @@ fn datetime_from_serial(serial: f64, is_duration: bool, is_1904: bool) -> Cell {
     } else {
         DATETIME_FORMAT
     };
-    Cell::DateTime { serial, format: format.to_string() }
+    Cell::DateTime { serial, format: format.into() }
 }
 
 fn cell_from_data_ref(value: DataRef<'_>, is_1904: bool) -> Cell {
