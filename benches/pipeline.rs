@@ -706,6 +706,84 @@ fn add_first_run(results: &mut Results, target: &str, what: &str, first: &Measur
     );
 }
 
+/// One input of targets 3 and 4, answered from a primed cache, against its floor.
+struct CachedCase<'a> {
+    target: &'a str,
+    /// The scenario's folder name.
+    name: &'a str,
+    /// What the input is, for the result lines ("XLSX 100000×43"), and the start of the ratio's line.
+    what: String,
+    ratio_label: String,
+    input: &'a Path,
+    cache: &'a Path,
+    /// `__floor-xlsx` or `__floor-csv`, and where the floor writes.
+    floor: &'a str,
+    floor_out: PathBuf,
+    repeats: usize,
+    max_ratio: f64,
+    max_rss_mib: f64,
+    /// Labels of the memory and request lines.
+    rss_label: String,
+    hits_label: String,
+    /// Cache hits the measured run must report (one per distinct indicator).
+    expected_hits: u64,
+}
+
+/// Runs a [`CachedCase`] — the first run after priming, then floor and program alternately — against a server
+/// that fails every request, and adds its result lines. Returns the scenario (its outboxes, for clean-up).
+fn measure_cached_case(root: &Path, case: &CachedCase<'_>, results: &mut Results) -> Scenario {
+    let server = failing_server();
+    let url = server.base_url();
+    let scenario = Scenario::new(
+        root,
+        case.name,
+        &IniSettings {
+            base_url: &url,
+            concurrency: 8,
+            requests_per_minute: 1_000_000,
+            max_retries: 0,
+            cache: Some(case.cache),
+        },
+    );
+    let first = first_run_from_bodies(&scenario, case.input);
+    let (floor, run, last) = floor_and_enrich(case.repeats, &scenario, case.input, &case.floor_out, || {
+        floor_command(case.floor, case.input, &case.floor_out)
+    });
+    let report = scenario.report(&last);
+    let ratio = run.wall.as_secs_f64() / floor.wall.as_secs_f64();
+    let cpu_ratio = run.cpu.as_secs_f64() / floor.cpu.as_secs_f64();
+    results.add(
+        case.target,
+        &format!("{}: enrich / floor {} (best of {})", case.ratio_label, secs(floor.wall), case.repeats),
+        format!(
+            "{} → {ratio:.2}× (CPU {} / {} = {cpu_ratio:.2}×)",
+            secs(run.wall),
+            secs(run.cpu),
+            secs(floor.cpu)
+        ),
+        &format!("≤ {}×", case.max_ratio),
+        Some(ratio <= case.max_ratio),
+    );
+    add_first_run(results, case.target, &case.what, &first, &floor);
+    results.add(
+        case.target,
+        &case.rss_label,
+        format!("{:.0} MiB ({:.0} MiB)", run.rss_mib(), floor.rss_mib()),
+        &format!("≤ {} MiB", case.max_rss_mib),
+        Some(run.rss_mib() <= case.max_rss_mib),
+    );
+    let requests = server.request_count();
+    let hits = report["cache_hits"].as_u64().unwrap_or(0);
+    results.add(
+        case.target,
+        &case.hits_label,
+        format!("{requests} / {hits}"),
+        &format!("0 / {}", case.expected_hits),
+        Some(requests == 0 && hits == case.expected_hits),
+    );
+    scenario
+}
+
 /// Target 3: big XLSX from the cache vs calamine + rust_xlsxwriter.
 fn target_3(root: &Path, options: &Options, results: &mut Results) {
     let rows: u32 = if options.quick { 20_000 } else { 100_000 };
@@ -720,60 +798,23 @@ fn target_3(root: &Path, options: &Options, results: &mut Results) {
         secs(generated.elapsed() - prime),
         secs(prime)
     ));
-    let server = failing_server();
-    let url = server.base_url();
-    let scenario = Scenario::new(
-        root,
-        "t3",
-        &IniSettings {
-            base_url: &url,
-            concurrency: 8,
-            requests_per_minute: 1_000_000,
-            max_retries: 0,
-            cache: Some(&cache),
-        },
-    );
-    let floor_out = root.join("t3-floor.xlsx");
-    let first = first_run_from_bodies(&scenario, &input);
-    let (floor, run, last) = floor_and_enrich(options.repeats, &scenario, &input, &floor_out, || {
-        floor_command("__floor-xlsx", &input, &floor_out)
-    });
-    let report = scenario.report(&last);
-    let ratio = run.wall.as_secs_f64() / floor.wall.as_secs_f64();
-    let cpu_ratio = run.cpu.as_secs_f64() / floor.cpu.as_secs_f64();
-    results.add(
-        "3",
-        &format!(
-            "XLSX {rows}×43 from cache: enrich / floor {} (best of {})",
-            secs(floor.wall),
-            options.repeats
-        ),
-        format!(
-            "{} → {ratio:.2}× (CPU {} / {} = {cpu_ratio:.2}×)",
-            secs(run.wall),
-            secs(run.cpu),
-            secs(floor.cpu)
-        ),
-        "≤ 1.5×",
-        Some(ratio <= 1.5),
-    );
-    add_first_run(results, "3", &format!("XLSX {rows}×43"), &first, &floor);
-    results.add(
-        "3",
-        "peak RSS enrich (floor)",
-        format!("{:.0} MiB ({:.0} MiB)", run.rss_mib(), floor.rss_mib()),
-        "≤ 1024 MiB",
-        Some(run.rss_mib() <= 1024.0),
-    );
-    let requests = server.request_count();
-    let hits = report["cache_hits"].as_u64().unwrap_or(0);
-    results.add(
-        "3",
-        "API requests / cache hits in the measured run",
-        format!("{requests} / {hits}"),
-        &format!("0 / {rows}"),
-        Some(requests == 0 && hits == u64::from(rows)),
-    );
+    let case = CachedCase {
+        target: "3",
+        name: "t3",
+        what: format!("XLSX {rows}×43"),
+        ratio_label: format!("XLSX {rows}×43 from cache"),
+        input: &input,
+        cache: &cache,
+        floor: "__floor-xlsx",
+        floor_out: root.join("t3-floor.xlsx"),
+        repeats: options.repeats,
+        max_ratio: 1.5,
+        max_rss_mib: 1024.0,
+        rss_label: "peak RSS enrich (floor)".into(),
+        hits_label: "API requests / cache hits in the measured run".into(),
+        expected_hits: u64::from(rows),
+    };
+    measure_cached_case(root, &case, results);
 }
 
 /// Target 4: big CSV from the cache vs a bare csv-crate copy, with repeated and with all-distinct indicators.
@@ -790,61 +831,26 @@ fn target_4(root: &Path, options: &Options, results: &mut Results) {
             std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0) as f64 / 1e6,
             secs(prime)
         ));
-        let server = failing_server();
-        let url = server.base_url();
-        let scenario = Scenario::new(
-            root,
-            &format!("t4-{label}"),
-            &IniSettings {
-                base_url: &url,
-                concurrency: 8,
-                requests_per_minute: 1_000_000,
-                max_retries: 0,
-                cache: Some(&cache),
-            },
-        );
-        let floor_out = root.join(format!("t4-{label}-floor.csv"));
         // The all-distinct run is long and its figure is far from any noise: once is enough.
         let repeats = if distinct == rows { 1 } else { options.repeats };
-        let first = first_run_from_bodies(&scenario, &input);
-        let (floor, run, last) = floor_and_enrich(repeats, &scenario, &input, &floor_out, || {
-            floor_command("__floor-csv", &input, &floor_out)
-        });
-        let report = scenario.report(&last);
-        let ratio = run.wall.as_secs_f64() / floor.wall.as_secs_f64();
-        let cpu_ratio = run.cpu.as_secs_f64() / floor.cpu.as_secs_f64();
-        results.add(
-            "4",
-            &format!(
-                "CSV {rows} rows, {distinct} distinct, from cache: enrich / floor {} (best of {repeats})",
-                secs(floor.wall)
-            ),
-            format!(
-                "{} → {ratio:.2}× (CPU {} / {} = {cpu_ratio:.2}×)",
-                secs(run.wall),
-                secs(run.cpu),
-                secs(floor.cpu)
-            ),
-            "≤ 2×",
-            Some(ratio <= 2.0),
-        );
-        add_first_run(results, "4", &format!("CSV {rows} rows, {distinct} distinct"), &first, &floor);
-        results.add(
-            "4",
-            &format!("peak RSS enrich (floor), {label}"),
-            format!("{:.0} MiB ({:.0} MiB)", run.rss_mib(), floor.rss_mib()),
-            "≤ 300 MiB",
-            Some(run.rss_mib() <= 300.0),
-        );
-        let requests = server.request_count();
-        let hits = report["cache_hits"].as_u64().unwrap_or(0);
-        results.add(
-            "4",
-            &format!("API requests / cache hits, {label}"),
-            format!("{requests} / {hits}"),
-            &format!("0 / {distinct}"),
-            Some(requests == 0 && hits == u64::from(distinct)),
-        );
+        let name = format!("t4-{label}");
+        let case = CachedCase {
+            target: "4",
+            name: &name,
+            what: format!("CSV {rows} rows, {distinct} distinct"),
+            ratio_label: format!("CSV {rows} rows, {distinct} distinct, from cache"),
+            input: &input,
+            cache: &cache,
+            floor: "__floor-csv",
+            floor_out: root.join(format!("t4-{label}-floor.csv")),
+            repeats,
+            max_ratio: 2.0,
+            max_rss_mib: 300.0,
+            rss_label: format!("peak RSS enrich (floor), {label}"),
+            hits_label: format!("API requests / cache hits, {label}"),
+            expected_hits: u64::from(distinct),
+        };
+        let scenario = measure_cached_case(root, &case, results);
         if !keep_files() {
             for k in 0..repeats {
                 let _ = std::fs::remove_dir_all(scenario.outbox(&format!("run{k}")));
