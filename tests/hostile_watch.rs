@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::api_server::ApiServer;
+use support::watching::{file_names, ip_csv, outbox_monitor};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vttl-seclytics");
 const TOKEN: &str = "tok-W4tch-Hostile-5ecret";
@@ -101,16 +102,6 @@ impl Site {
 }
 
 /// Names of the regular files directly in `dir`, hidden ones included when `hidden`.
-fn file_names(dir: &Path, hidden: bool) -> BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| hidden || !n.starts_with('.'))
-        .collect()
-}
-
 fn outputs(outbox: &Path) -> BTreeSet<String> {
     file_names(outbox, false).into_iter().filter(|n| n.ends_with(".csv") || n.ends_with(".xlsx")).collect()
 }
@@ -264,44 +255,6 @@ fn hostile_corpus_through_watch_once_ends_processed_or_quarantined() {
 // Part 3: SIGKILL at random points.
 // ---------------------------------------------------------------------------------------------------------
 
-/// A CSV with `count` IPs starting at `198.51.100.<first + 1>`, each answered by the fake server after its
-/// latency. Files get distinct IPs, so no answer is shared between workbooks of a run and every workbook
-/// takes its full time (more kills land mid-workbook).
-fn kill_csv(tag: &str, first: usize, count: usize) -> String {
-    let mut text = String::from("\"Scanned Item\",\"Note\",\"WHOIS\"\r\n");
-    for i in first..first + count {
-        text.push_str(&format!("\"198.51.100.{}\",\"{tag}\",\"\"\r\n", i + 1));
-    }
-    text
-}
-
-/// Watches the outbox until stopped; every visible output must be complete. Returns the violations.
-fn outbox_monitor(
-    outbox: PathBuf,
-    lines: usize,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut violations = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            for name in file_names(&outbox, false) {
-                let Ok(bytes) = std::fs::read(outbox.join(&name)) else { continue };
-                let text = String::from_utf8_lossy(&bytes);
-                if name.ends_with(".csv") && (text.lines().count() != lines || !text.ends_with("\r\n")) {
-                    violations.push(format!("{name} incomplete: {} lines", text.lines().count()));
-                }
-                if name.ends_with(".report.json")
-                    && serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
-                {
-                    violations.push(format!("{name} is not complete JSON"));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        violations
-    })
-}
-
 /// One trial: `files` inputs, the service started and SIGKILLed `kills` times at random moments, then
 /// `watch --once` to finish. Returns how many kills landed while a file was claimed (mid-workbook).
 fn kill_trial(
@@ -316,7 +269,7 @@ fn kill_trial(
     let rows = 16;
     let expected: BTreeSet<String> = (0..files).map(|i| format!("t{trial}-f{i}.csv")).collect();
     for (index, name) in expected.iter().enumerate() {
-        std::fs::write(site.inbox.join(name), kill_csv(name, index * rows, rows)).unwrap();
+        std::fs::write(site.inbox.join(name), ip_csv(name, index * rows, rows)).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = outbox_monitor(site.outbox.clone(), rows + 1, stop.clone());

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::api_server::ApiServer;
+use support::watching::{ip_csv, outbox_monitor, visible_file_names as names};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vttl-seclytics");
 
@@ -156,16 +157,6 @@ fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool
 }
 
 /// Regular files directly in `dir` (not hidden, not folders).
-fn names(dir: &Path) -> BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect()
-}
-
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -367,43 +358,6 @@ fn two_instances_on_one_inbox_process_each_of_100_files_exactly_once() {
     }
 }
 
-/// A CSV with `count` distinct IPs (answered slowly by the fake server).
-fn slow_csv(tag: &str, count: usize) -> String {
-    let mut text = String::from("\"Scanned Item\",\"Note\",\"WHOIS\"\r\n");
-    for i in 0..count {
-        text.push_str(&format!("\"198.51.100.{}\",\"{tag}\",\"\"\r\n", i + 1));
-    }
-    text
-}
-
-/// Watches the outbox until stopped: every visible output must be complete (`lines` CSV lines, CRLF-terminated;
-/// reports parse as JSON). Returns the violations seen.
-fn outbox_monitor(
-    outbox: PathBuf,
-    lines: usize,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut violations = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            for name in names(&outbox) {
-                let Ok(bytes) = std::fs::read(outbox.join(&name)) else { continue };
-                let text = String::from_utf8_lossy(&bytes);
-                if name.ends_with(".csv") && (text.lines().count() != lines || !text.ends_with("\r\n")) {
-                    violations.push(format!("{name} incomplete: {} lines", text.lines().count()));
-                }
-                if name.ends_with(".report.json")
-                    && serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
-                {
-                    violations.push(format!("{name} is not complete JSON"));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        violations
-    })
-}
-
 #[test]
 fn kill_9_in_the_middle_of_a_workbook_then_restart_processes_each_file_exactly_once() {
     let server = ApiServer::start();
@@ -412,7 +366,7 @@ fn kill_9_in_the_middle_of_a_workbook_then_restart_processes_each_file_exactly_o
     let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "test-token" }, "");
     let expected = set(&["k1.csv", "k2.csv", "k3.csv"]);
     for name in &expected {
-        std::fs::write(site.inbox.join(name), slow_csv(name, 12)).unwrap();
+        std::fs::write(site.inbox.join(name), ip_csv(name, 0, 12)).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = outbox_monitor(site.outbox.clone(), 13, stop.clone());
@@ -489,7 +443,7 @@ fn a_refused_token_leaves_every_input_in_the_inbox_and_exits_2() {
     let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "wrong-token-4711" }, "");
     let expected = set(&["r1.csv", "r2.csv", "r3.csv"]);
     for name in &expected {
-        std::fs::write(site.inbox.join(name), slow_csv(name, 2)).unwrap();
+        std::fs::write(site.inbox.join(name), ip_csv(name, 0, 2)).unwrap();
     }
     let (code, stderr) = site.once();
     assert_eq!(code, 2, "{stderr}");
@@ -498,7 +452,7 @@ fn a_refused_token_leaves_every_input_in_the_inbox_and_exits_2() {
     assert!(!stderr.contains("wrong-token-4711"));
     assert_eq!(names(&site.inbox), expected);
     for name in &expected {
-        assert_eq!(std::fs::read_to_string(site.inbox.join(name)).unwrap(), slow_csv(name, 2));
+        assert_eq!(std::fs::read_to_string(site.inbox.join(name)).unwrap(), ip_csv(name, 0, 2));
     }
     assert!(names(&site.processed()).is_empty() && names(&site.failed()).is_empty());
     assert!(outputs(&site.outbox).is_empty());
@@ -512,7 +466,7 @@ fn the_service_keeps_retrying_a_refused_token_and_resumes_when_it_is_accepted() 
     server.require_token(Some("the-right-token"));
     let url = server.base_url();
     let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "renewed-token" }, "");
-    std::fs::write(site.inbox.join("wait.csv"), slow_csv("wait", 2)).unwrap();
+    std::fs::write(site.inbox.join("wait.csv"), ip_csv("wait", 0, 2)).unwrap();
     let service = site.spawn("service.log");
     wait_until(Duration::from_secs(10), "two refusals", || server.count_status(401) >= 2);
     assert!(service.stderr().contains("CRITICAL"), "{}", service.stderr());
@@ -535,14 +489,14 @@ fn sigterm_hands_a_slow_workbook_back_when_the_grace_time_is_over() {
     let url = server.base_url();
     let site =
         Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "shutdown_grace_secs = 0\n");
-    std::fs::write(site.inbox.join("long.csv"), slow_csv("long", 20)).unwrap();
+    std::fs::write(site.inbox.join("long.csv"), ip_csv("long", 0, 20)).unwrap();
     let service = site.spawn("service.log");
     wait_until(Duration::from_secs(10), "the file is claimed", || !claimed_files(&site.inbox).is_empty());
     let (code, stderr) = service.terminate();
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("handed back"), "{stderr}");
     assert_eq!(names(&site.inbox), set(&["long.csv"]));
-    assert_eq!(std::fs::read_to_string(site.inbox.join("long.csv")).unwrap(), slow_csv("long", 20));
+    assert_eq!(std::fs::read_to_string(site.inbox.join("long.csv")).unwrap(), ip_csv("long", 0, 20));
     assert!(outputs(&site.outbox).is_empty());
     assert_eq!(work_folders(&site.inbox), 0);
 }
@@ -676,7 +630,7 @@ fn a_running_instance_recovers_the_claim_of_a_killed_neighbour() {
     let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "");
     let expected = set(&["n1.csv", "n2.csv", "n3.csv", "n4.csv"]);
     for name in &expected {
-        std::fs::write(site.inbox.join(name), slow_csv(name, 8)).unwrap();
+        std::fs::write(site.inbox.join(name), ip_csv(name, 0, 8)).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = outbox_monitor(site.outbox.clone(), 9, stop.clone());
@@ -710,7 +664,7 @@ fn once_interrupted_by_sigterm_hands_the_file_back_and_exits_130() {
     let url = server.base_url();
     let site =
         Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "shutdown_grace_secs = 1\n");
-    std::fs::write(site.inbox.join("big.csv"), slow_csv("big", 20)).unwrap();
+    std::fs::write(site.inbox.join("big.csv"), ip_csv("big", 0, 20)).unwrap();
     let log = site.root.join("once.log");
     let child = site
         .command(true)
