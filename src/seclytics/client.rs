@@ -802,14 +802,22 @@ impl Client {
         refresh: bool,
         progress: &(dyn Fn(&Indicator, &Answer) + Sync),
     ) -> Vec<Option<(Answer, Option<Document>)>> {
+        let indicators: Vec<&Indicator> = indicators.iter().collect();
+        self.known_answers(&indicators, refresh, progress)
+    }
+
+    /// [`Client::lookup_known`] over borrowed (distinct) indicators: the first step of every lookup.
+    fn known_answers(
+        &self,
+        indicators: &[&Indicator],
+        refresh: bool,
+        progress: &(dyn Fn(&Indicator, &Answer) + Sync),
+    ) -> Vec<Option<(Answer, Option<Document>)>> {
         let mut known: Vec<Option<(Answer, Option<Document>)>> = indicators.iter().map(|_| None).collect();
         match &self.backend {
             Backend::Offline { dir, max_body_bytes } => {
                 for (slot, indicator) in known.iter_mut().zip(indicators) {
-                    let answer = offline_answer(dir, indicator, *max_body_bytes);
-                    self.counters.count_answer(&answer);
-                    progress(indicator, &answer);
-                    *slot = Some((answer, None));
+                    *slot = Some((offline_answer(dir, indicator, *max_body_bytes), None));
                 }
             }
             Backend::Http(backend) => {
@@ -826,18 +834,18 @@ impl Client {
                 }
                 if !refresh {
                     let unknown_indicators: Vec<&Indicator> =
-                        unknown.iter().map(|&i| &indicators[i]).collect();
+                        unknown.iter().map(|&i| indicators[i]).collect();
                     let cached = cached_answers(cache.as_ref(), token_fp, &unknown_indicators);
                     for (&index, answer) in unknown.iter().zip(cached) {
                         known[index] = answer;
                     }
                 }
-                for (slot, indicator) in known.iter().zip(indicators) {
-                    if let Some((answer, _)) = slot {
-                        self.counters.count_answer(answer);
-                        progress(indicator, answer);
-                    }
-                }
+            }
+        }
+        for (slot, indicator) in known.iter().zip(indicators) {
+            if let Some((answer, _)) = slot {
+                self.counters.count_answer(answer);
+                progress(indicator, answer);
             }
         }
         known
@@ -865,83 +873,61 @@ impl Client {
                 })
             })
             .collect();
+        if let Backend::Http(backend) = &self.backend
+            && let Some(fatal) = backend.http.fatal()
+        {
+            return Err(fatal);
+        }
         let mut answers: Vec<Option<Answer>> = vec![None; distinct.len()];
-        let mut documents: Vec<Option<Document>> = Vec::new();
-
-        match &self.backend {
-            Backend::Offline { dir, max_body_bytes } => {
-                for (slot, indicator) in distinct.iter().enumerate() {
-                    let answer = offline_answer(dir, indicator, *max_body_bytes);
-                    self.finish(indicator, answer, &mut answers[slot], progress);
+        let mut documents: Vec<Option<Document>> = Vec::with_capacity(distinct.len());
+        let mut pending = Vec::new();
+        for (slot, known) in self.known_answers(&distinct, refresh, progress).into_iter().enumerate() {
+            match known {
+                Some((answer, document)) => {
+                    answers[slot] = Some(answer);
+                    documents.push(document);
+                }
+                None => {
+                    documents.push(None);
+                    pending.push(slot);
                 }
             }
-            Backend::Http(backend) => {
-                let HttpBackend { http, runtime, cache, token_fp, memo } = &**backend;
-                if let Some(fatal) = http.fatal() {
-                    return Err(fatal);
-                }
-                let mut pending = Vec::new();
-                let mut unknown = Vec::new();
-                {
-                    let memo = memo.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    for (slot, indicator) in distinct.iter().enumerate() {
-                        match memo.get(indicator) {
-                            Some(answer) => self.finish(indicator, answer, &mut answers[slot], progress),
-                            None => unknown.push(slot),
-                        }
+        }
+
+        if let Backend::Http(backend) = &self.backend {
+            let HttpBackend { http, runtime, cache, token_fp, memo } = &**backend;
+            // The runtime is only gone while the client is being dropped; then nothing is pending here.
+            if let Some(runtime) = runtime.as_ref().filter(|_| !pending.is_empty()) {
+                runtime.block_on(async {
+                    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for &slot in &pending {
+                        let sender = sender.clone();
+                        let task = http.clone().fetch(distinct[slot].clone());
+                        tasks.spawn(async move {
+                            let _ = sender.send((slot, task.await));
+                        });
                     }
-                }
-                let unknown_indicators: Vec<&Indicator> =
-                    unknown.iter().map(|&slot| distinct[slot]).collect();
-                let cached = if refresh {
-                    Vec::new()
-                } else {
-                    cached_answers(cache.as_ref(), token_fp, &unknown_indicators)
-                };
-                let mut cached = cached.into_iter();
-                documents.resize_with(distinct.len(), || None);
-                for &slot in &unknown {
-                    match cached.next().flatten() {
-                        Some((answer, document)) => {
-                            documents[slot] = document;
-                            self.finish(distinct[slot], answer, &mut answers[slot], progress)
-                        }
-                        None => pending.push(slot),
-                    }
-                }
-                // The runtime is only gone while the client is being dropped; then nothing is pending here.
-                if let Some(runtime) = runtime.as_ref().filter(|_| !pending.is_empty()) {
-                    runtime.block_on(async {
-                        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-                        let mut tasks = tokio::task::JoinSet::new();
-                        for &slot in &pending {
-                            let sender = sender.clone();
-                            let task = http.clone().fetch(distinct[slot].clone());
-                            tasks.spawn(async move {
-                                let _ = sender.send((slot, task.await));
-                            });
-                        }
-                        drop(sender);
-                        while let Some((slot, outcome)) = receiver.recv().await {
-                            match outcome {
-                                Outcome::Answer(answer) => {
-                                    store_answer(cache.as_ref(), token_fp, distinct[slot], &answer);
-                                    memo.lock()
-                                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                                        .remember(distinct[slot], &answer);
-                                    self.finish(distinct[slot], answer, &mut answers[slot], progress);
-                                }
-                                Outcome::Fatal | Outcome::Stopped => {
-                                    tasks.abort_all();
-                                    break;
-                                }
+                    drop(sender);
+                    while let Some((slot, outcome)) = receiver.recv().await {
+                        match outcome {
+                            Outcome::Answer(answer) => {
+                                store_answer(cache.as_ref(), token_fp, distinct[slot], &answer);
+                                memo.lock()
+                                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                                    .remember(distinct[slot], &answer);
+                                self.finish(distinct[slot], answer, &mut answers[slot], progress);
+                            }
+                            Outcome::Fatal | Outcome::Stopped => {
+                                tasks.abort_all();
+                                break;
                             }
                         }
-                    });
-                }
-                if let Some(fatal) = http.fatal() {
-                    return Err(fatal);
-                }
+                    }
+                });
+            }
+            if let Some(fatal) = http.fatal() {
+                return Err(fatal);
             }
         }
 
