@@ -212,19 +212,24 @@ impl Scenario {
         self.path("out")
     }
 
-    /// Runs `enrich` on `inputs`; returns (exit code, stderr).
-    fn enrich(&self, inputs: &[&Path], extra: &[&str]) -> (i32, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+    /// The command that runs `enrich` on `inputs` into `outbox`, with the scenario's ini.
+    fn enrich_command(&self, inputs: &[&Path], extra: &[&str], outbox: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"));
+        command
             .arg("--config")
             .arg(self.path("vttl.ini"))
             .args(extra)
             .arg("enrich")
             .args(inputs)
             .arg("--outbox")
-            .arg(self.outbox())
-            .env_remove("SECLYTICS_ACCESS_TOKEN")
-            .output()
-            .unwrap();
+            .arg(outbox)
+            .env_remove("SECLYTICS_ACCESS_TOKEN");
+        command
+    }
+
+    /// Runs `enrich` on `inputs`; returns (exit code, stderr).
+    fn enrich(&self, inputs: &[&Path], extra: &[&str]) -> (i32, String) {
+        let output = self.enrich_command(inputs, extra, &self.outbox()).output().unwrap();
         (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
     }
 }
@@ -931,15 +936,7 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
     let csv_logs = [read_log(&scenario.outbox(), "Hashes_"), read_log(&scenario.outbox(), "URLs_")];
 
     let xlsx_outbox = scenario.path("out-xlsx");
-    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
-        .arg("--config")
-        .arg(scenario.path("vttl.ini"))
-        .arg("enrich")
-        .arg(&xlsx_input)
-        .arg("--outbox")
-        .arg(&xlsx_outbox)
-        .output()
-        .unwrap();
+    let output = scenario.enrich_command(&[&xlsx_input], &[], &xlsx_outbox).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(scenario.api.request_count(), total, "the XLSX run is served from the cache");
 
@@ -997,13 +994,8 @@ fn a_csv_changed_between_the_passes_fails() {
     let input = scenario.path("moving.csv");
     std::fs::write(&input, &text).unwrap();
     let modified = std::fs::metadata(&input).unwrap().modified().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
-        .arg("--config")
-        .arg(scenario.path("vttl.ini"))
-        .arg("enrich")
-        .arg(&input)
-        .arg("--outbox")
-        .arg(scenario.outbox())
+    let child = scenario
+        .enrich_command(&[&input], &[], &scenario.outbox())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1063,19 +1055,10 @@ fn a_csv_broken_half_way_costs_no_api_request() {
 /// Runs `enrich` on `input` into the outbox folder `outbox` (under the scenario); returns the output bytes and
 /// the report.
 fn enrich_into(scenario: &Scenario, input: &Path, outbox: &str) -> (Vec<u8>, Value) {
-    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
-        .arg("--config")
-        .arg(scenario.path("vttl.ini"))
-        .arg("enrich")
-        .arg(input)
-        .arg("--outbox")
-        .arg(scenario.path(outbox))
-        .env_remove("SECLYTICS_ACCESS_TOKEN")
-        .output()
-        .unwrap();
+    let outbox = scenario.path(outbox);
+    let output = scenario.enrich_command(&[input], &[], &outbox).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let name = input.file_name().unwrap().to_string_lossy().into_owned();
-    let outbox = scenario.path(outbox);
     let report = serde_json::from_slice(&std::fs::read(outbox.join(format!("{name}.report.json"))).unwrap());
     (std::fs::read(outbox.join(&name)).unwrap(), report.unwrap())
 }
