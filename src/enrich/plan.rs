@@ -73,21 +73,17 @@ impl Facts {
     /// Appends a compact binary form of the facts to `out` (for the CSV path, which moves facts it must keep
     /// for later rows to a temporary file when too many are waiting). [`Facts::decode`] reads it back.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        fn text(out: &mut Vec<u8>, text: &str) {
-            out.extend_from_slice(&(text.len() as u64).to_le_bytes());
-            out.extend_from_slice(text.as_bytes());
-        }
         fn optional_text(out: &mut Vec<u8>, value: &Option<String>) {
             match value {
                 Some(value) => {
                     out.push(1);
-                    text(out, value);
+                    put_text(out, value);
                 }
                 None => out.push(0),
             }
         }
         for value in [&self.reputation, &self.file_metadata] {
-            text(out, value);
+            put_text(out, value);
         }
         match self.file_count {
             Some(count) => {
@@ -119,7 +115,7 @@ impl Facts {
             None => out.push(0),
         }
         for value in [&self.keyword_watch, &self.url_watch, &self.ip_domain_watch, &self.detection_watch] {
-            text(out, value);
+            put_text(out, value);
         }
     }
 
@@ -165,6 +161,17 @@ impl Facts {
         };
         input.is_empty().then_some(facts)
     }
+}
+
+/// Appends `value` as 8 little-endian bytes (the numbers of the compact binary forms, see [`ByteInput`]).
+pub(crate) fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+/// Appends `text` as its length ([`put_u64`]) and its UTF-8 bytes.
+pub(crate) fn put_text(out: &mut Vec<u8>, text: &str) {
+    put_u64(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
 }
 
 /// Reads the compact binary forms written in this module and in `stored` (little-endian numbers,

@@ -15,7 +15,7 @@
 use sha2::{Digest, Sha256};
 
 use super::Digested;
-use super::plan::{ByteInput, Facts};
+use super::plan::{ByteInput, Facts, put_text, put_u64};
 use super::watchlists::WatchLists;
 use crate::config::LogSwitches;
 use crate::outbox::SeclyticLog;
@@ -73,17 +73,18 @@ pub fn encode(digested: &Digested) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(256);
     out.push(FORMAT);
     out.push(digested.not_found as u8);
-    let mut encoded_facts = Vec::with_capacity(192);
-    facts.encode(&mut encoded_facts);
-    put_u64(&mut out, encoded_facts.len() as u64);
-    out.extend_from_slice(&encoded_facts);
+    // The facts' length goes before them: written once they are.
+    let length_at = out.len();
+    put_u64(&mut out, 0);
+    facts.encode(&mut out);
+    let facts_len = (out.len() - length_at - 8) as u64;
+    out[length_at..length_at + 8].copy_from_slice(&facts_len.to_le_bytes());
     put_u64(&mut out, digested.logs.len() as u64);
     for (log, values) in &digested.logs {
         out.push(log_code(*log));
         put_u64(&mut out, values.len() as u64);
         for value in values {
-            put_u64(&mut out, value.len() as u64);
-            out.extend_from_slice(value.as_bytes());
+            put_text(&mut out, value);
         }
     }
     Some(out)
@@ -122,10 +123,6 @@ pub fn decode(bytes: &[u8]) -> Option<Digested> {
         failure: None,
         logs,
     })
-}
-
-fn put_u64(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(&value.to_le_bytes());
 }
 
 #[cfg(test)]
