@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,7 +145,7 @@ impl SeclyticLog {
 ///   lines of an item together, once, which is the fast path; should an item come back later (or its hash
 ///   collide with another's), its earlier lines are read back from the log before any new one is accepted,
 ///   so the result is exact in every case.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct LogLines {
     /// Lines not yet moved to `spill`, each followed by CRLF.
     pending: Vec<u8>,
@@ -153,17 +154,28 @@ pub struct LogLines {
     spilled_len: u64,
     /// Moving lines to a file failed once: keep everything in memory from then on.
     spill_failed: bool,
-    /// The item of the last line pushed, and the values (line breaks replaced) it has in the log.
+    /// The item of the last line pushed (line breaks replaced), when there is one.
     current_item: Option<String>,
-    current_values: HashSet<String>,
-    /// Hashes of the items before the current one.
+    /// The values (line breaks replaced) the current item has in the log: their bytes one after the other in
+    /// `current_value_bytes`, found through `current_values` by content (a table of byte ranges, hashed with
+    /// `value_hasher`) — no allocation per value, and both are reused from one item to the next.
+    current_value_bytes: Vec<u8>,
+    current_values: hashbrown::HashTable<(u32, u32)>,
+    value_hasher: foldhash::fast::RandomState,
+    /// Hashes of every item pushed so far, the current one included.
     earlier_items: HashSet<u64, foldhash::fast::RandomState>,
     len: usize,
 }
 
+impl std::fmt::Debug for LogLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogLines").field("len", &self.len).field("spilled_len", &self.spilled_len).finish()
+    }
+}
+
 /// `text` with CR and LF replaced by spaces (a log line is one line).
 fn one_line(text: &str) -> Cow<'_, str> {
-    if text.contains(['\r', '\n']) {
+    if memchr::memchr2(b'\r', b'\n', text.as_bytes()).is_some() {
         Cow::Owned(text.replace(['\r', '\n'], " "))
     } else {
         Cow::Borrowed(text)
@@ -178,33 +190,51 @@ impl LogLines {
     pub fn push(&mut self, item: &str, value: &str) {
         let (item, value) = (one_line(item), one_line(value));
         if self.current_item.as_deref() != Some(item.as_ref()) {
-            self.start_item(item.into_owned());
+            self.start_item(&item);
         }
-        let Some(current_item) = &self.current_item else { return };
-        if self.current_values.contains(value.as_ref()) {
+        if self.current_item.is_none() || !self.remember_value(value.as_bytes()) {
             return;
         }
+        let Some(current_item) = &self.current_item else { return };
         self.pending.extend_from_slice(current_item.as_bytes());
         self.pending.push(b'|');
         self.pending.extend_from_slice(value.as_bytes());
         self.pending.extend_from_slice(b"\r\n");
-        self.current_values.insert(value.into_owned());
         self.len += 1;
         if self.pending.len() >= LOG_SPILL_BYTES {
             self.spill_pending();
         }
     }
 
-    /// Makes `item` the current item, with the values it already has in the log.
-    fn start_item(&mut self, item: String) {
-        use std::hash::BuildHasher;
-        if let Some(previous) = self.current_item.take() {
-            let hash = self.earlier_items.hasher().hash_one(&previous);
-            self.earlier_items.insert(hash);
+    /// Adds `value` to the values of the current item; false when it is there already.
+    fn remember_value(&mut self, value: &[u8]) -> bool {
+        let (bytes, hasher) = (&mut self.current_value_bytes, &self.value_hasher);
+        let range_of = |(start, len): (u32, u32)| start as usize..start as usize + len as usize;
+        let hash = hasher.hash_one(value);
+        let found = self.current_values.find(hash, |&range| bytes[range_of(range)] == *value);
+        if found.is_some() {
+            return false;
         }
-        let hash = self.earlier_items.hasher().hash_one(&item);
+        // Ranges are 32-bit: an item whose values pass 4 GiB in total is not de-duplicated beyond that point.
+        let (Ok(start), Ok(len)) = (u32::try_from(bytes.len()), u32::try_from(value.len())) else {
+            return true;
+        };
+        bytes.extend_from_slice(value);
+        self.current_values
+            .insert_unique(hash, (start, len), |&range| hasher.hash_one(&bytes[range_of(range)]));
+        true
+    }
+
+    /// Makes `item` the current item, with the values it already has in the log.
+    fn start_item(&mut self, item: &str) {
+        let mut reused = self.current_item.take().unwrap_or_default();
+        // An item's hash goes into `earlier_items` when it starts (one probe of a table that holds every item of
+        // a workbook, usually a cache miss): found there already means the item comes back.
+        let hash = self.earlier_items.hasher().hash_one(item);
+        let seen_before = !self.earlier_items.insert(hash);
         self.current_values.clear();
-        if self.earlier_items.contains(&hash) {
+        self.current_value_bytes.clear();
+        if seen_before {
             // Seen before (or a hash collision): read its earlier lines back. Never the case for the
             // enricher, which pushes each item once.
             let prefix = format!("{item}|");
@@ -213,12 +243,14 @@ impl LogLines {
                 for line in content.split(|&b| b == b'\n') {
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     if let Some(value) = line.strip_prefix(prefix.as_bytes()) {
-                        self.current_values.insert(String::from_utf8_lossy(value).into_owned());
+                        self.remember_value(value);
                     }
                 }
             }
         }
-        self.current_item = Some(item);
+        reused.clear();
+        reused.push_str(item);
+        self.current_item = Some(reused);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -75,7 +75,7 @@ struct Scan {
     /// The id of each data row, or [`NO_INDICATOR`].
     row_ids: Vec<u32>,
     /// The IP indicators of the sheet (a passive-DNS IP already there is not appended).
-    ips_present: HashSet<IpAddr>,
+    ips_present: HashSet<IpAddr, foldhash::fast::RandomState>,
 }
 
 pub(super) fn enrich_csv(
@@ -224,7 +224,7 @@ fn write_pass(
     let mut store = FactStore::new(&scan.uses, MAX_WAITING_FACTS);
     let mut looked_up = 0usize;
     let mut appended: Vec<Indicator> = Vec::new();
-    let mut appended_ips: HashSet<IpAddr> = HashSet::new();
+    let mut appended_ips: HashSet<IpAddr, foldhash::fast::RandomState> = HashSet::default();
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
     let mut row_index = 0usize;
     let mut waited = std::time::Duration::ZERO;
