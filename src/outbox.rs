@@ -424,6 +424,25 @@ mod tests {
     }
 
     #[test]
+    fn an_item_with_many_values_is_de_duplicated_exactly() {
+        // Enough values for the per-item table to grow several times; every value comes twice, the second
+        // time after all the others, and a value that is a prefix of another is not taken for it.
+        let mut log = LogLines::default();
+        let values: Vec<String> = (0..5000).map(|i| format!("h{i}")).collect();
+        for value in values.iter().chain(&values) {
+            log.push("big.example", value);
+        }
+        log.push("big.example", "h");
+        assert_eq!(log.len(), 5001);
+        let mut expected: String = values.iter().map(|v| format!("big.example|{v}\r\n")).collect();
+        expected.push_str("big.example|h\r\n");
+        assert!(log.to_bytes().unwrap() == expected.as_bytes());
+        // The next item starts with no values.
+        log.push("other.example", "h0");
+        assert_eq!(log.len(), 5002);
+    }
+
+    #[test]
     fn log_lines_beyond_the_buffer_go_to_a_file_and_come_back_in_order() {
         let mut log = LogLines::default();
         let mut expected = Vec::new();
