@@ -140,11 +140,13 @@ impl SeclyticLog {
 ///   when closed) whenever it passes [`LOG_SPILL_BYTES`], so memory does not grow with the number of lines
 ///   (should the temporary file fail, e.g. disk full, the lines simply stay in memory);
 /// * duplicates are found exactly, per item: a line is `<item>|<value>` and an item never contains `|`, so two
-///   lines can only be equal when their items are. The values of the item being pushed are remembered until
-///   another item comes; of earlier items only a 64-bit hash of the item is kept. The enricher pushes all
-///   lines of an item together, once, which is the fast path; should an item come back later (or its hash
-///   collide with another's), its earlier lines are read back from the log before any new one is accepted,
-///   so the result is exact in every case.
+///   lines can only be equal when their items are. The lines of one item pushed one after the other (a *run*;
+///   the enricher pushes all lines of an item together, once) are de-duplicated as they come, against the
+///   run's values. Of each run only a 64-bit hash of its item is appended to a list; that list is checked
+///   for an item with more than one run (or a hash collision) only when the log is read ([`LogLines::len`],
+///   [`LogLines::write_to`]) — sorting a list is much cheaper than a hash-set probe per item, which with a
+///   million items is a cache miss each. When there is such an item, the lines of those items are filtered
+///   (first occurrence kept) in one pass over the log, so the result is exact in every case.
 #[derive(Default)]
 pub struct LogLines {
     /// Lines not yet moved to `spill`, each followed by CRLF.
@@ -154,17 +156,25 @@ pub struct LogLines {
     spilled_len: u64,
     /// Moving lines to a file failed once: keep everything in memory from then on.
     spill_failed: bool,
-    /// The item of the last line pushed (line breaks replaced), when there is one.
+    /// The item of the current run (line breaks replaced), when there is one.
     current_item: Option<String>,
-    /// The values (line breaks replaced) the current item has in the log: their bytes one after the other in
-    /// `current_value_bytes`, found through `current_values` by content (a table of byte ranges, hashed with
-    /// `value_hasher`) — no allocation per value, and both are reused from one item to the next.
+    /// The values (line breaks replaced) the current run has in the log: their bytes one after the other in
+    /// `current_value_bytes`, found through `current_values` by content (a table of byte ranges) — no
+    /// allocation per value, and both are reused from one run to the next.
     current_value_bytes: Vec<u8>,
     current_values: hashbrown::HashTable<(u32, u32)>,
-    value_hasher: foldhash::fast::RandomState,
-    /// Hashes of every item pushed so far, the current one included.
-    earlier_items: HashSet<u64, foldhash::fast::RandomState>,
+    /// Hashes values and items (randomly seeded: the texts come from the API).
+    hasher: foldhash::fast::RandomState,
+    /// The item hash of every run since the last check, after the distinct hashes of the runs before it.
+    item_runs: Vec<u64>,
+    /// How many of `item_runs` the last check saw (they are sorted and distinct).
+    runs_checked: usize,
+    /// Items (by hash) with more than one run: their lines are filtered when the log is read.
+    repeated_items: HashSet<u64, foldhash::fast::RandomState>,
+    /// Lines in the log, duplicates of repeated items included until they are filtered.
     len: usize,
+    /// `len` when the lines of repeated items were last filtered.
+    filtered_len: usize,
 }
 
 impl std::fmt::Debug for LogLines {
@@ -190,9 +200,9 @@ impl LogLines {
     pub fn push(&mut self, item: &str, value: &str) {
         let (item, value) = (one_line(item), one_line(value));
         if self.current_item.as_deref() != Some(item.as_ref()) {
-            self.start_item(&item);
+            self.start_run(&item);
         }
-        if self.current_item.is_none() || !self.remember_value(value.as_bytes()) {
+        if !self.remember_value(value.as_bytes()) {
             return;
         }
         let Some(current_item) = &self.current_item else { return };
@@ -206,16 +216,17 @@ impl LogLines {
         }
     }
 
-    /// Adds `value` to the values of the current item; false when it is there already.
+    /// Adds `value` to the values of the current run; false when it is there already.
     fn remember_value(&mut self, value: &[u8]) -> bool {
-        let (bytes, hasher) = (&mut self.current_value_bytes, &self.value_hasher);
+        let (bytes, hasher) = (&mut self.current_value_bytes, &self.hasher);
         let range_of = |(start, len): (u32, u32)| start as usize..start as usize + len as usize;
         let hash = hasher.hash_one(value);
         let found = self.current_values.find(hash, |&range| bytes[range_of(range)] == *value);
         if found.is_some() {
             return false;
         }
-        // Ranges are 32-bit: an item whose values pass 4 GiB in total is not de-duplicated beyond that point.
+        // Ranges are 32-bit: a run whose values pass 4 GiB in total is not de-duplicated beyond that point
+        // (the filtering pass still sees its item as a single run and leaves it alone).
         let (Ok(start), Ok(len)) = (u32::try_from(bytes.len()), u32::try_from(value.len())) else {
             return true;
         };
@@ -225,40 +236,99 @@ impl LogLines {
         true
     }
 
-    /// Makes `item` the current item, with the values it already has in the log.
-    fn start_item(&mut self, item: &str) {
-        let mut reused = self.current_item.take().unwrap_or_default();
-        // An item's hash goes into `earlier_items` when it starts (one probe of a table that holds every item of
-        // a workbook, usually a cache miss): found there already means the item comes back.
-        let hash = self.earlier_items.hasher().hash_one(item);
-        let seen_before = !self.earlier_items.insert(hash);
+    /// Starts a run of lines of `item`.
+    fn start_run(&mut self, item: &str) {
+        self.item_runs.push(self.hasher.hash_one(item.as_bytes()));
         self.current_values.clear();
         self.current_value_bytes.clear();
-        if seen_before {
-            // Seen before (or a hash collision): read its earlier lines back. Never the case for the
-            // enricher, which pushes each item once.
-            let prefix = format!("{item}|");
-            let mut content = Vec::new();
-            if self.write_to(&mut content).is_ok() {
-                for line in content.split(|&b| b == b'\n') {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    if let Some(value) = line.strip_prefix(prefix.as_bytes()) {
-                        self.remember_value(value);
-                    }
-                }
-            }
-        }
+        let mut reused = self.current_item.take().unwrap_or_default();
         reused.clear();
         reused.push_str(item);
         self.current_item = Some(reused);
+    }
+
+    /// Finds items with more than one run since the last check and, when any item has, removes the repeated
+    /// lines of those items (first occurrence kept).
+    fn settle(&mut self) -> std::io::Result<()> {
+        if self.runs_checked != self.item_runs.len() {
+            self.item_runs.sort_unstable();
+            for pair in self.item_runs.windows(2) {
+                if pair[0] == pair[1] {
+                    self.repeated_items.insert(pair[0]);
+                }
+            }
+            self.item_runs.dedup();
+            self.runs_checked = self.item_runs.len();
+        }
+        if self.repeated_items.is_empty() || self.filtered_len == self.len {
+            return Ok(());
+        }
+        self.remove_repeated_lines()?;
+        self.filtered_len = self.len;
+        Ok(())
+    }
+
+    /// One pass over the log that drops a line of a repeated item when the same line came before.
+    fn remove_repeated_lines(&mut self) -> std::io::Result<()> {
+        let mut seen: HashSet<Vec<u8>, foldhash::fast::RandomState> = HashSet::default();
+        let (hasher, repeated) = (&self.hasher, &self.repeated_items);
+        let mut kept = 0usize;
+        let mut keep = |line: &[u8]| -> bool {
+            let item = line.split(|&b| b == b'|').next().unwrap_or_default();
+            let keep = !repeated.contains(&hasher.hash_one(item)) || seen.insert(line.to_vec());
+            kept += usize::from(keep);
+            keep
+        };
+        let lines_of = |content: &[u8]| -> Vec<std::ops::Range<usize>> {
+            let mut ranges = Vec::new();
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', content) {
+                ranges.push(start..end + 1);
+                start = end + 1;
+            }
+            ranges
+        };
+        if let Some(file) = &mut self.spill {
+            let mut filtered = tempfile::tempfile()?;
+            let mut filtered_len = 0u64;
+            file.seek(SeekFrom::Start(0))?;
+            let mut reader = std::io::BufReader::new(Read::by_ref(file).take(self.spilled_len));
+            let mut out = std::io::BufWriter::new(&mut filtered);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if std::io::BufRead::read_until(&mut reader, b'\n', &mut line)? == 0 {
+                    break;
+                }
+                if keep(line.strip_suffix(b"\r\n").unwrap_or(&line)) {
+                    out.write_all(&line)?;
+                    filtered_len += line.len() as u64;
+                }
+            }
+            out.flush()?;
+            drop(out);
+            self.spill = Some(filtered);
+            self.spilled_len = filtered_len;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for range in lines_of(&pending) {
+            let line = &pending[range];
+            if keep(line.strip_suffix(b"\r\n").unwrap_or(line)) {
+                self.pending.extend_from_slice(line);
+            }
+        }
+        self.len = kept;
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    pub fn len(&self) -> usize {
-        self.len
+    /// Lines in the log.
+    pub fn len(&mut self) -> std::io::Result<usize> {
+        self.settle()?;
+        Ok(self.len)
     }
 
     fn spill_pending(&mut self) {
@@ -295,6 +365,7 @@ impl LogLines {
 
     /// Writes the log's content (UTF-8, CRLF after every line) to `out`. May be called more than once.
     pub fn write_to(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        self.settle()?;
         if let Some(file) = &mut self.spill {
             file.seek(SeekFrom::Start(0))?;
             let copied = std::io::copy(&mut Read::by_ref(file).take(self.spilled_len), out)?;
@@ -419,7 +490,7 @@ mod tests {
         log.push("example.com", "203.0.113.5");
         log.push("example.com", "http://x/\ny");
         log.push("example.com", "http://x/ y");
-        assert_eq!(log.len(), 2);
+        assert_eq!(log.len().unwrap(), 2);
         assert_eq!(log.to_bytes().unwrap(), b"example.com|203.0.113.5\r\nexample.com|http://x/ y\r\n");
     }
 
@@ -433,13 +504,58 @@ mod tests {
             log.push("big.example", value);
         }
         log.push("big.example", "h");
-        assert_eq!(log.len(), 5001);
+        assert_eq!(log.len().unwrap(), 5001);
         let mut expected: String = values.iter().map(|v| format!("big.example|{v}\r\n")).collect();
         expected.push_str("big.example|h\r\n");
         assert!(log.to_bytes().unwrap() == expected.as_bytes());
         // The next item starts with no values.
         log.push("other.example", "h0");
-        assert_eq!(log.len(), 5002);
+        assert_eq!(log.len().unwrap(), 5002);
+    }
+
+    #[test]
+    fn items_that_come_back_are_de_duplicated_like_a_set_of_lines_across_the_file_and_the_buffer() {
+        // A reference model (every distinct line, in order of first appearance) against LogLines, with
+        // items coming back after others, with duplicates, across several moves to the temporary file, and
+        // the log read (which filters) in the middle as well as at the end.
+        let mut log = LogLines::default();
+        let mut model: Vec<String> = Vec::new();
+        let mut model_set = HashSet::new();
+        let mut state = 12345u64;
+        let mut next = |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut pushes = 0usize;
+        while log.spilled_len < 2 * LOG_SPILL_BYTES as u64 || pushes < 400_000 {
+            // Mostly new items, sometimes one of the first 50 again.
+            let item = if next(10) == 0 {
+                format!("back{}.example", next(50))
+            } else {
+                format!("i{pushes}.example")
+            };
+            for _ in 0..1 + next(4) {
+                let value = format!("v{:03}-{}", next(8), "x".repeat(next(40) as usize));
+                let line = format!("{item}|{value}");
+                if model_set.insert(line.clone()) {
+                    model.push(line);
+                }
+                log.push(&item, &value);
+            }
+            pushes += 1;
+            if pushes == 200_000 {
+                assert_eq!(log.len().unwrap(), model.len());
+            }
+        }
+        assert!(log.spill.is_some());
+        assert_eq!(log.len().unwrap(), model.len());
+        let expected: String = model.iter().map(|line| format!("{line}\r\n")).collect();
+        assert!(log.to_bytes().unwrap() == expected.as_bytes(), "content differs");
+        // Reading again changes nothing; pushing a known line afterwards adds nothing.
+        assert!(log.to_bytes().unwrap() == expected.as_bytes());
+        let (item, value) = model[0].split_once('|').unwrap();
+        log.push(item, value);
+        assert!(log.to_bytes().unwrap() == expected.as_bytes());
     }
 
     #[test]
@@ -457,10 +573,10 @@ mod tests {
             i += 1;
         }
         assert!(log.spill.is_some() && log.spilled_len > 0 && !log.pending.is_empty());
-        assert_eq!(log.len() as u64, i);
+        assert_eq!(log.len().unwrap() as u64, i);
         // Lines already in the file are still recognised as duplicates.
         log.push("host0.example", "203.0.0.0");
-        assert_eq!(log.len() as u64, i);
+        assert_eq!(log.len().unwrap() as u64, i);
         assert!(log.to_bytes().unwrap() == expected, "content differs");
         // Writing twice gives the same content, and pushing afterwards still appends at the end.
         assert!(log.to_bytes().unwrap() == expected);
