@@ -75,7 +75,7 @@ struct Scan {
     /// The id of each data row, or [`NO_INDICATOR`].
     row_ids: Vec<u32>,
     /// The IP indicators of the sheet (a passive-DNS IP already there is not appended).
-    ips_present: HashSet<IpAddr, foldhash::fast::RandomState>,
+    ips_present: IpSet,
 }
 
 pub(super) fn enrich_csv(
@@ -224,7 +224,7 @@ fn write_pass(
     let mut store = FactStore::new(&scan.uses, MAX_WAITING_FACTS);
     let mut looked_up = 0usize;
     let mut appended: Vec<Indicator> = Vec::new();
-    let mut appended_ips: HashSet<IpAddr, foldhash::fast::RandomState> = HashSet::default();
+    let mut appended_ips = IpSet::default();
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
     let mut row_index = 0usize;
     let mut waited = std::time::Duration::ZERO;
@@ -277,7 +277,7 @@ fn write_pass(
                 && plan.wants_passive_dns(&row)
                 && let Some(ip) = facts.passive_dns_ip
                 && plan::is_globally_routable(ip)
-                && !scan.ips_present.contains(&ip)
+                && !scan.ips_present.contains(ip)
                 && appended_ips.insert(ip)
                 && let Some(ip_indicator) = Indicator::classify(&ip.to_string())
             {
@@ -408,8 +408,37 @@ fn scan(
     drop(raw_ids);
     drop(ids);
     let indicators = Arc::new(indicators);
-    let ips_present = indicators.iter().filter_map(Indicator::ip).collect();
+    let mut ips_present = IpSet::default();
+    for ip in indicators.iter().filter_map(Indicator::ip) {
+        ips_present.insert(ip);
+    }
     Ok(Scan { plan, skipped, indicators, uses, flags, row_ids, ips_present })
+}
+
+/// A set of IP addresses, IPv4 ones kept as 4-byte keys: probed once per domain row with a passive-DNS IP, so
+/// with half a million IPs in a sheet a table a quarter the size of a `HashSet<IpAddr>` means fewer cache
+/// misses.
+#[derive(Default)]
+struct IpSet {
+    v4: HashSet<u32, foldhash::fast::RandomState>,
+    v6: HashSet<u128, foldhash::fast::RandomState>,
+}
+
+impl IpSet {
+    /// Adds `ip`; false when it was there already.
+    fn insert(&mut self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.v4.insert(ip.to_bits()),
+            IpAddr::V6(ip) => self.v6.insert(ip.to_bits()),
+        }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.v4.contains(&ip.to_bits()),
+            IpAddr::V6(ip) => self.v6.contains(&ip.to_bits()),
+        }
+    }
 }
 
 /// True when `cell` (a row's indicator cell in the second pass) still holds `indicator`. The common case is
