@@ -601,6 +601,24 @@ impl FactStore {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_ip_set_answers_like_a_set_of_ip_addresses() {
+        let ips: Vec<IpAddr> = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "::ffff:192.0.2.3", "0.0.0.0", "::"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        let mut set = IpSet::default();
+        let mut reference = HashSet::new();
+        for &ip in &ips[..4] {
+            assert_eq!(set.insert(ip), reference.insert(ip));
+            assert!(!set.insert(ip));
+        }
+        let probes = ips.iter().copied().chain(["192.0.2.3", "::ffff:192.0.2.1"].map(|t| t.parse().unwrap()));
+        for ip in probes {
+            assert_eq!(set.contains(ip), reference.contains(&ip), "{ip}");
+        }
+    }
+
     fn facts(i: u64) -> Facts {
         Facts {
             reputation: format!("reason-{i}"),
