@@ -39,8 +39,8 @@ use std::sync::{Arc, mpsc};
 
 use super::plan::{Facts, RowCells, TablePlan};
 use super::{
-    CsvRow, Digested, EnrichError, Enricher, Job, LOOKUP_CHUNK, count_fills, csv_patches, file_error,
-    file_stamp, outbox, plan, progress_bar,
+    CsvRow, Digested, EnrichError, Enricher, Job, LOOKUP_CHUNK, NO_INDICATOR, count_fills, csv_patches,
+    file_error, file_stamp, outbox, plan, progress_bar,
 };
 use crate::error::CriticalError;
 use crate::seclytics::client::FatalError;
@@ -53,9 +53,6 @@ pub(super) const MAX_WAITING_FACTS: usize = 50_000;
 
 /// Most distinct raw indicator cells whose id the scan remembers by their bytes (about 4 MB).
 const RAW_CELL_CACHE: usize = 65_536;
-
-/// Row id of a row without a usable indicator.
-const NO_INDICATOR: u32 = u32::MAX;
 
 /// The row is a domain row whose `IP Address` is empty (it may take a passive-DNS IP).
 const WANTS_PASSIVE_DNS: u8 = 1;

@@ -331,7 +331,7 @@ impl Enricher {
                 sheet.set(0, *column, Cell::Text(header.to_string()));
             }
             for row_index in 1..sheet.rows.len() {
-                for (column, cell) in job.row_cells(table, &ModelRow(&sheet.rows[row_index])) {
+                for (column, cell) in job.row_cells(table, row_index - 1, &ModelRow(&sheet.rows[row_index])) {
                     sheet.set(row_index, column, cell);
                 }
             }
@@ -511,6 +511,9 @@ impl RowCells for ModelRow<'_> {
     }
 }
 
+/// A row without a usable indicator (in [`TableScan::row_indicators`] and the CSV scan's row ids).
+const NO_INDICATOR: u32 = u32::MAX;
+
 /// What the scan of one table found.
 struct TableScan {
     plan: TablePlan,
@@ -518,7 +521,11 @@ struct TableScan {
     skipped: usize,
     /// Distinct indicators of the table, in order of first appearance.
     indicators: Vec<Indicator>,
-    present: HashSet<Indicator>,
+    /// The position of each indicator in `indicators`.
+    present: HashMap<Indicator, u32>,
+    /// For each data row (in order), the position of its indicator in `indicators`, or [`NO_INDICATOR`]: the
+    /// fill takes the row's indicator from here instead of classifying its cell a second time.
+    row_indicators: Vec<u32>,
     /// Host indicators of domain rows whose `IP Address` is empty, in row order.
     passive_dns_rows: Vec<Indicator>,
     /// IP items whose `Reverse DNS` or `Sinkhole` cell is empty.
@@ -534,7 +541,8 @@ impl TableScan {
             rows: 0,
             skipped: 0,
             indicators: Vec::new(),
-            present: HashSet::new(),
+            present: HashMap::new(),
+            row_indicators: Vec::new(),
             passive_dns_rows: Vec::new(),
             noted_ips: Vec::new(),
             appended: Vec::new(),
@@ -545,10 +553,12 @@ impl TableScan {
         self.rows += 1;
         let cell = row.text(self.plan.indicator_column());
         if cell.trim().is_empty() {
+            self.row_indicators.push(NO_INDICATOR);
             return;
         }
         let Some(indicator) = Indicator::classify(&cell) else {
             self.skipped += 1;
+            self.row_indicators.push(NO_INDICATOR);
             return;
         };
         match indicator.kind {
@@ -564,9 +574,15 @@ impl TableScan {
             }
             _ => {}
         }
-        if self.present.insert(indicator.clone()) {
-            self.indicators.push(indicator);
-        }
+        let next = u32::try_from(self.indicators.len()).unwrap_or(NO_INDICATOR);
+        let position = match self.present.entry(indicator) {
+            std::collections::hash_map::Entry::Occupied(known) => *known.get(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                self.indicators.push(new.key().clone());
+                *new.insert(next)
+            }
+        };
+        self.row_indicators.push(position);
     }
 }
 
@@ -646,7 +662,7 @@ impl<'a> Job<'a> {
                     continue;
                 }
                 let Some(indicator) = Indicator::classify(&ip.to_string()) else { continue };
-                if table.present.contains(&indicator) || !appended_here.insert(indicator.clone()) {
+                if table.present.contains_key(&indicator) || !appended_here.insert(indicator.clone()) {
                     continue;
                 }
                 table.appended.push(indicator.clone());
@@ -787,11 +803,11 @@ impl<'a> Job<'a> {
         self.errors.push(message);
     }
 
-    /// The fills of one existing data row (XLSX), as cells.
-    fn row_cells(&mut self, table: &TableScan, row: &impl RowCells) -> Vec<(usize, Cell)> {
-        let cell = row.text(table.plan.indicator_column());
-        let Some(indicator) = Indicator::classify(&cell) else { return Vec::new() };
-        let facts = self.facts.get(&indicator).and_then(Option::as_ref);
+    /// The fills of data row `data_row` (0 = the first row after the header) of an XLSX table, as cells.
+    fn row_cells(&mut self, table: &TableScan, data_row: usize, row: &impl RowCells) -> Vec<(usize, Cell)> {
+        let position = table.row_indicators.get(data_row).copied().unwrap_or(NO_INDICATOR);
+        let Some(indicator) = table.indicators.get(position as usize) else { return Vec::new() };
+        let facts = self.facts.get(indicator).and_then(Option::as_ref);
         let fills = table.plan.fills(row, indicator.kind, facts, &self.ips, indicator.ip());
         count_fills(&mut self.fills_by_header, &fills);
         fills.into_iter().map(|fill| (fill.column, xlsx_cell(fill.value))).collect()
