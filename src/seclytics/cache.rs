@@ -553,68 +553,57 @@ mod tests {
     fn a_version_1_file_is_upgraded_and_keeps_its_answers_and_a_newer_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite");
-        {
-            // What version 1 created.
-            let connection = Connection::open(&path).unwrap();
-            connection
-                .execute_batch(
-                    "CREATE TABLE responses (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,
-                        token_fp TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
-                        fetched_at_ms INTEGER NOT NULL, PRIMARY KEY (endpoint, indicator, token_fp)) WITHOUT ROWID;
-                     PRAGMA user_version = 1;",
-                )
-                .unwrap();
-            connection
-                .execute(
-                    "INSERT INTO responses VALUES ('ips', '192.0.2.1', 'fp', 200, '{}', ?1)",
-                    params![now_ms()],
-                )
-                .unwrap();
-        }
+        older_file(&path, 1);
         let cache = Cache::open(&path, Duration::from_secs(3600)).unwrap();
         assert_eq!(cache.get("ips", "192.0.2.1", "fp"), Some(CachedAnswer::Found("{}".into())));
         cache.put_digests("fp", 3, &[("ips", "192.0.2.1", b"d")]);
         assert_eq!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 3), vec![Some(b"d".to_vec())]);
         drop(cache);
-        let connection = Connection::open(&path).unwrap();
-        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-        connection.execute_batch("PRAGMA user_version = 4").unwrap();
-        drop(connection);
+        assert_eq!(file_version(&path), SCHEMA_VERSION);
+        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 4").unwrap();
         let err = Cache::open(&path, Duration::from_secs(3600)).unwrap_err();
         assert!(matches!(err, CacheError::Schema { found: 4, .. }), "{err}");
         // Refused means untouched.
-        let connection = Connection::open(&path).unwrap();
-        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(file_version(&path), 4);
+    }
+
+    /// Writes at `path` what version 1 or 2 of the schema created, holding one answer (`ips/192.0.2.1`, token
+    /// fingerprint `fp`) and, for version 2, its digest (derivation 5, data `01 02`).
+    fn older_file(path: &Path, version: i64) {
+        let connection = Connection::open(path).unwrap();
+        let responses = "CREATE TABLE responses (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,
+            token_fp TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
+            fetched_at_ms INTEGER NOT NULL, PRIMARY KEY (endpoint, indicator, token_fp)) WITHOUT ROWID;";
+        let digests = "CREATE TABLE digests (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,
+            token_fp TEXT NOT NULL, derivation INTEGER NOT NULL, fetched_at_ms INTEGER NOT NULL,
+            data BLOB NOT NULL, PRIMARY KEY (endpoint, indicator, token_fp)) WITHOUT ROWID;";
+        connection.execute_batch(responses).unwrap();
+        let now = now_ms();
+        connection
+            .execute("INSERT INTO responses VALUES ('ips', '192.0.2.1', 'fp', 200, '{}', ?1)", params![now])
+            .unwrap();
+        if version == 2 {
+            connection.execute_batch(digests).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO digests VALUES ('ips', '192.0.2.1', 'fp', 5, ?1, x'0102')",
+                    params![now],
+                )
+                .unwrap();
+        }
+        connection.execute_batch(&format!("PRAGMA user_version = {version}")).unwrap();
+    }
+
+    fn file_version(path: &Path) -> i64 {
+        let connection = Connection::open(path).unwrap();
+        connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap()
     }
 
     #[test]
     fn a_version_2_file_keeps_its_answers_and_gets_the_new_digest_table() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite");
-        {
-            // What version 2 created: both tables keyed `WITHOUT ROWID`, no index by age.
-            let connection = Connection::open(&path).unwrap();
-            connection
-                .execute_batch(
-                    "CREATE TABLE responses (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,
-                        token_fp TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
-                        fetched_at_ms INTEGER NOT NULL, PRIMARY KEY (endpoint, indicator, token_fp)) WITHOUT ROWID;
-                     CREATE TABLE digests (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,
-                        token_fp TEXT NOT NULL, derivation INTEGER NOT NULL, fetched_at_ms INTEGER NOT NULL,
-                        data BLOB NOT NULL, PRIMARY KEY (endpoint, indicator, token_fp)) WITHOUT ROWID;
-                     PRAGMA user_version = 2;",
-                )
-                .unwrap();
-            connection
-                .execute_batch(&format!(
-                    "INSERT INTO responses VALUES ('ips', '192.0.2.1', 'fp', 200, '{{}}', {now});
-                     INSERT INTO digests VALUES ('ips', '192.0.2.1', 'fp', 5, {now}, x'0102');",
-                    now = now_ms()
-                ))
-                .unwrap();
-        }
+        older_file(&path, 2);
         let cache = Cache::open(&path, Duration::from_secs(3600)).unwrap();
         assert_eq!(cache.get("ips", "192.0.2.1", "fp"), Some(CachedAnswer::Found("{}".into())));
         // The old digests are gone (they are derived data); new ones are stored and read as before.
@@ -625,9 +614,7 @@ mod tests {
         // Opening again changes nothing.
         let cache = Cache::open(&path, Duration::from_secs(3600)).unwrap();
         assert_eq!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 5), vec![Some(b"new".to_vec())]);
-        let connection = cache.connection();
-        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(file_version(&path), SCHEMA_VERSION);
     }
 
     /// SQLite's plan for `sql`, one line per step.
