@@ -279,15 +279,6 @@ impl LogLines {
             kept += usize::from(keep);
             keep
         };
-        let lines_of = |content: &[u8]| -> Vec<std::ops::Range<usize>> {
-            let mut ranges = Vec::new();
-            let mut start = 0;
-            for end in memchr::memchr_iter(b'\n', content) {
-                ranges.push(start..end + 1);
-                start = end + 1;
-            }
-            ranges
-        };
         if let Some(file) = &mut self.spill {
             let mut filtered = tempfile::tempfile()?;
             let mut filtered_len = 0u64;
@@ -311,8 +302,7 @@ impl LogLines {
             self.spilled_len = filtered_len;
         }
         let pending = std::mem::take(&mut self.pending);
-        for range in lines_of(&pending) {
-            let line = &pending[range];
+        for line in pending.split_inclusive(|&b| b == b'\n') {
             if keep(line.strip_suffix(b"\r\n").unwrap_or(line)) {
                 self.pending.extend_from_slice(line);
             }

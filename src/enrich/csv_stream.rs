@@ -405,10 +405,7 @@ fn scan(
     drop(raw_ids);
     drop(ids);
     let indicators = Arc::new(indicators);
-    let mut ips_present = IpSet::default();
-    for ip in indicators.iter().filter_map(Indicator::ip) {
-        ips_present.insert(ip);
-    }
+    let ips_present = indicators.iter().filter_map(Indicator::ip).collect();
     Ok(Scan { plan, skipped, indicators, uses, flags, row_ids, ips_present })
 }
 
@@ -435,6 +432,16 @@ impl IpSet {
             IpAddr::V4(ip) => self.v4.contains(&ip.to_bits()),
             IpAddr::V6(ip) => self.v6.contains(&ip.to_bits()),
         }
+    }
+}
+
+impl FromIterator<IpAddr> for IpSet {
+    fn from_iter<I: IntoIterator<Item = IpAddr>>(ips: I) -> IpSet {
+        let mut set = IpSet::default();
+        for ip in ips {
+            set.insert(ip);
+        }
+        set
     }
 }
 

@@ -45,7 +45,8 @@ use crate::config::Secret;
 /// indexes by age and digests in a rowid table, see [`SCHEMA_SQL`]).
 const SCHEMA_VERSION: i64 = 3;
 
-/// Everything a version 3 file holds; idempotent (`IF NOT EXISTS`), so it also completes older files.
+/// Everything a version 3 file holds; idempotent (`IF NOT EXISTS`), so it also completes older files (the
+/// version number itself is written by [`Cache::create_or_upgrade`]).
 ///
 /// `responses` is keyed by its primary key (a `WITHOUT ROWID` table). `digests` is an ordinary rowid table with
 /// the key as a unique index: its rows (a few hundred bytes) are too large for a `WITHOUT ROWID` b-tree, whose
@@ -72,8 +73,7 @@ const SCHEMA_SQL: &str = "
         data          BLOB    NOT NULL,
         UNIQUE (endpoint, indicator, token_fp)
     );
-    CREATE INDEX IF NOT EXISTS digests_by_age ON digests (fetched_at_ms);
-    PRAGMA user_version = 3;";
+    CREATE INDEX IF NOT EXISTS digests_by_age ON digests (fetched_at_ms);";
 
 /// Why [`Cache::create_or_upgrade`] failed.
 enum SchemaError {
@@ -159,6 +159,18 @@ pub fn token_fingerprint(token: &Secret) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The row [`GET_SQL`] reads for one key: status, body, `fetched_at_ms`.
+fn answer_row(
+    statement: &mut rusqlite::Statement<'_>,
+    endpoint: &str,
+    indicator: &str,
+    token_fp: &str,
+) -> rusqlite::Result<Option<(i64, String, i64)>> {
+    statement
+        .query_row(params![endpoint, indicator, token_fp], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -205,6 +217,7 @@ impl Cache {
                     connection.execute_batch("DROP TABLE IF EXISTS digests")?;
                 }
                 connection.execute_batch(SCHEMA_SQL)?;
+                connection.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
             }
             Ok(())
         })();
@@ -255,13 +268,9 @@ impl Cache {
         // A cached prepared statement: a workbook with many indicators makes one `get` per indicator, and
         // compiling the SQL each time cost about a quarter of a cache read (measured, see BENCHMARKS.md).
         let connection = self.connection();
-        let row = connection.prepare_cached(GET_SQL).and_then(|mut statement| {
-            statement
-                .query_row(params![endpoint, indicator, token_fp], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })
-                .optional()
-        });
+        let row = connection
+            .prepare_cached(GET_SQL)
+            .and_then(|mut statement| answer_row(&mut statement, endpoint, indicator, token_fp));
         drop(connection);
         self.answer_from(row, now_ms().saturating_sub(self.ttl_ms()))
     }
@@ -272,12 +281,7 @@ impl Cache {
     pub fn get_many(&self, keys: &[(&str, &str)], token_fp: &str) -> Vec<Option<CachedAnswer>> {
         let fresh_after = now_ms().saturating_sub(self.ttl_ms());
         self.read_many(keys, GET_SQL, |statement, (endpoint, indicator)| {
-            let row = statement
-                .query_row(params![endpoint, indicator, token_fp], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })
-                .optional();
-            self.answer_from(row, fresh_after)
+            self.answer_from(answer_row(statement, endpoint, indicator, token_fp), fresh_after)
         })
     }
 
