@@ -836,15 +836,22 @@ fn long_free_text_values_are_cut_at_8000_characters() {
     assert!(long_reason.starts_with(&validation));
 }
 
-/// A CSV larger than one lookup chunk (2 048 indicators), with indicators repeated far apart, domain rows whose
-/// passive-DNS IP is new (appended) or already in the sheet, and pre-filled cells: the streamed CSV path (lookups
-/// on their own thread, facts dropped after their last row) must fill exactly what the in-memory XLSX path fills
-/// for the same rows, request each indicator once, and write the same logs.
-#[test]
-fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
-    let scenario = Scenario::new();
-    let distinct_ips = 2600;
-    let distinct_hosts = 1400;
+/// Distinct IPs and hosts of the several-chunk workbooks: more than one lookup chunk (2 048) together.
+const CHUNKED_IPS: usize = 2600;
+const CHUNKED_HOSTS: usize = 1400;
+const CHUNKED_HEADER: [&str; 6] = [
+    "Scanned Item",
+    "WHOIS",
+    "IP Address",
+    "Date First Seen",
+    "Seclytics Reputation and Reason",
+    "Seclytics File Count",
+];
+
+/// Answers for the several-chunk workbooks: each IP its own document, each host a passive-DNS IP that is
+/// either one of the sheet's IPs or a new one (appended), every other path one default IP document.
+fn script_chunked_documents(scenario: &Scenario) {
+    let (distinct_ips, distinct_hosts) = (CHUNKED_IPS, CHUNKED_HOSTS);
     for i in 0..distinct_ips {
         let ip = format!("11.0.{}.{}", i / 250, i % 250 + 1);
         scenario.api.set_document(
@@ -874,14 +881,13 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
     scenario
         .api
         .set_default(Behaviour::document(json!({"asn": {"description": "APPENDED-ORG"}, "type": "ip"})));
-    let header = [
-        "Scanned Item",
-        "WHOIS",
-        "IP Address",
-        "Date First Seen",
-        "Seclytics Reputation and Reason",
-        "Seclytics File Count",
-    ];
+}
+
+/// The rows of the several-chunk workbook (without the header): every IP and host, a fifth twice, shuffled,
+/// rows without an indicator every 40 rows, the first 300 rows again at the end, some cells pre-filled.
+fn chunked_rows() -> Vec<Vec<String>> {
+    let (distinct_ips, distinct_hosts) = (CHUNKED_IPS, CHUNKED_HOSTS);
+    let header = CHUNKED_HEADER;
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut rng = fastrand::Rng::with_seed(42);
     for i in 0..distinct_ips {
@@ -911,15 +917,22 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
             row[2] = "192.0.2.1".into(); // pre-filled IP Address: no passive-DNS row from this row
         }
     }
-    let mut text = csv_line(&header);
-    for row in &rows {
+    rows
+}
+
+/// `rows` under `header` as a Windows-1252 CSV file.
+fn write_csv_rows(path: &Path, header: &[&str], rows: &[Vec<String>]) {
+    let mut text = csv_line(header);
+    for row in rows {
         text.push_str(&csv_line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
     }
-    let csv_input = scenario.path("big.csv");
-    std::fs::write(&csv_input, encoding_rs::WINDOWS_1252.encode(&text).0).unwrap();
-    let xlsx_input = scenario.path("big.xlsx");
-    let mut book = rust_xlsxwriter::Workbook::new();
+    std::fs::write(path, encoding_rs::WINDOWS_1252.encode(&text).0).unwrap();
+}
+
+/// Writes `rows` under `header` into a new worksheet `name` of `book` (empty strings as empty cells).
+fn add_sheet_rows(book: &mut rust_xlsxwriter::Workbook, name: &str, header: &[&str], rows: &[Vec<String>]) {
     let sheet = book.add_worksheet();
+    sheet.set_name(name).unwrap();
     for (c, h) in header.iter().enumerate() {
         sheet.write_string(0, c as u16, *h).unwrap();
     }
@@ -928,6 +941,35 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
             sheet.write_string(r as u32 + 1, c as u16, value).unwrap();
         }
     }
+}
+
+/// Asserts two tables hold the same text, row by row (trailing empty cells ignored).
+fn assert_same_rows(a: &Table, b: &Table, what: &str) {
+    assert_eq!(a.header, b.header, "{what}: header");
+    assert_eq!(a.rows.len(), b.rows.len(), "{what}: rows");
+    for (r, (x, y)) in a.rows.iter().zip(&b.rows).enumerate() {
+        let x: Vec<&str> = x.iter().map(String::as_str).rev().skip_while(|v| v.is_empty()).collect();
+        let y: Vec<&str> = y.iter().map(String::as_str).rev().skip_while(|v| v.is_empty()).collect();
+        assert_eq!(x, y, "{what}: row {r}");
+    }
+}
+
+/// A CSV larger than one lookup chunk (2 048 indicators), with indicators repeated far apart, domain rows whose
+/// passive-DNS IP is new (appended) or already in the sheet, and pre-filled cells: the streamed CSV path (lookups
+/// on their own thread, facts dropped after their last row) must fill exactly what the in-memory XLSX path fills
+/// for the same rows, request each indicator once, and write the same logs.
+#[test]
+fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
+    let scenario = Scenario::new();
+    script_chunked_documents(&scenario);
+    let (distinct_ips, distinct_hosts) = (CHUNKED_IPS, CHUNKED_HOSTS);
+    let header = CHUNKED_HEADER;
+    let rows = chunked_rows();
+    let csv_input = scenario.path("big.csv");
+    write_csv_rows(&csv_input, &header, &rows);
+    let xlsx_input = scenario.path("big.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    add_sheet_rows(&mut book, "Sheet1", &header, &rows);
     book.save(&xlsx_input).unwrap();
 
     let (code, stderr) = scenario.enrich(&[&csv_input], &[]);
@@ -951,14 +993,8 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
     let sheet_name =
         calamine::open_workbook_auto(xlsx_outbox.join("big.xlsx")).unwrap().sheet_names()[0].clone();
     let (xlsx, _) = read_xlsx_sheet(&xlsx_outbox.join("big.xlsx"), &sheet_name);
-    assert_eq!(csv.header, xlsx.header);
     assert!(csv.rows.len() > rows.len(), "passive-DNS rows are appended");
-    assert_eq!(csv.rows.len(), xlsx.rows.len());
-    for (r, (a, b)) in csv.rows.iter().zip(&xlsx.rows).enumerate() {
-        let a: Vec<&str> = a.iter().map(String::as_str).rev().skip_while(|v| v.is_empty()).collect();
-        let b: Vec<&str> = b.iter().map(String::as_str).rev().skip_while(|v| v.is_empty()).collect();
-        assert_eq!(a, b, "row {r}");
-    }
+    assert_same_rows(&csv, &xlsx, "CSV vs XLSX");
     // Spot checks against the documents themselves.
     let whois = csv.column("WHOIS");
     let first_seen = csv.column("Date First Seen");
@@ -976,8 +1012,159 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
     }
     let xlsx_logs = [read_log(&xlsx_outbox, "Hashes_"), read_log(&xlsx_outbox, "URLs_")];
     assert_eq!(csv_logs, xlsx_logs);
-    assert_eq!(csv_logs[0].len(), distinct_ips as usize);
-    assert_eq!(csv_logs[1].len(), distinct_hosts as usize);
+    assert_eq!(csv_logs[0].len(), distinct_ips);
+    assert_eq!(csv_logs[1].len(), distinct_hosts);
+}
+
+/// `reverseDNS = False` in the scenario's ini (then XLSX rows are written while the lookups go on).
+fn turn_reverse_dns(scenario: &Scenario, on: bool) {
+    let path = scenario.path("vttl.ini");
+    let ini = std::fs::read_to_string(&path).unwrap();
+    let (from, to) = if on {
+        ("reverseDNS = False", "reverseDNS = True")
+    } else {
+        ("reverseDNS = True", "reverseDNS = False")
+    };
+    std::fs::write(&path, ini.replace(from, to)).unwrap();
+}
+
+/// The number in the `FIELD=N` field of the XLSX pipeline's debug line in `stderr`: `rows_before_last_lookup`
+/// (rows written before the last chunk of lookups was merged) or `rows_while_looking_up` (also those written
+/// when it was).
+fn pipeline_rows(stderr: &str, field: &str) -> usize {
+    let plain: String = {
+        // Drop ANSI colour sequences (ESC [ … letter).
+        let mut out = String::new();
+        let mut chars = stderr.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let key = format!("{field}=");
+    let at = plain.find(&key).unwrap_or_else(|| panic!("no {key} in: {plain}"));
+    let digits: String = plain[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+/// An XLSX workbook is written while it is looked up: with reverse DNS off, each row goes to the writer as
+/// soon as its indicator (and every indicator first seen above it) is merged. Two tables sharing indicators,
+/// the second in reverse order (its rows need lookups from both ends of the list), sheets without a table
+/// before and between them, passive-DNS rows appended to both: each table must come out exactly as its rows
+/// enriched alone as a CSV, the other sheets unchanged. With reverse DNS on, rows wait for the names (none
+/// are sent early) and the workbook is the same.
+#[test]
+fn an_xlsx_written_while_it_is_looked_up_fills_each_table_like_its_rows_alone() {
+    let scenario = Scenario::new();
+    script_chunked_documents(&scenario);
+    turn_reverse_dns(&scenario, false);
+    let header = CHUNKED_HEADER;
+    let rows = chunked_rows();
+    let half = rows.len() / 2;
+    let first: Vec<Vec<String>> = rows[..half + 500].to_vec();
+    let second: Vec<Vec<String>> = rows[half..].iter().rev().cloned().collect();
+    for (name, table) in [("first.csv", &first), ("second.csv", &second)] {
+        write_csv_rows(&scenario.path(name), &header, table);
+    }
+    let (code, stderr) = scenario.enrich(&[&scenario.path("first.csv"), &scenario.path("second.csv")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let requests = scenario.api.request_count();
+
+    let input = scenario.path("two-tables.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let notes = book.add_worksheet().set_name("Notes").unwrap();
+    notes.write_string(0, 0, "Case notes").unwrap();
+    notes.write_number(1, 1, 42.5).unwrap();
+    add_sheet_rows(&mut book, "First", &header, &first);
+    let between = book.add_worksheet().set_name("Between").unwrap();
+    between.write_string(2, 3, "=1+1 stays text").unwrap();
+    add_sheet_rows(&mut book, "Second", &header, &second);
+    book.save(&input).unwrap();
+    let xlsx_outbox = scenario.path("out-xlsx");
+    let output =
+        scenario.enrich_command(&[&input], &[], &xlsx_outbox).env("VTTL_LOG", "debug").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(scenario.api.request_count(), requests, "served from the cache");
+    let early = pipeline_rows(&stderr, "rows_before_last_lookup");
+    assert!(early > 0, "no row was written before the last lookup");
+
+    let output_path = xlsx_outbox.join("two-tables.xlsx");
+    let names = calamine::open_workbook_auto(&output_path).unwrap().sheet_names();
+    assert_eq!(names, ["Notes", "First", "Between", "Second"]);
+    for (sheet, csv_name, table) in [("First", "first.csv", &first), ("Second", "second.csv", &second)] {
+        let (xlsx, _) = read_xlsx_sheet(&output_path, sheet);
+        let csv = read_csv_table(
+            &std::fs::read(scenario.outbox().join(csv_name)).unwrap(),
+            encoding_rs::WINDOWS_1252,
+        );
+        assert!(csv.rows.len() > table.len(), "{sheet}: passive-DNS rows are appended");
+        assert_same_rows(&csv, &xlsx, sheet);
+    }
+    let mut book: calamine::Xlsx<_> = calamine::open_workbook(&output_path).unwrap();
+    let notes = book.worksheet_range("Notes").unwrap();
+    assert_eq!(notes.get_value((0, 0)), Some(&Data::String("Case notes".into())));
+    assert_eq!(notes.get_value((1, 1)), Some(&Data::Float(42.5)));
+    assert_eq!(notes.used_cells().count(), 2);
+    let between = book.worksheet_range("Between").unwrap();
+    assert_eq!(between.get_value((2, 3)), Some(&Data::String("=1+1 stays text".into())));
+    assert_eq!(between.used_cells().count(), 1);
+
+    turn_reverse_dns(&scenario, true);
+    let rdns_outbox = scenario.path("out-rdns");
+    let output =
+        scenario.enrich_command(&[&input], &[], &rdns_outbox).env("VTTL_LOG", "debug").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        pipeline_rows(&stderr, "rows_while_looking_up"),
+        0,
+        "with reverse DNS on, rows wait for the names"
+    );
+    for sheet in ["First", "Second"] {
+        let (without, _) = read_xlsx_sheet(&output_path, sheet);
+        let (with, _) = read_xlsx_sheet(&rdns_outbox.join("two-tables.xlsx"), sheet);
+        assert_same_rows(&without, &with, sheet);
+    }
+}
+
+/// A critical error in a later chunk of lookups, after rows were already handed to the writer, leaves
+/// nothing in the outbox: no workbook, no temporary file.
+#[test]
+fn an_xlsx_whose_lookups_stop_half_way_leaves_nothing_in_the_outbox() {
+    let scenario = Scenario::new();
+    script_chunked_documents(&scenario);
+    turn_reverse_dns(&scenario, false);
+    let mut rows = chunked_rows();
+    // First seen in the last row: looked up in the last chunk, after the rows above went to the writer.
+    rows.push(vec!["11.200.0.1".to_string()]);
+    scenario.api.set("/ips/11.200.0.1", Behaviour::status(401, "token revoked"));
+    let input = scenario.path("stopped.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    add_sheet_rows(&mut book, "Sheet1", &CHUNKED_HEADER, &rows);
+    book.save(&input).unwrap();
+    let output = scenario
+        .enrich_command(&[&input], &[], &scenario.outbox())
+        .env("VTTL_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(pipeline_rows(&stderr, "rows_while_looking_up") > 0, "rows were written before the refusal");
+    let left: Vec<PathBuf> = if scenario.outbox().exists() { walk(&scenario.outbox()) } else { Vec::new() };
+    assert!(
+        left.iter().all(|p| !p.to_string_lossy().contains("stopped.xlsx")
+            && !p.file_name().unwrap().to_string_lossy().ends_with(".tmp")),
+        "{left:?}"
+    );
 }
 
 /// The CSV passes check each row's indicator: a file whose rows change between the first and the second pass

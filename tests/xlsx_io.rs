@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rust_xlsxwriter::{Format as XFormat, Formula};
 use vttl_seclytics::workbook::xlsx::{
-    DATETIME_FORMAT, Limits, WriteOptions, datetime_cell, extract_vba_project, read_workbook,
+    DATETIME_FORMAT, Limits, WorkbookWriter, WriteOptions, datetime_cell, extract_vba_project, read_workbook,
     read_workbook_with_limits, write_workbook, write_workbook_with_options,
 };
 use vttl_seclytics::workbook::{Cell, MAX_CELL_CHARS, Sheet, Workbook, WorkbookError};
@@ -540,6 +540,40 @@ fn epoch_1904_dates_and_formula_dates_keep_day_and_format() {
     let output = dir.path().join("out.xlsx");
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
     assert_eq!(read_workbook(&output).unwrap(), workbook);
+}
+
+/// The row-by-row writer the enricher feeds from its lookups: rows of several sheets, sent in pieces and
+/// interleaved between sheets, make the same workbook as writing the whole model; a sheet number it was not
+/// given is refused; a row it cannot write (too many columns) fails and every later call fails too, so a
+/// half-written workbook is never packed.
+#[test]
+fn the_row_by_row_writer_interleaves_sheets_and_stops_at_the_first_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.xlsx");
+    build_input(&input);
+    let whole = read_workbook(&input).unwrap();
+    let output = dir.path().join("pieces.xlsx");
+    let mut writer = WorkbookWriter::new(&whole.sheets, &output, &WriteOptions::default()).unwrap();
+    let (results, offset) = (&whole.sheets[0].rows, &whole.sheets[1].rows);
+    writer.write_rows(1, &offset[..1]).unwrap();
+    writer.write_rows(0, &results[..2]).unwrap();
+    writer.write_rows(1, &offset[1..]).unwrap();
+    writer.write_rows(0, &results[2..]).unwrap();
+    writer.write_rows(2, &[]).unwrap();
+    writer.finish(std::fs::File::create(&output).unwrap()).unwrap();
+    assert_eq!(read_workbook(&output).unwrap(), whole);
+
+    let mut writer = WorkbookWriter::new(&whole.sheets, &output, &WriteOptions::default()).unwrap();
+    let error = writer.write_rows(3, &results[..1]).expect_err("there is no fourth sheet");
+    assert!(error.to_string().contains("no sheet number 3"), "{error}");
+    writer.write_rows(0, &results[..1]).unwrap();
+    let too_wide = vec![vec![Cell::Empty; 16_385]];
+    let error = writer.write_rows(0, &too_wide).expect_err("16 385 columns");
+    assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error:?}");
+    let error = writer.write_rows(0, &results[1..]).expect_err("poisoned");
+    assert!(error.to_string().contains("earlier write"), "{error}");
+    let error = writer.finish(Vec::new()).expect_err("a failed writer packs nothing");
+    assert!(matches!(error, WorkbookError::Io { .. }), "{error:?}");
 }
 
 #[test]

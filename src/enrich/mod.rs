@@ -15,8 +15,9 @@
 //!
 //! CSV is streamed ([`csv_stream`]): step 1 and step 5 each read the file once, record by record, and steps 2–4
 //! run on a lookup thread between them, chunk by chunk, so neither the file nor the API's answers are ever held
-//! whole in memory. XLSX is read once into the typed model (calamine has no other way), looked up (a second
-//! thread fetches and digests the next chunk while this one merges the previous), filled and written back.
+//! whole in memory. XLSX is read once into the typed model (calamine has no other way) and then looked up,
+//! filled and written at once ([`xlsx_pipeline`]): a second thread fetches and digests the next chunk while this
+//! one merges the previous and fills the rows it completes, and a third writes those rows.
 
 mod csv_stream;
 pub mod plan;
@@ -24,6 +25,7 @@ pub mod rdns;
 pub mod sinkholes;
 mod stored;
 pub mod watchlists;
+mod xlsx_pipeline;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,7 +39,7 @@ use crate::error::CriticalError;
 use crate::outbox::{self, LogLines, SeclyticLog};
 use crate::seclytics::client::{Answer, AnswerSource, Client};
 use crate::seclytics::{model, tokens};
-use crate::vttl::{ColumnMap, Indicator, IndicatorKind};
+use crate::vttl::{Indicator, IndicatorKind};
 use crate::workbook::{self, Cell, Format, WorkbookError, csv as csvio, xlsx};
 use plan::{Facts, Fill, FillValue, IpKnowledge, RowCells, TablePlan};
 
@@ -288,80 +290,12 @@ impl Enricher {
         let output = match format {
             // CSV: two streaming passes over the file.
             Format::Csv => csv_stream::enrich_csv(self, input, outbox, &output_name, &mut job)?,
-            Format::Xlsx | Format::Xls => self.enrich_xlsx(input, outbox, &output_name, &mut job)?,
+            Format::Xlsx | Format::Xls => {
+                xlsx_pipeline::enrich_xlsx(self, input, outbox, &output_name, &mut job)?
+            }
         };
         let output = publish(output, outbox, &output_name, hooks)?;
         job.finish(outbox, output, unique, started)
-    }
-
-    /// XLSX/XLS: read into the typed model, fill, write back.
-    fn enrich_xlsx(
-        &self,
-        input: &Path,
-        outbox: &Path,
-        name: &str,
-        job: &mut Job,
-    ) -> Result<tempfile::NamedTempFile, EnrichError> {
-        let started = Instant::now();
-        let mut book = xlsx::read_workbook(input).map_err(|e| file_error("read", e))?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook read");
-        let started = Instant::now();
-        let mut tables = Vec::new();
-        let mut sheet_of_table = Vec::new();
-        for (index, sheet) in book.sheets.iter().enumerate() {
-            let Some(header) = sheet.rows.first() else { continue };
-            let texts: Vec<String> = header.iter().map(|c| c.to_text().into_owned()).collect();
-            let Some(columns) = ColumnMap::from_header(&texts) else { continue };
-            let mut table = TableScan::new(TablePlan::new(columns, &self.lists));
-            for row in sheet.rows.iter().skip(1) {
-                table.observe(&ModelRow(row));
-            }
-            tables.push(table);
-            sheet_of_table.push(index);
-        }
-        if tables.is_empty() {
-            return Err(file_error("read", WorkbookError::NotVttl { path: input.to_path_buf() }));
-        }
-        job.look_up_tables(&mut tables)?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook scanned and looked up");
-        let started = Instant::now();
-        for (table, &index) in tables.iter().zip(&sheet_of_table) {
-            let sheet = &mut book.sheets[index];
-            for (column, header) in table.plan.appended_headers() {
-                sheet.set(0, *column, Cell::Text(header.to_string()));
-            }
-            for row_index in 1..sheet.rows.len() {
-                for (column, cell) in job.row_cells(table, row_index - 1, &ModelRow(&sheet.rows[row_index])) {
-                    sheet.set(row_index, column, cell);
-                }
-            }
-            for ip in &table.appended {
-                let row_index = sheet.rows.len();
-                sheet.push_row(Vec::new());
-                sheet.set(row_index, table.plan.indicator_column(), Cell::Text(ip.to_string()));
-                for (column, cell) in job.appended_row_cells(table, ip) {
-                    sheet.set(row_index, column, cell);
-                }
-            }
-        }
-        let temp = outbox::temp_file_for(outbox, name)
-            .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
-        // An .xlsm keeps its macro project (the output keeps the .xlsm name, so it must stay a macro workbook).
-        let is_xlsm = input.extension().is_some_and(|e| e.eq_ignore_ascii_case("xlsm"));
-        let vba_project = if is_xlsm {
-            xlsx::extract_vba_project(input, outbox).map_err(|e| file_error("read", e))?
-        } else {
-            None
-        };
-        let options = xlsx::WriteOptions {
-            vba_project: vba_project.as_ref().map(|p| p.to_path_buf()),
-            ..Default::default()
-        };
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook filled");
-        let started = Instant::now();
-        let written = xlsx::write_workbook_with_options(&book, temp, input, &options);
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook written");
-        written.map_err(|e| file_error("write", e))
     }
 }
 
@@ -537,6 +471,9 @@ struct TableScan {
     noted_ips: Vec<IpAddr>,
     /// IPs to append (filled after the lookups).
     appended: Vec<Indicator>,
+    /// For each of `indicators`, its place in the run's list of lookups (set by [`Job::look_up_tables`]):
+    /// its facts are known once that many indicators before it are merged.
+    lookup_order: Vec<u32>,
 }
 
 impl TableScan {
@@ -551,6 +488,7 @@ impl TableScan {
             passive_dns_rows: Vec::new(),
             noted_ips: Vec::new(),
             appended: Vec::new(),
+            lookup_order: Vec::new(),
         }
     }
 
@@ -640,21 +578,32 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// Steps 2–4 for all tables of the workbook.
-    fn look_up_tables(&mut self, tables: &mut [TableScan]) -> Result<(), EnrichError> {
+    /// Steps 2–4 for all tables of the workbook. After each chunk of the tables' own indicators is merged,
+    /// `merged(job, tables, n)` is told that the first `n` of them (in [`TableScan::lookup_order`]) have
+    /// their facts.
+    fn look_up_tables(
+        &mut self,
+        tables: &mut [TableScan],
+        mut merged: impl FnMut(&mut Self, &[TableScan], usize),
+    ) -> Result<(), EnrichError> {
         let mut wanted: Vec<Indicator> = Vec::new();
-        let mut seen: FastSet<Indicator> = FastSet::default();
-        for table in tables.iter() {
+        let mut seen: FastMap<Indicator, u32> = FastMap::default();
+        for table in tables.iter_mut() {
             self.report.rows += table.rows;
             self.report.skipped_indicators += table.skipped;
+            table.lookup_order = Vec::with_capacity(table.indicators.len());
             for indicator in &table.indicators {
-                if seen.insert(indicator.clone()) {
+                let next = u32::try_from(wanted.len()).unwrap_or(NO_INDICATOR);
+                let order = *seen.entry(indicator.clone()).or_insert_with(|| {
                     wanted.push(indicator.clone());
-                }
+                    next
+                });
+                table.lookup_order.push(order);
             }
         }
         self.report.tables = tables.len();
-        self.look_up(&wanted)?;
+        let scanned: &[TableScan] = tables;
+        self.look_up_with(&wanted, |job, known| merged(job, scanned, known))?;
 
         // Passive DNS: new rows, in the order of the domain rows that found them.
         let mut discovered = Vec::new();
@@ -671,7 +620,8 @@ impl<'a> Job<'a> {
                     continue;
                 }
                 table.appended.push(indicator.clone());
-                if seen.insert(indicator.clone()) {
+                if let std::collections::hash_map::Entry::Vacant(new) = seen.entry(indicator.clone()) {
+                    new.insert(NO_INDICATOR);
                     discovered.push(indicator);
                 }
             }
@@ -699,6 +649,15 @@ impl<'a> Job<'a> {
     /// Pipelined: a second thread looks the chunks up and digests them (cache reads, JSON, tokens, watch
     /// lists) while this one merges the previous chunk (counters, log lines, facts), in order.
     fn look_up(&mut self, indicators: &[Indicator]) -> Result<(), EnrichError> {
+        self.look_up_with(indicators, |_, _| ())
+    }
+
+    /// [`Job::look_up`], calling `merged(job, n)` each time the facts of the first `n` indicators are in.
+    fn look_up_with(
+        &mut self,
+        indicators: &[Indicator],
+        mut merged: impl FnMut(&mut Self, usize),
+    ) -> Result<(), EnrichError> {
         if indicators.is_empty() {
             return Ok(());
         }
@@ -717,12 +676,15 @@ impl<'a> Job<'a> {
                     }
                 }
             });
+            let mut done = 0;
             for chunk in indicators.chunks(LOOKUP_CHUNK) {
                 let Ok(result) = digested.recv() else { break };
                 let facts = self.merge_all(chunk, result.map_err(CriticalError::from)?);
                 for (indicator, facts) in chunk.iter().zip(facts) {
                     self.facts.insert(indicator.clone(), facts);
                 }
+                done += chunk.len();
+                merged(self, done);
             }
             Ok(())
         });

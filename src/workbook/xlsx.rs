@@ -223,15 +223,8 @@ pub fn write_workbook_with_options<W: Write + Send>(
     path: &Path,
     options: &WriteOptions,
 ) -> Result<W, WorkbookError> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| write_into(workbook, &mut out, path, options)));
-    match outcome {
-        Ok(result) => result.map(|()| out),
-        Err(_) => Err(WorkbookError::io(
-            path,
-            "write XLSX",
-            std::io::Error::other("the XLSX writer failed (panicked) while writing"),
-        )),
-    }
+    write_into(workbook, &mut out, path, options)?;
+    Ok(out)
 }
 
 /// Copies the macro project (`xl/vbaProject.bin`) of an `.xlsm`/`.xlsx` input into a temp file in
@@ -267,43 +260,144 @@ fn write_into<W: Write + Send>(
     path: &Path,
     options: &WriteOptions,
 ) -> Result<(), WorkbookError> {
-    let written = |e: rust_xlsxwriter::XlsxError| write_error(path, e);
-    let mut book = rust_xlsxwriter::Workbook::new();
-    if let Some(dir) = &options.tempdir {
-        book.set_tempdir(dir).map_err(written)?;
+    let mut writer = WorkbookWriter::new(&workbook.sheets, path, options)?;
+    for (index, sheet) in workbook.sheets.iter().enumerate() {
+        writer.write_rows(index, &sheet.rows)?;
     }
-    if let Some(vba_project) = &options.vba_project {
-        book.add_vba_project(vba_project).map_err(written)?;
-    }
-    let mut formats = FormatCache::default();
-    for sheet in &workbook.sheets {
-        let worksheet = book.add_worksheet_with_constant_memory().map_err(written)?;
-        worksheet.set_name(&sheet.name).map_err(written)?;
-        if let Some((rows, cols)) = sheet.freeze {
-            worksheet.set_freeze_panes(rows, cols).map_err(written)?;
-        }
-        for &(col, width) in &sheet.column_widths {
-            worksheet.set_column_width(col, width).map_err(written)?;
-        }
-        for (row_index, row) in sheet.rows.iter().enumerate() {
-            let row_number = u32::try_from(row_index).ok().filter(|r| *r < MAX_ROWS).ok_or_else(|| {
-                too_large(path, format!("sheet `{}` has more than {MAX_ROWS} rows", sheet.name))
-            })?;
-            if row.len() > MAX_COLS as usize {
-                return Err(too_large(
-                    path,
-                    format!("sheet `{}` row {} has more than {MAX_COLS} columns", sheet.name, row_index + 1),
-                ));
-            }
-            for (col_index, cell) in row.iter().enumerate() {
-                // Fits: checked against MAX_COLS (16,384) just above.
-                let col_number = col_index as u16;
-                write_cell(worksheet, row_number, col_number, cell, &mut formats).map_err(written)?;
-            }
-        }
-    }
-    book.save_to_writer(out).map_err(written)?;
+    writer.finish(out)?;
     Ok(())
+}
+
+/// Writes a workbook row by row instead of from a whole [`Workbook`]: the sheets are declared up front (name,
+/// frozen panes, column widths — their rows are ignored), then rows are added to any sheet in any order of
+/// sheets, but in row order within each sheet, and [`WorkbookWriter::finish`] packs the file. The enricher
+/// runs it on a thread of its own and hands it each row as soon as the row is filled, so writing overlaps
+/// the lookups (see `enrich`). [`write_workbook`] is this writer fed a whole model.
+///
+/// Rows go to rust_xlsxwriter constant-memory worksheets (one temp file per sheet), so the writer holds no
+/// rows itself. A panic inside rust_xlsxwriter is reported as an `Io` error and poisons the writer: every
+/// later call fails the same way.
+pub struct WorkbookWriter {
+    book: rust_xlsxwriter::Workbook,
+    path: PathBuf,
+    /// Per sheet: its name (for messages) and the number of rows written so far.
+    sheets: Vec<(String, usize)>,
+    formats: FormatCache,
+    poisoned: bool,
+}
+
+impl WorkbookWriter {
+    /// A writer for sheets with the names and layouts of `sheets` (in that order; their rows are not
+    /// written). `path` names the output in error messages.
+    pub fn new(
+        sheets: &[Sheet],
+        path: &Path,
+        options: &WriteOptions,
+    ) -> Result<WorkbookWriter, WorkbookError> {
+        let written = |e: rust_xlsxwriter::XlsxError| write_error(path, e);
+        let declared = catch_writer_panic(path, || {
+            let mut book = rust_xlsxwriter::Workbook::new();
+            if let Some(dir) = &options.tempdir {
+                book.set_tempdir(dir).map_err(written)?;
+            }
+            if let Some(vba_project) = &options.vba_project {
+                book.add_vba_project(vba_project).map_err(written)?;
+            }
+            for sheet in sheets {
+                let worksheet = book.add_worksheet_with_constant_memory().map_err(written)?;
+                worksheet.set_name(&sheet.name).map_err(written)?;
+                if let Some((rows, cols)) = sheet.freeze {
+                    worksheet.set_freeze_panes(rows, cols).map_err(written)?;
+                }
+                for &(col, width) in &sheet.column_widths {
+                    worksheet.set_column_width(col, width).map_err(written)?;
+                }
+            }
+            Ok(book)
+        })?;
+        Ok(WorkbookWriter {
+            book: declared,
+            path: path.to_path_buf(),
+            sheets: sheets.iter().map(|sheet| (sheet.name.clone(), 0)).collect(),
+            formats: FormatCache::default(),
+            poisoned: false,
+        })
+    }
+
+    /// Appends `rows` to sheet number `sheet` (0-based, in the order given to [`WorkbookWriter::new`]),
+    /// after the rows written to it before.
+    pub fn write_rows(&mut self, sheet: usize, rows: &[Vec<Cell>]) -> Result<(), WorkbookError> {
+        self.check_not_poisoned()?;
+        let WorkbookWriter { book, path, sheets, formats, poisoned } = self;
+        let Some((name, written_rows)) = sheets.get_mut(sheet) else {
+            return Err(WorkbookError::io(
+                path,
+                "write XLSX",
+                std::io::Error::other(format!("the workbook has no sheet number {sheet}")),
+            ));
+        };
+        let path: &Path = path;
+        let outcome = catch_writer_panic(path, || {
+            let written = |e: rust_xlsxwriter::XlsxError| write_error(path, e);
+            let worksheet = book.worksheet_from_index(sheet).map_err(written)?;
+            for row in rows {
+                let row_number =
+                    u32::try_from(*written_rows).ok().filter(|r| *r < MAX_ROWS).ok_or_else(|| {
+                        too_large(path, format!("sheet `{name}` has more than {MAX_ROWS} rows"))
+                    })?;
+                if row.len() > MAX_COLS as usize {
+                    return Err(too_large(
+                        path,
+                        format!("sheet `{name}` row {} has more than {MAX_COLS} columns", *written_rows + 1),
+                    ));
+                }
+                for (col_index, cell) in row.iter().enumerate() {
+                    // Fits: checked against MAX_COLS (16,384) just above.
+                    let col_number = col_index as u16;
+                    write_cell(worksheet, row_number, col_number, cell, formats).map_err(written)?;
+                }
+                *written_rows += 1;
+            }
+            Ok(())
+        });
+        if outcome.is_err() {
+            *poisoned = true;
+        }
+        outcome
+    }
+
+    /// Packs the workbook into `out` and returns it.
+    pub fn finish<W: Write + Send>(mut self, mut out: W) -> Result<W, WorkbookError> {
+        self.check_not_poisoned()?;
+        let path = self.path.clone();
+        catch_writer_panic(&path, || self.book.save_to_writer(&mut out).map_err(|e| write_error(&path, e)))?;
+        Ok(out)
+    }
+
+    fn check_not_poisoned(&self) -> Result<(), WorkbookError> {
+        if self.poisoned {
+            return Err(WorkbookError::io(
+                &self.path,
+                "write XLSX",
+                std::io::Error::other("an earlier write to this workbook failed"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs one step of the writer, turning a panic of rust_xlsxwriter into an `Io` error.
+fn catch_writer_panic<T>(
+    path: &Path,
+    step: impl FnOnce() -> Result<T, WorkbookError>,
+) -> Result<T, WorkbookError> {
+    catch_unwind(AssertUnwindSafe(step)).unwrap_or_else(|_| {
+        Err(WorkbookError::io(
+            path,
+            "write XLSX",
+            std::io::Error::other("the XLSX writer failed (panicked) while writing"),
+        ))
+    })
 }
 
 /// A Date First Seen value: `Cell::DateTime` with the 1900-epoch serial of `ndt` (Excel's fictitious
