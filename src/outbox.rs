@@ -6,7 +6,11 @@
 //!   `.` and end with `.tmp`, so a watcher using our default `exclude` globs (or VTTL's next module) never picks
 //!   up a half-written file.
 //! * The Seclytic logs (`IPs_Seclytic_<U>.log`, …) are UTF-8 with CRLF line ends, one `<item>|<value>` line each,
-//!   without duplicate lines, and are created only when they have a line.
+//!   without duplicate lines, and are created only when they have a line. A long log (beyond
+//!   [`LOG_SPILL_BYTES`] of lines) collects its lines in a hidden temporary file in the outbox while the
+//!   workbook is enriched and is published by hard-linking that file under its name (same no-replace rule),
+//!   instead of copying hundreds of MB; where the volume has no hard links it is copied as before. Like the
+//!   workbook's temporary file, that file is left behind (hidden, `.tmp`) only when the process is killed.
 //! * `VTTL_Error.log` is appended to, one `<RFC 3339 time> <message>` line per error, with the token redacted
 //!   by the caller.
 
@@ -136,9 +140,12 @@ impl SeclyticLog {
 /// Lines of one Seclytic log, de-duplicated, in order of first appearance.
 ///
 /// Built for a million-row workbook, where a log can have millions of lines:
-/// * the lines are kept in one byte buffer that is moved to an anonymous temporary file (deleted by the OS
-///   when closed) whenever it passes [`LOG_SPILL_BYTES`], so memory does not grow with the number of lines
-///   (should the temporary file fail, e.g. disk full, the lines simply stay in memory);
+/// * the lines are kept in one byte buffer that is moved to a temporary file whenever it passes
+///   [`LOG_SPILL_BYTES`], so memory does not grow with the number of lines (should the temporary file fail,
+///   e.g. disk full, the lines simply stay in memory). Made with [`LogLines::in_dir`] (the enricher: the
+///   outbox), that file is a hidden `.tmp` file there, and the finished log is published by hard-linking it
+///   under its final name — hundreds of MB are not copied; otherwise it is an anonymous file (deleted by the
+///   OS when closed) in the system's temporary folder;
 /// * duplicates are found exactly, per item: a line is `<item>|<value>` and an item never contains `|`, so two
 ///   lines can only be equal when their items are. The lines of one item pushed one after the other (a *run*;
 ///   the enricher pushes all lines of an item together, once) are de-duplicated as they come, against the
@@ -154,7 +161,14 @@ pub struct LogLines {
     /// Earlier lines, in order: the first `spilled_len` bytes of this file.
     spill: Option<std::fs::File>,
     spilled_len: u64,
-    /// Moving lines to a file failed once: keep everything in memory from then on.
+    /// Where that file is created: a folder on the outbox's volume ([`LogLines::in_dir`]), so that
+    /// [`write_log_set`] can publish it by a hard link instead of a copy; `None`: an anonymous file in the
+    /// system's temporary folder.
+    spill_dir: Option<PathBuf>,
+    /// The name of that file when it has one (in `spill_dir`); removed when dropped.
+    spill_path: Option<tempfile::TempPath>,
+    /// Moving lines to a file failed once, or the file has been published ([`LogLines::link_into`]): keep
+    /// everything in memory from then on.
     spill_failed: bool,
     /// The item of the current run (line breaks replaced), when there is one.
     current_item: Option<String>,
@@ -195,7 +209,24 @@ fn one_line(text: &str) -> Cow<'_, str> {
 /// Buffered log bytes beyond which they are moved to the temporary file.
 pub const LOG_SPILL_BYTES: usize = 4 << 20;
 
+/// A new file for the lines of a log: a hidden temporary file in `dir` (with its name), or an anonymous one.
+fn new_spill_file(dir: Option<&Path>) -> std::io::Result<(std::fs::File, Option<tempfile::TempPath>)> {
+    match dir {
+        Some(dir) => {
+            let (file, path) = temp_file_for(dir, "Seclytic log lines")?.into_parts();
+            Ok((file, Some(path)))
+        }
+        None => Ok((tempfile::tempfile()?, None)),
+    }
+}
+
 impl LogLines {
+    /// An empty log whose lines, once they pass [`LOG_SPILL_BYTES`], go to a temporary file in `dir` (which
+    /// should be the folder the log will be published in: see [`LogLines::link_into`]).
+    pub fn in_dir(dir: &Path) -> LogLines {
+        LogLines { spill_dir: Some(dir.to_path_buf()), ..LogLines::default() }
+    }
+
     /// Adds `<item>|<value>` unless already present. CR/LF inside the item or value are replaced by spaces.
     pub fn push(&mut self, item: &str, value: &str) {
         let (item, value) = (one_line(item), one_line(value));
@@ -280,7 +311,7 @@ impl LogLines {
             keep
         };
         if let Some(file) = &mut self.spill {
-            let mut filtered = tempfile::tempfile()?;
+            let (mut filtered, filtered_path) = new_spill_file(self.spill_dir.as_deref())?;
             let mut filtered_len = 0u64;
             file.seek(SeekFrom::Start(0))?;
             let mut reader = std::io::BufReader::new(Read::by_ref(file).take(self.spilled_len));
@@ -299,6 +330,7 @@ impl LogLines {
             out.flush()?;
             drop(out);
             self.spill = Some(filtered);
+            self.spill_path = filtered_path;
             self.spilled_len = filtered_len;
         }
         let pending = std::mem::take(&mut self.pending);
@@ -328,8 +360,11 @@ impl LogLines {
         let spilled_len = self.spilled_len;
         let file = match &mut self.spill {
             Some(file) => file,
-            None => match tempfile::tempfile() {
-                Ok(file) => self.spill.insert(file),
+            None => match new_spill_file(self.spill_dir.as_deref()) {
+                Ok((file, path)) => {
+                    self.spill_path = path;
+                    self.spill.insert(file)
+                }
                 Err(e) => {
                     tracing::warn!(
                         "cannot create a temporary file for log lines ({e}); keeping them in memory"
@@ -369,6 +404,38 @@ impl LogLines {
         out.write_all(&self.pending)
     }
 
+    /// Publishes the log as `target` without copying it, when its lines are in a named temporary file (see
+    /// [`LogLines::in_dir`]; `target` must be in the same folder): the last lines are added to that file, it
+    /// is flushed to disk and hard-linked as `target`. Never replaces a file: when `target` exists the error
+    /// is `AlreadyExists` and nothing is published. `Ok(false)` when the log cannot be published this way
+    /// (its lines are in memory or in an anonymous file, moving them failed, or the volume has no hard
+    /// links): then write it with [`LogLines::write_to`], which still works, as it does after a link.
+    pub fn link_into(&mut self, target: &Path) -> std::io::Result<bool> {
+        self.settle()?;
+        if self.spill_path.is_none() || self.spill_failed {
+            return Ok(false);
+        }
+        self.spill_pending();
+        let (Some(file), Some(path), false) = (&self.spill, &self.spill_path, self.spill_failed) else {
+            return Ok(false);
+        };
+        // Only a failed write leaves bytes past `spilled_len`, and then `spill_failed` is set; cut them anyway.
+        file.set_len(self.spilled_len)?;
+        file.sync_all()?;
+        match std::fs::hard_link(path, target) {
+            Ok(()) => {
+                // The file is published: lines pushed from now on stay in memory.
+                self.spill_failed = true;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+            Err(e) => {
+                tracing::debug!("cannot hard-link the log lines as {} ({e}); copying them", target.display());
+                Ok(false)
+            }
+        }
+    }
+
     /// The file content as bytes (for tests and small logs).
     pub fn to_bytes(&mut self) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -402,22 +469,17 @@ pub fn write_log_set(
         let mut written = Vec::new();
         for (log, lines) in logs.iter_mut() {
             let name = log.file_name(unique);
-            let mut temp = temp_file_for(dir, &name)?;
-            // Straight to the file, no buffer: the lines moved to a temporary file are then copied by the
-            // kernel (`std::io::copy` between files), not read into memory and written back.
-            lines.write_to(temp.as_file_mut())?;
-            temp.as_file().sync_all()?;
             let target = dir.join(&name);
-            match temp.persist_noclobber(&target) {
-                Ok(_) => written.push(target),
-                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            match publish_log(dir, &name, lines) {
+                Ok(()) => written.push(target),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     for path in &written {
                         let _ = std::fs::remove_file(path);
                     }
                     unique = free_unique(dir, unique + 1);
                     continue 'attempt;
                 }
-                Err(e) => return Err(e.error),
+                Err(e) => return Err(e),
             }
         }
         sync_dir(dir);
@@ -427,6 +489,21 @@ pub fn write_log_set(
         std::io::ErrorKind::AlreadyExists,
         format!("no free log names in {}", dir.display()),
     ))
+}
+
+/// Publishes one log as `dir/name`, never replacing a file (`AlreadyExists` when the name is taken): linked
+/// from its temporary file when it has one in `dir`, written into a new temporary file otherwise.
+fn publish_log(dir: &Path, name: &str, lines: &mut LogLines) -> std::io::Result<()> {
+    let target = dir.join(name);
+    if lines.link_into(&target)? {
+        return Ok(());
+    }
+    let mut temp = temp_file_for(dir, name)?;
+    // Straight to the file, no buffer: lines in an anonymous temporary file are copied by the kernel
+    // (`std::io::copy` between files), not read into memory and written back.
+    lines.write_to(temp.as_file_mut())?;
+    temp.as_file().sync_all()?;
+    temp.persist_noclobber(&target).map(|_| ()).map_err(|e| e.error)
 }
 
 /// Appends one line to `<dir>/VTTL_Error.log`. Failures to log are reported on stderr, never fatal.
@@ -505,10 +582,18 @@ mod tests {
 
     #[test]
     fn items_that_come_back_are_de_duplicated_like_a_set_of_lines_across_the_file_and_the_buffer() {
-        // A reference model (every distinct line, in order of first appearance) against LogLines, with
-        // items coming back after others, with duplicates, across several moves to the temporary file, and
-        // the log read (which filters) in the middle as well as at the end.
-        let mut log = LogLines::default();
+        check_against_a_set_of_lines(LogLines::default());
+        // The same with the lines in a named file in the outbox, the log then published by a link.
+        let dir = tempfile::tempdir().unwrap();
+        let expected = check_against_a_set_of_lines(LogLines::in_dir(dir.path()));
+        assert_eq!(std::fs::read(dir.path().join("IPs_Seclytic_1.log")).unwrap(), expected);
+    }
+
+    /// A reference model (every distinct line, in order of first appearance) against `log`, with items
+    /// coming back after others, with duplicates, across several moves to the temporary file, and the log
+    /// read (which filters) in the middle as well as at the end. Publishes it into its folder, if it has one,
+    /// with the unique string 1. Returns the expected content.
+    fn check_against_a_set_of_lines(mut log: LogLines) -> Vec<u8> {
         let mut model: Vec<String> = Vec::new();
         let mut model_set = HashSet::new();
         let mut state = 12345u64;
@@ -546,6 +631,57 @@ mod tests {
         let (item, value) = model[0].split_once('|').unwrap();
         log.push(item, value);
         assert!(log.to_bytes().unwrap() == expected.as_bytes());
+        if let Some(dir) = log.spill_dir.clone() {
+            let (unique, _) = write_log_set(&dir, 1, &mut [(SeclyticLog::Ips, &mut log)]).unwrap();
+            assert_eq!(unique, 1);
+        }
+        expected.into_bytes()
+    }
+
+    #[test]
+    fn a_long_log_made_in_its_folder_is_published_by_a_link_and_never_over_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogLines::in_dir(dir.path());
+        let mut expected = Vec::new();
+        let mut i = 0u64;
+        while expected.len() < 2 * LOG_SPILL_BYTES + 1000 {
+            let line = format!("host{i}.example|203.0.{}.{}\r\n", i / 256 % 256, i % 256);
+            let (item, value) = line.trim_end().split_once('|').unwrap();
+            log.push(item, value);
+            expected.extend_from_slice(line.as_bytes());
+            i += 1;
+        }
+        assert!(log.spill_path.is_some() && !log.pending.is_empty());
+        let taken = dir.path().join("taken.log");
+        std::fs::write(&taken, "theirs").unwrap();
+        let error = log.link_into(&taken).expect_err("a taken name");
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&taken).unwrap(), b"theirs");
+
+        let (unique, paths) = write_log_set(dir.path(), 7, &mut [(SeclyticLog::Hashes, &mut log)]).unwrap();
+        assert_eq!((unique, paths.len()), (7, 1));
+        assert!(std::fs::read(&paths[0]).unwrap() == expected, "published content");
+        // Linked, not copied: the log and the temporary file are one file until the log is dropped.
+        #[cfg(unix)]
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&paths[0]).unwrap()), 2);
+        // Lines pushed afterwards stay in memory: the published file does not change, the log reads whole,
+        // and publishing it again (a name taken meanwhile makes write_log_set do that) copies it.
+        log.push("late.example", "1");
+        expected.extend_from_slice(b"late.example|1\r\n");
+        assert!(log.to_bytes().unwrap() == expected);
+        let (again, copies) = write_log_set(dir.path(), 7, &mut [(SeclyticLog::Hashes, &mut log)]).unwrap();
+        assert_eq!(again, 8);
+        assert!(std::fs::read(&copies[0]).unwrap() == expected, "copied content");
+        assert!(std::fs::read(&paths[0]).unwrap() == expected[..expected.len() - 16], "first file unchanged");
+        drop(log);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["Hashes_Seclytic_7.log", "Hashes_Seclytic_8.log", "taken.log"]);
+        #[cfg(unix)]
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&paths[0]).unwrap()), 1);
     }
 
     #[test]

@@ -1167,6 +1167,37 @@ fn an_xlsx_whose_lookups_stop_half_way_leaves_nothing_in_the_outbox() {
     );
 }
 
+/// A log longer than the lines kept in memory (4 MiB) has its lines in a hidden temporary file in the outbox,
+/// published under the log's name by a link: the log is whole and in order, and no temporary file is left.
+#[test]
+fn a_log_longer_than_its_memory_buffer_is_published_whole_and_leaves_no_temporary_file() {
+    let scenario = Scenario::new();
+    let (ips, hashes_per_ip) = (100, 600);
+    let mut expected = Vec::new();
+    let mut text = csv_line(&["Scanned Item", "WHOIS"]);
+    for i in 0..ips {
+        let ip = format!("11.7.0.{}", i + 1);
+        let hashes: Vec<String> = (0..hashes_per_ip).map(|h| format!("{:064x}", i * 10_000 + h)).collect();
+        expected.extend(hashes.iter().map(|h| format!("{ip}|{h}")));
+        scenario.api.set_document(
+            &format!("/ips/{ip}"),
+            json!({"asn": {"description": "ORG"}, "accessed_by_files": hashes, "id": ip, "type": "ip"}),
+        );
+        text.push_str(&csv_line(&[&ip, ""]));
+    }
+    assert!(expected.iter().map(|l| l.len() + 2).sum::<usize>() > 4 << 20, "longer than the buffer");
+    let input = scenario.path("many-hashes.csv");
+    std::fs::write(&input, &text).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(read_log(&scenario.outbox(), "Hashes_"), expected);
+    let names: Vec<String> = walk(&scenario.outbox())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
 /// The CSV passes check each row's indicator: a file whose rows change between the first and the second pass
 /// (same size, modification time put back) fails instead of getting fills meant for other rows.
 #[test]

@@ -286,7 +286,7 @@ impl Enricher {
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
 
-        let mut job = Job::new(self, hooks.reported_input().unwrap_or(input));
+        let mut job = Job::new(self, hooks.reported_input().unwrap_or(input), outbox);
         let output = match format {
             // CSV: two streaming passes over the file.
             Format::Csv => csv_stream::enrich_csv(self, input, outbox, &output_name, &mut job)?,
@@ -552,6 +552,8 @@ impl IpKnowledge for RunIps<'_> {
 struct Job<'a> {
     enricher: &'a Enricher,
     input: PathBuf,
+    /// The outbox: long logs keep their lines in temporary files there (published by a link, not a copy).
+    outbox: PathBuf,
     /// `None` = the lookup failed (cells stay empty).
     facts: FastMap<Indicator, Option<Facts>>,
     ips: RunIps<'a>,
@@ -564,10 +566,11 @@ struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    fn new(enricher: &'a Enricher, input: &Path) -> Job<'a> {
+    fn new(enricher: &'a Enricher, input: &Path, outbox: &Path) -> Job<'a> {
         Job {
             enricher,
             input: input.to_path_buf(),
+            outbox: outbox.to_path_buf(),
             facts: FastMap::default(),
             ips: RunIps { names: HashMap::new(), sinkholes: &enricher.sinkholes },
             logs: HashMap::new(),
@@ -743,7 +746,8 @@ impl<'a> Job<'a> {
         }
         let item = indicator.value.as_str();
         for (log, values) in digested.logs {
-            let lines = self.logs.entry(log).or_default();
+            let outbox = &self.outbox;
+            let lines = self.logs.entry(log).or_insert_with(|| LogLines::in_dir(outbox));
             for value in &values {
                 lines.push(item, value);
             }
