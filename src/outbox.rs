@@ -9,7 +9,8 @@
 //!   without duplicate lines, and are created only when they have a line. A long log (beyond
 //!   [`LOG_SPILL_BYTES`] of lines) collects its lines in a hidden temporary file in the outbox while the
 //!   workbook is enriched and is published by hard-linking that file under its name (same no-replace rule),
-//!   instead of copying hundreds of MB; where the volume has no hard links it is copied as before. Like the
+//!   instead of copying hundreds of MB. Where the volume refuses a probe hard link (some network shares), the
+//!   lines go to the system's temporary folder and the log is copied, as before. Like the
 //!   workbook's temporary file, that file is left behind (hidden, `.tmp`) only when the process is killed.
 //! * `VTTL_Error.log` is appended to, one `<RFC 3339 time> <message>` line per error, with the token redacted
 //!   by the caller.
@@ -144,8 +145,9 @@ impl SeclyticLog {
 ///   [`LOG_SPILL_BYTES`], so memory does not grow with the number of lines (should the temporary file fail,
 ///   e.g. disk full, the lines simply stay in memory). Made with [`LogLines::in_dir`] (the enricher: the
 ///   outbox), that file is a hidden `.tmp` file there, and the finished log is published by hard-linking it
-///   under its final name — hundreds of MB are not copied; otherwise it is an anonymous file (deleted by the
-///   OS when closed) in the system's temporary folder;
+///   under its final name — hundreds of MB are not copied; otherwise (or when the folder cannot take the
+///   file, or refuses a probe hard link) it is an anonymous file (deleted by the OS when closed) in the
+///   system's temporary folder;
 /// * duplicates are found exactly, per item: a line is `<item>|<value>` and an item never contains `|`, so two
 ///   lines can only be equal when their items are. The lines of one item pushed one after the other (a *run*;
 ///   the enricher pushes all lines of an item together, once) are de-duplicated as they come, against the
@@ -209,15 +211,33 @@ fn one_line(text: &str) -> Cow<'_, str> {
 /// Buffered log bytes beyond which they are moved to the temporary file.
 pub const LOG_SPILL_BYTES: usize = 4 << 20;
 
-/// A new file for the lines of a log: a hidden temporary file in `dir` (with its name), or an anonymous one.
+/// A new file for the lines of a log: a hidden temporary file in `dir` (with its name) when one can be made
+/// there and hard-linked, else an anonymous one in the system's temporary folder.
 fn new_spill_file(dir: Option<&Path>) -> std::io::Result<(std::fs::File, Option<tempfile::TempPath>)> {
-    match dir {
-        Some(dir) => {
-            let (file, path) = temp_file_for(dir, "Seclytic log lines")?.into_parts();
-            Ok((file, Some(path)))
+    if let Some(dir) = dir {
+        match linkable_file_in(dir) {
+            Ok((file, path)) => return Ok((file, Some(path))),
+            Err(e) => tracing::debug!(
+                "log lines go to the system's temporary folder, not {} ({e}): the log will be copied",
+                dir.display()
+            ),
         }
-        None => Ok((tempfile::tempfile()?, None)),
     }
+    Ok((tempfile::tempfile()?, None))
+}
+
+/// A hidden temporary file in `dir`, once a probe hard link to it has worked (and been removed): a volume
+/// without hard links (some network shares) would otherwise get the log's bytes twice, once as lines and
+/// once as the copy.
+fn linkable_file_in(dir: &Path) -> std::io::Result<(std::fs::File, tempfile::TempPath)> {
+    let (file, path) = temp_file_for(dir, "Seclytic log lines")?.into_parts();
+    let mut probe_name = path.file_name().unwrap_or_default().to_os_string();
+    probe_name.push(".link");
+    probe_name.push(TEMP_SUFFIX);
+    let probe = path.with_file_name(probe_name);
+    std::fs::hard_link(&path, &probe)?;
+    std::fs::remove_file(&probe)?;
+    Ok((file, path))
 }
 
 impl LogLines {
@@ -639,6 +659,20 @@ mod tests {
     }
 
     #[test]
+    fn a_log_whose_folder_takes_no_file_keeps_its_lines_in_the_system_temp_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogLines::in_dir(&dir.path().join("gone"));
+        let mut expected = Vec::new();
+        for i in 0..(LOG_SPILL_BYTES / 20 + 1000) {
+            log.push(&format!("h{i}.example"), "1.2.3.4");
+            expected.extend_from_slice(format!("h{i}.example|1.2.3.4\r\n").as_bytes());
+        }
+        assert!(log.spill.is_some() && log.spill_path.is_none() && !log.spill_failed);
+        let (_, paths) = write_log_set(dir.path(), 1, &mut [(SeclyticLog::Ips, &mut log)]).unwrap();
+        assert!(std::fs::read(&paths[0]).unwrap() == expected);
+    }
+
+    #[test]
     fn a_long_log_made_in_its_folder_is_published_by_a_link_and_never_over_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogLines::in_dir(dir.path());
@@ -652,6 +686,8 @@ mod tests {
             i += 1;
         }
         assert!(log.spill_path.is_some() && !log.pending.is_empty());
+        let names = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(names, 1, "the lines' file, and no probe link left");
         let taken = dir.path().join("taken.log");
         std::fs::write(&taken, "theirs").unwrap();
         let error = log.link_into(&taken).expect_err("a taken name");
