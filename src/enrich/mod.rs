@@ -471,8 +471,8 @@ struct TableScan {
     noted_ips: Vec<IpAddr>,
     /// IPs to append (filled after the lookups).
     appended: Vec<Indicator>,
-    /// For each of `indicators`, its place in the run's list of lookups (set by [`Job::look_up_tables`]):
-    /// its facts are known once that many indicators before it are merged.
+    /// For each of `indicators`, its place (0-based) in the run's list of lookups (set by
+    /// [`Job::look_up_tables`]): its facts are in once more than that many lookups are merged.
     lookup_order: Vec<u32>,
 }
 
