@@ -255,6 +255,7 @@ impl Measured {
 /// Spawns `command` (stdout discarded, stderr to a file) and waits for it with `wait4`, killing it after
 /// `kill_after` when given.
 // The child is reaped by `wait4` (which std's `Child::wait` cannot do while returning the rusage).
+#[cfg(unix)]
 #[allow(clippy::zombie_processes)]
 fn measure(mut command: Command, stderr_path: &Path, kill_after: Option<Duration>) -> Measured {
     let stderr = std::fs::File::create(stderr_path).expect("stderr file");
@@ -288,6 +289,29 @@ fn measure(mut command: Command, stderr_path: &Path, kill_after: Option<Duration
         |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
     let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
     Measured { wall, cpu, max_rss_kib: usage.ru_maxrss as u64, code, stderr_path: stderr_path.to_path_buf() }
+}
+
+/// [`measure`] where there is no `wait4` (the benchmark is made for Linux; elsewhere it compiles and measures
+/// wall time only: CPU time and peak RSS read 0).
+#[cfg(not(unix))]
+fn measure(mut command: Command, stderr_path: &Path, kill_after: Option<Duration>) -> Measured {
+    let stderr = std::fs::File::create(stderr_path).expect("stderr file");
+    command.stdout(Stdio::null()).stderr(stderr).stdin(Stdio::null());
+    let started = Instant::now();
+    let mut child = command.spawn().expect("spawn child");
+    if let Some(limit) = kill_after {
+        while started.elapsed() < limit {
+            if child.try_wait().ok().flatten().is_some() {
+                panic!("the child finished before the {limit:?} measuring window ended");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for child");
+    let wall = started.elapsed();
+    let code = status.code().unwrap_or(-1);
+    Measured { wall, cpu: Duration::ZERO, max_rss_kib: 0, code, stderr_path: stderr_path.to_path_buf() }
 }
 
 fn binary() -> PathBuf {

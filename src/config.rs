@@ -27,8 +27,22 @@ pub enum ConfigError {
     Syntax { path: PathBuf, reason: String },
     #[error("config file {path}: unknown key `{key}` in [{section}]")]
     UnknownKey { path: PathBuf, section: String, key: String },
-    #[error("config file {path}: [{section}] {key} = {value:?} is invalid: {reason}")]
-    Invalid { path: PathBuf, section: String, key: String, value: String, reason: String },
+    #[error(
+        "config file {}: [{}] {} = {:?} is invalid: {}",
+        .0.path.display(), .0.section, .0.key, .0.value, .0.reason
+    )]
+    Invalid(Box<InvalidSetting>),
+}
+
+/// What [`ConfigError::Invalid`] says (boxed: five owned fields would make every `Result` carrying a config
+/// error large, and with Windows' 32-byte `PathBuf` past clippy's `result_large_err` limit).
+#[derive(Debug)]
+pub struct InvalidSetting {
+    pub path: PathBuf,
+    pub section: String,
+    pub key: String,
+    pub value: String,
+    pub reason: String,
 }
 
 /// A value that must never be printed: the API token.
@@ -227,13 +241,13 @@ impl IniFile {
     }
 
     fn invalid(&self, section: &str, key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
+        ConfigError::Invalid(Box::new(InvalidSetting {
             path: self.path.clone(),
             section: section.into(),
             key: key.into(),
             value: value.into(),
             reason: reason.into(),
-        }
+        }))
     }
 
     fn check_known(&self, section: &str, known: &[&str]) -> Result<(), ConfigError> {

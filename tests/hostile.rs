@@ -719,12 +719,16 @@ fn hostile_corpus_each_file_is_processed_or_refused_with_a_reason() {
         copy_entry(&entry, &target);
         inputs.push(target);
     }
-    // A symlink named x.csv pointing outside the inbox (to a valid VTTL file), and a directory named x.csv.
+    // A symlink named x.csv pointing outside the inbox (to a valid VTTL file; Unix only: a symlink needs a
+    // privilege on Windows), and a directory named x.csv.
     let outside = env.path("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("secret.csv"), "\"Scanned Item\"\r\n\"192.0.2.20\"\r\n").unwrap();
-    std::os::unix::fs::symlink(outside.join("secret.csv"), inbox.join("x.csv")).unwrap();
-    inputs.push(inbox.join("x.csv"));
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(outside.join("secret.csv"), inbox.join("x.csv")).unwrap();
+        inputs.push(inbox.join("x.csv"));
+    }
     std::fs::create_dir_all(inbox.join("sub/x.csv")).unwrap();
     inputs.push(inbox.join("sub/x.csv"));
     assert!(inputs.len() >= 30, "corpus of {} entries", inputs.len());
