@@ -269,13 +269,7 @@ fn measure(mut command: Command, stderr_path: &Path, kill_after: Option<Duration
     let mut child = command.spawn().expect("spawn child");
     let pid = child.id() as libc::pid_t;
     if let Some(limit) = kill_after {
-        while started.elapsed() < limit {
-            if child.try_wait().ok().flatten().is_some() {
-                panic!("the child finished before the {limit:?} measuring window ended");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
+        kill_at_end_of_window(&mut child, started, limit);
     }
     let mut status: libc::c_int = 0;
     // SAFETY: `rusage` is plain old data; wait4 fills it for the child `pid`, which we spawned and which has
@@ -300,18 +294,24 @@ fn measure(mut command: Command, stderr_path: &Path, kill_after: Option<Duration
     let started = Instant::now();
     let mut child = command.spawn().expect("spawn child");
     if let Some(limit) = kill_after {
-        while started.elapsed() < limit {
-            if child.try_wait().ok().flatten().is_some() {
-                panic!("the child finished before the {limit:?} measuring window ended");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
+        kill_at_end_of_window(&mut child, started, limit);
     }
     let status = child.wait().expect("wait for child");
     let wall = started.elapsed();
     let code = status.code().unwrap_or(-1);
     Measured { wall, cpu: Duration::ZERO, max_rss_kib: 0, code, stderr_path: stderr_path.to_path_buf() }
+}
+
+/// Kills `child` once `limit` has passed since `started`; panics when it ends before (the measured window
+/// must be full).
+fn kill_at_end_of_window(child: &mut std::process::Child, started: Instant, limit: Duration) {
+    while started.elapsed() < limit {
+        if child.try_wait().ok().flatten().is_some() {
+            panic!("the child finished before the {limit:?} measuring window ended");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
 }
 
 fn binary() -> PathBuf {
