@@ -219,12 +219,15 @@ pub struct WriteOptions {
 /// some I/O failures of its temp files) is reported as an I/O error instead of crashing the run.
 pub fn write_workbook_with_options<W: Write + Send>(
     workbook: &Workbook,
-    mut out: W,
+    out: W,
     path: &Path,
     options: &WriteOptions,
 ) -> Result<W, WorkbookError> {
-    write_into(workbook, &mut out, path, options)?;
-    Ok(out)
+    let mut writer = WorkbookWriter::new(&workbook.sheets, path, options)?;
+    for (index, sheet) in workbook.sheets.iter().enumerate() {
+        writer.write_rows(index, &sheet.rows)?;
+    }
+    writer.finish(out)
 }
 
 /// Copies the macro project (`xl/vbaProject.bin`) of an `.xlsm`/`.xlsx` input into a temp file in
@@ -252,20 +255,6 @@ pub fn extract_vba_project(
         }
         Ok(Some(temp.into_temp_path()))
     })
-}
-
-fn write_into<W: Write + Send>(
-    workbook: &Workbook,
-    out: &mut W,
-    path: &Path,
-    options: &WriteOptions,
-) -> Result<(), WorkbookError> {
-    let mut writer = WorkbookWriter::new(&workbook.sheets, path, options)?;
-    for (index, sheet) in workbook.sheets.iter().enumerate() {
-        writer.write_rows(index, &sheet.rows)?;
-    }
-    writer.finish(out)?;
-    Ok(())
 }
 
 /// Writes a workbook row by row instead of from a whole [`Workbook`]: the sheets are declared up front (name,
@@ -367,10 +356,10 @@ impl WorkbookWriter {
     }
 
     /// Packs the workbook into `out` and returns it.
-    pub fn finish<W: Write + Send>(mut self, mut out: W) -> Result<W, WorkbookError> {
+    pub fn finish<W: Write + Send>(self, mut out: W) -> Result<W, WorkbookError> {
         self.check_not_poisoned()?;
-        let path = self.path.clone();
-        catch_writer_panic(&path, || self.book.save_to_writer(&mut out).map_err(|e| write_error(&path, e)))?;
+        let WorkbookWriter { mut book, path, .. } = self;
+        catch_writer_panic(&path, || book.save_to_writer(&mut out).map_err(|e| write_error(&path, e)))?;
         Ok(out)
     }
 
