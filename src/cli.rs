@@ -98,8 +98,17 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Colour codes only for a person at a terminal: a log redirected to a file, a pipe or a service's log gets
+/// plain text, and `NO_COLOR` (any non-empty value, no-color.org) turns colour off everywhere.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 /// Carries out a plan. Per-file failures give exit code 1; critical errors are returned.

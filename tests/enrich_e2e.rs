@@ -771,6 +771,54 @@ fn bad_files_fail_alone_with_exit_1() {
     assert_eq!(std::fs::read(&not_vttl).unwrap(), b"\"Name\",\"Value\"\r\n\"a\",\"b\"\r\n");
 }
 
+/// Colour (SGR) sequences in `text`: `ESC [ digits/semicolons m`.
+fn colour_codes(text: &str) -> usize {
+    regex::Regex::new("\x1b\\[[0-9;]*m").unwrap().find_iter(text).count()
+}
+
+/// Logs carry colour codes only when a person reads them at a terminal: redirected to a pipe (as by a service
+/// or `2> run.log`) they are plain text, and `NO_COLOR` turns colour off at a terminal too. The terminal is
+/// the pseudo-terminal of util-linux `script` (an essential package on Debian, so present on CI).
+#[test]
+fn logs_are_coloured_only_at_a_terminal_without_no_color() {
+    let scenario = Scenario::new();
+    let not_vttl = scenario.path("other.csv");
+    std::fs::write(&not_vttl, "\"Name\",\"Value\"\r\n\"a\",\"b\"\r\n").unwrap();
+
+    let (code, piped) = scenario.enrich(&[&not_vttl], &[]);
+    assert_eq!(code, 1, "{piped}");
+    assert!(piped.contains("ERROR") && piped.contains("not a VTTL spreadsheet"), "{piped}");
+    assert!(!piped.contains('\u{1b}'), "escape codes in a piped log: {piped:?}");
+
+    if cfg!(not(target_os = "linux")) {
+        return;
+    }
+    let at_terminal = |no_color: Option<&str>| {
+        let command = scenario.enrich_command(&[&not_vttl], &[], &scenario.outbox());
+        // One shell command line, every word single-quoted.
+        let quote = |word: &std::ffi::OsStr| format!("'{}'", word.to_string_lossy().replace('\'', "'\\''"));
+        let words: Vec<String> =
+            std::iter::once(command.get_program()).chain(command.get_args()).map(quote).collect();
+        let line = words.join(" ");
+        let mut script = Command::new("script");
+        script.args(["-qec", &line, "/dev/null"]).env_remove("SECLYTICS_ACCESS_TOKEN");
+        match no_color {
+            Some(value) => script.env("NO_COLOR", value),
+            None => script.env_remove("NO_COLOR"),
+        };
+        let output = script.output().expect("util-linux `script` runs the program at a terminal");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(text.contains("not a VTTL spreadsheet"), "{text:?}");
+        text
+    };
+    let coloured = at_terminal(None);
+    assert!(colour_codes(&coloured) > 0, "no colour at a terminal: {coloured:?}");
+    let plain = at_terminal(Some("1"));
+    assert_eq!(colour_codes(&plain), 0, "colour despite NO_COLOR: {plain:?}");
+    // An empty NO_COLOR does not count (no-color.org).
+    assert!(colour_codes(&at_terminal(Some(""))) > 0);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -1032,26 +1080,10 @@ fn turn_reverse_dns(scenario: &Scenario, on: bool) {
 /// (rows written before the last chunk of lookups was merged) or `rows_while_looking_up` (also those written
 /// when it was).
 fn pipeline_rows(stderr: &str, field: &str) -> usize {
-    let plain: String = {
-        // Drop ANSI colour sequences (ESC [ … letter).
-        let mut out = String::new();
-        let mut chars = stderr.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
+    // A piped log is plain text (no colour codes): see logs_are_coloured_only_at_a_terminal_without_no_color.
     let key = format!("{field}=");
-    let at = plain.find(&key).unwrap_or_else(|| panic!("no {key} in: {plain}"));
-    let digits: String = plain[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
+    let at = stderr.find(&key).unwrap_or_else(|| panic!("no {key} in: {stderr}"));
+    let digits: String = stderr[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().unwrap()
 }
 
