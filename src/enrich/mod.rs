@@ -246,18 +246,26 @@ impl Enricher {
     ) -> Vec<Option<Digested>> {
         use rayon::prelude::*;
         let (lists, switches) = (&self.lists, self.config.logs);
-        let (digested, blobs): (Vec<Option<Digested>>, Vec<Option<Vec<u8>>>) = indicators
+        // Each digest is kept with the answer it was made from: the cache stores it only beside that answer.
+        type Blob = Option<(Answer, Vec<u8>)>;
+        let (digested, blobs): (Vec<Option<Digested>>, Vec<Blob>) = indicators
             .par_iter()
             .zip(answers.into_par_iter())
             .map(|(indicator, answer)| {
-                let digested =
-                    answer.map(|(answer, parsed)| digest(lists, switches, indicator, answer, parsed));
-                let blob = digested.as_ref().and_then(stored::encode);
-                (digested, blob)
+                let Some((answer, parsed)) = answer else { return (None, None) };
+                let made_from = answer.clone();
+                let digested = digest(lists, switches, indicator, answer, parsed);
+                let blob = stored::encode(&digested).map(|blob| (made_from, blob));
+                (Some(digested), blob)
             })
             .unzip();
-        let blobs: Vec<(&Indicator, Vec<u8>)> =
-            indicators.iter().zip(blobs).filter_map(|(indicator, blob)| Some((indicator, blob?))).collect();
+        let blobs: Vec<(&Indicator, &Answer, &[u8])> = indicators
+            .iter()
+            .zip(&blobs)
+            .filter_map(|(indicator, blob)| {
+                blob.as_ref().map(|(answer, blob)| (indicator, answer, &blob[..]))
+            })
+            .collect();
         self.client.store_digests(self.derivation, &blobs);
         digested
     }

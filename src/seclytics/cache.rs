@@ -27,9 +27,9 @@
 //!   [`SCHEMA_SQL`]). Older files are upgraded in place when opened — answers are kept, a version 2 file's
 //!   digests are dropped (they are made again on the next run) — and a program that only knows an older
 //!   version then refuses the file and runs without a cache, so it cannot replace answers behind the digests'
-//!   back. One race is accepted: when another process replaces an answer between our reading it
-//!   and storing its digest, the digest (of the answer replaced seconds earlier) is stored with the new
-//!   answer and used until that one expires or is replaced.
+//!   back. A digest is stored only beside the very answer it was made from (same status and body, checked
+//!   in the storing statement): when another process replaces an answer between our reading it and storing
+//!   its digest, the digest is dropped and made again from the new answer on the next run.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -107,11 +107,14 @@ const PUT_SQL: &str =
     "INSERT OR REPLACE INTO responses (endpoint, indicator, token_fp, status, body, fetched_at_ms)
                        VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-/// Storing a digest: only while its answer is cached, stamped with that answer's `fetched_at_ms`.
+/// Storing a digest: only while the answer it was made from — status ?6, body ?7 — is the one cached,
+/// stamped with that answer's `fetched_at_ms`. Checked in the same statement, so an answer replaced by another
+/// process after we read it never gets our digest of the old one.
 const PUT_DIGEST_SQL: &str = "INSERT OR REPLACE INTO digests
                                   (endpoint, indicator, token_fp, derivation, fetched_at_ms, data)
                               SELECT ?1, ?2, ?3, ?4, fetched_at_ms, ?5 FROM responses
-                              WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3";
+                              WHERE endpoint = ?1 AND indicator = ?2 AND token_fp = ?3
+                                AND status = ?6 AND body = ?7";
 
 /// How long SQLite waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +133,15 @@ pub enum CacheError {
 pub enum CachedAnswer {
     /// A 200 with this body.
     Found(String),
+    /// A 404.
+    NotFound,
+}
+
+/// The answer a digest was made from, as [`Cache::put_digests`] checks it against the cached one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeFrom<'a> {
+    /// A 200 with this body.
+    Found(&'a str),
     /// A 404.
     NotFound,
 }
@@ -380,14 +392,23 @@ impl Cache {
         });
     }
 
-    /// Stores digests — `(endpoint, indicator, data)` made under `derivation` — for the answers that are
-    /// cached now (a digest whose answer is not in the cache is dropped), in one transaction. Errors are
-    /// logged and ignored.
-    pub fn put_digests(&self, token_fp: &str, derivation: i64, entries: &[(&str, &str, &[u8])]) {
+    /// Stores digests — `(endpoint, indicator, answer, data)`: `data` made under `derivation` from `answer` —
+    /// where that very answer is cached now, in one transaction. A digest whose answer is not cached, or was
+    /// replaced since (a different body or status), is dropped. Errors are logged and ignored.
+    pub fn put_digests(
+        &self,
+        token_fp: &str,
+        derivation: i64,
+        entries: &[(&str, &str, MadeFrom<'_>, &[u8])],
+    ) {
         self.write_many(|transaction| {
             let mut store = transaction.prepare_cached(PUT_DIGEST_SQL)?;
-            for (endpoint, indicator, data) in entries {
-                store.execute(params![endpoint, indicator, token_fp, derivation, data])?;
+            for (endpoint, indicator, made_from, data) in entries {
+                let (status, body) = match made_from {
+                    MadeFrom::Found(body) => (200, *body),
+                    MadeFrom::NotFound => (404, ""),
+                };
+                store.execute(params![endpoint, indicator, token_fp, derivation, data, status, body])?;
             }
             Ok(())
         });
@@ -512,7 +533,11 @@ mod tests {
         cache.put_digests(
             "fp",
             7,
-            &[("ips", "192.0.2.1", b"one"), ("hosts", "gone.example", b"two"), ("files", "abc", b"three")],
+            &[
+                ("ips", "192.0.2.1", ONE, b"one"),
+                ("hosts", "gone.example", MadeFrom::NotFound, b"two"),
+                ("files", "abc", MadeFrom::NotFound, b"three"),
+            ],
         );
         assert_eq!(
             cache.get_digests(&keys, "fp", 7),
@@ -527,9 +552,42 @@ mod tests {
         cache.put_many("fp", &[("hosts", "gone.example", CachedAnswer::NotFound)]);
         assert_eq!(cache.get_digests(&keys, "fp", 7), vec![None, None, None]);
         // Stored again, replaced in place; seen by a second connection.
-        cache.put_digests("fp", 7, &[("ips", "192.0.2.1", b"new"), ("ips", "192.0.2.1", b"newer")]);
+        let two = MadeFrom::Found("{\"id\": 2}");
+        cache.put_digests("fp", 7, &[("ips", "192.0.2.1", two, b"new"), ("ips", "192.0.2.1", two, b"newer")]);
         let other = Cache::open(&dir.path().join("c.sqlite"), Duration::from_secs(3600)).unwrap();
         assert_eq!(other.get_digests(&keys[..1], "fp", 7), vec![Some(b"newer".to_vec())]);
+    }
+
+    /// The body of the first answer the digest tests cache.
+    const ONE: MadeFrom<'static> = MadeFrom::Found("{\"id\": 1}");
+
+    /// A digest made from an answer that another process replaced before the digest was stored is dropped,
+    /// whatever the order of the two writes; a digest of the answer cached now is kept.
+    #[test]
+    fn a_digest_of_a_replaced_answer_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let ours = Cache::open(&path, Duration::from_secs(3600)).unwrap();
+        let theirs = Cache::open(&path, Duration::from_secs(3600)).unwrap();
+        let key = [("ips", "192.0.2.1")];
+        ours.put("ips", "192.0.2.1", "fp", &CachedAnswer::Found("{\"id\": 1}".into()));
+        assert_eq!(ours.get("ips", "192.0.2.1", "fp"), Some(CachedAnswer::Found("{\"id\": 1}".into())));
+        // While we digest the body we read, the other process stores a newer answer.
+        theirs.put("ips", "192.0.2.1", "fp", &CachedAnswer::Found("{\"id\": 2}".into()));
+        ours.put_digests("fp", 1, &[("ips", "192.0.2.1", ONE, b"of id 1")]);
+        assert_eq!(theirs.get_digests(&key, "fp", 1), vec![None]);
+        // A found answer replaced by a 404, and the other way round: the status is checked too.
+        theirs.put("ips", "192.0.2.1", "fp", &CachedAnswer::NotFound);
+        ours.put_digests("fp", 1, &[("ips", "192.0.2.1", MadeFrom::Found(""), b"of a 200")]);
+        assert_eq!(ours.get_digests(&key, "fp", 1), vec![None]);
+        ours.put_digests("fp", 1, &[("ips", "192.0.2.1", MadeFrom::NotFound, b"of the 404")]);
+        assert_eq!(ours.get_digests(&key, "fp", 1), vec![Some(b"of the 404".to_vec())]);
+        theirs.put("ips", "192.0.2.1", "fp", &CachedAnswer::Found("{\"id\": 3}".into()));
+        ours.put_digests("fp", 1, &[("ips", "192.0.2.1", MadeFrom::NotFound, b"of the 404")]);
+        assert_eq!(ours.get_digests(&key, "fp", 1), vec![None]);
+        // A digest of the body cached now is stored.
+        ours.put_digests("fp", 1, &[("ips", "192.0.2.1", MadeFrom::Found("{\"id\": 3}"), b"of id 3")]);
+        assert_eq!(theirs.get_digests(&key, "fp", 1), vec![Some(b"of id 3".to_vec())]);
     }
 
     #[test]
@@ -538,7 +596,7 @@ mod tests {
         let path = dir.path().join("c.sqlite");
         let cache = Cache::open(&path, Duration::from_millis(300)).unwrap();
         cache.put("ips", "192.0.2.1", "fp", &CachedAnswer::NotFound);
-        cache.put_digests("fp", 1, &[("ips", "192.0.2.1", b"d")]);
+        cache.put_digests("fp", 1, &[("ips", "192.0.2.1", MadeFrom::NotFound, b"d")]);
         assert!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 1)[0].is_some());
         std::thread::sleep(Duration::from_millis(350));
         assert!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 1)[0].is_none());
@@ -560,7 +618,7 @@ mod tests {
         older_file(&path, 1);
         let cache = Cache::open(&path, Duration::from_secs(3600)).unwrap();
         assert_eq!(cache.get("ips", "192.0.2.1", "fp"), Some(CachedAnswer::Found("{}".into())));
-        cache.put_digests("fp", 3, &[("ips", "192.0.2.1", b"d")]);
+        cache.put_digests("fp", 3, &[("ips", "192.0.2.1", MadeFrom::Found("{}"), b"d")]);
         assert_eq!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 3), vec![Some(b"d".to_vec())]);
         drop(cache);
         assert_eq!(file_version(&path), SCHEMA_VERSION);
@@ -612,7 +670,7 @@ mod tests {
         assert_eq!(cache.get("ips", "192.0.2.1", "fp"), Some(CachedAnswer::Found("{}".into())));
         // The old digests are gone (they are derived data); new ones are stored and read as before.
         assert_eq!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 5), vec![None]);
-        cache.put_digests("fp", 5, &[("ips", "192.0.2.1", b"new")]);
+        cache.put_digests("fp", 5, &[("ips", "192.0.2.1", MadeFrom::Found("{}"), b"new")]);
         assert_eq!(cache.get_digests(&[("ips", "192.0.2.1")], "fp", 5), vec![Some(b"new".to_vec())]);
         drop(cache);
         // Opening again changes nothing.

@@ -44,7 +44,7 @@ use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-use super::cache::{Cache, CachedAnswer, token_fingerprint};
+use super::cache::{Cache, CachedAnswer, MadeFrom, token_fingerprint};
 use super::model::{Document, parse_document};
 use crate::config::{AuthMode, SeclyticsSettings, Secret};
 use crate::vttl::Indicator;
@@ -751,17 +751,23 @@ impl Client {
         }
     }
 
-    /// Keeps digests — `(indicator, data)` made under `derivation` — beside the cached answers they were made
-    /// from (nothing without a cache; a digest whose answer is not cached is dropped).
-    pub fn store_digests(&self, derivation: i64, digests: &[(&Indicator, Vec<u8>)]) {
+    /// Keeps digests — `(indicator, answer, data)`: `data` made under `derivation` from `answer` — beside the
+    /// cached answers they were made from. Nothing without a cache; a digest is dropped when its answer is not
+    /// the one cached (a failure, not cached, or replaced since by another process).
+    pub fn store_digests(&self, derivation: i64, digests: &[(&Indicator, &Answer, &[u8])]) {
         if let Backend::Http(backend) = &self.backend
             && let Some(cache) = &backend.cache
             && !digests.is_empty()
         {
-            let entries: Vec<(&str, &str, &[u8])> = digests
+            let entries: Vec<(&str, &str, MadeFrom<'_>, &[u8])> = digests
                 .iter()
-                .map(|(indicator, data)| {
-                    (indicator.kind.endpoint(), indicator.value.as_str(), data.as_slice())
+                .filter_map(|(indicator, answer, data)| {
+                    let made_from = match answer {
+                        Answer::Found { body, .. } => MadeFrom::Found(body),
+                        Answer::NotFound { .. } => MadeFrom::NotFound,
+                        Answer::Failed { .. } => return None,
+                    };
+                    Some((indicator.kind.endpoint(), indicator.value.as_str(), made_from, *data))
                 })
                 .collect();
             cache.put_digests(&backend.token_fp, derivation, &entries);
