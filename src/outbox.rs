@@ -28,11 +28,68 @@ pub const ERROR_LOG: &str = "VTTL_Error.log";
 /// Suffix of the temporary files we write in the outbox.
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// Length of the random part of a temporary file's name.
+const TEMP_RANDOM_CHARS: usize = 6;
+
 /// Creates a temporary file in `dir` for an output that will be called `final_name`.
 pub fn temp_file_for(dir: &Path, final_name: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    owned_temp_file(dir, final_name, None)
+}
+
+/// [`temp_file_for`], for a hot-folder instance when `owner` is its id: `.<hint>.@<owner>.<random>.tmp`, so
+/// that if the instance is killed, the one that recovers its claims can find and delete its temporary files
+/// ([`remove_temp_files_of`]). Without an owner: `.<hint>.<random>.tmp`.
+pub fn owned_temp_file(
+    dir: &Path,
+    final_name: &str,
+    owner: Option<&str>,
+) -> std::io::Result<tempfile::NamedTempFile> {
     // Keep the hint short and free of path separators; the random part makes it unique.
     let hint: String = final_name.chars().filter(|c| c.is_alphanumeric()).take(24).collect();
-    tempfile::Builder::new().prefix(&format!(".{hint}.")).suffix(TEMP_SUFFIX).tempfile_in(dir)
+    let prefix = match owner {
+        Some(owner) => format!(".{hint}.@{}.", temp_owner_tag(owner)),
+        None => format!(".{hint}."),
+    };
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(TEMP_SUFFIX)
+        .rand_bytes(TEMP_RANDOM_CHARS)
+        .tempfile_in(dir)
+}
+
+/// `owner` as it appears in temporary file names: letters, digits, `-` and `_` only.
+fn temp_owner_tag(owner: &str) -> String {
+    owner.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// Deletes the temporary files [`owned_temp_file`] made in `dir` for `owner` (a dead instance: nothing of it
+/// is still being written), and the probe links of its logs. Returns how many were deleted; files that cannot
+/// be read or deleted are skipped.
+pub fn remove_temp_files_of(dir: &Path, owner: &str) -> usize {
+    let marker = format!(".@{}.", temp_owner_tag(owner));
+    let is_ours = |name: &str| {
+        let Some(at) = name.find(&marker) else { return false };
+        // What follows the marker: the random part, `.tmp`, and for a log's probe link `.link.tmp` again.
+        let rest = &name[at + marker.len()..];
+        let random = rest.get(..TEMP_RANDOM_CHARS).unwrap_or_default();
+        let tail = rest.get(TEMP_RANDOM_CHARS..).unwrap_or_default();
+        name.starts_with('.')
+            && random.len() == TEMP_RANDOM_CHARS
+            && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            && (tail == TEMP_SUFFIX || tail == ".tmp.link.tmp")
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file
+            && entry.file_name().to_str().is_some_and(is_ours)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Splits `name` into stem and extension (with its dot), e.g. `a.b.csv` → (`a.b`, `.csv`).
@@ -85,7 +142,17 @@ pub fn sync_dir(dir: &Path) {
 
 /// Writes `bytes` to `dir/name` atomically, never replacing an existing file. Returns the final path.
 pub fn write_new_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    let mut temp = temp_file_for(dir, name)?;
+    write_new_owned_file(dir, name, bytes, None)
+}
+
+/// [`write_new_file`] through a temporary file of `owner` (see [`owned_temp_file`]).
+pub fn write_new_owned_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    owner: Option<&str>,
+) -> std::io::Result<PathBuf> {
+    let mut temp = owned_temp_file(dir, name, owner)?;
     temp.write_all(bytes)?;
     persist_no_clobber(temp, dir, name)
 }
@@ -169,6 +236,8 @@ pub struct LogLines {
     spill_dir: Option<PathBuf>,
     /// The name of that file when it has one (in `spill_dir`); removed when dropped.
     spill_path: Option<tempfile::TempPath>,
+    /// The hot-folder instance whose temporary files these are (see [`owned_temp_file`]).
+    owner: Option<String>,
     /// Moving lines to a file failed once, or the file has been published ([`LogLines::link_into`]): keep
     /// everything in memory from then on.
     spill_failed: bool,
@@ -213,9 +282,12 @@ pub const LOG_SPILL_BYTES: usize = 4 << 20;
 
 /// A new file for the lines of a log: a hidden temporary file in `dir` (with its name) when one can be made
 /// there and hard-linked, else an anonymous one in the system's temporary folder.
-fn new_spill_file(dir: Option<&Path>) -> std::io::Result<(std::fs::File, Option<tempfile::TempPath>)> {
+fn new_spill_file(
+    dir: Option<&Path>,
+    owner: Option<&str>,
+) -> std::io::Result<(std::fs::File, Option<tempfile::TempPath>)> {
     if let Some(dir) = dir {
-        match linkable_file_in(dir) {
+        match linkable_file_in(dir, owner) {
             Ok((file, path)) => return Ok((file, Some(path))),
             Err(e) => tracing::debug!(
                 "log lines go to the system's temporary folder, not {} ({e}): the log will be copied",
@@ -229,8 +301,8 @@ fn new_spill_file(dir: Option<&Path>) -> std::io::Result<(std::fs::File, Option<
 /// A hidden temporary file in `dir`, once a probe hard link to it has worked (and been removed): a volume
 /// without hard links (some network shares) would otherwise get the log's bytes twice, once as lines and
 /// once as the copy.
-fn linkable_file_in(dir: &Path) -> std::io::Result<(std::fs::File, tempfile::TempPath)> {
-    let (file, path) = temp_file_for(dir, "Seclytic log lines")?.into_parts();
+fn linkable_file_in(dir: &Path, owner: Option<&str>) -> std::io::Result<(std::fs::File, tempfile::TempPath)> {
+    let (file, path) = owned_temp_file(dir, "Seclytic log lines", owner)?.into_parts();
     let mut probe_name = path.file_name().unwrap_or_default().to_os_string();
     probe_name.push(".link");
     probe_name.push(TEMP_SUFFIX);
@@ -245,6 +317,12 @@ impl LogLines {
     /// should be the folder the log will be published in: see [`LogLines::link_into`]).
     pub fn in_dir(dir: &Path) -> LogLines {
         LogLines { spill_dir: Some(dir.to_path_buf()), ..LogLines::default() }
+    }
+
+    /// [`LogLines::in_dir`], for the hot-folder instance `owner`: its temporary files carry that id
+    /// ([`owned_temp_file`]).
+    pub fn in_dir_of(dir: &Path, owner: Option<&str>) -> LogLines {
+        LogLines { owner: owner.map(String::from), ..LogLines::in_dir(dir) }
     }
 
     /// Adds `<item>|<value>` unless already present. CR/LF inside the item or value are replaced by spaces.
@@ -331,7 +409,8 @@ impl LogLines {
             keep
         };
         if let Some(file) = &mut self.spill {
-            let (mut filtered, filtered_path) = new_spill_file(self.spill_dir.as_deref())?;
+            let (mut filtered, filtered_path) =
+                new_spill_file(self.spill_dir.as_deref(), self.owner.as_deref())?;
             let mut filtered_len = 0u64;
             file.seek(SeekFrom::Start(0))?;
             let mut reader = std::io::BufReader::new(Read::by_ref(file).take(self.spilled_len));
@@ -380,7 +459,7 @@ impl LogLines {
         let spilled_len = self.spilled_len;
         let file = match &mut self.spill {
             Some(file) => file,
-            None => match new_spill_file(self.spill_dir.as_deref()) {
+            None => match new_spill_file(self.spill_dir.as_deref(), self.owner.as_deref()) {
                 Ok((file, path)) => {
                     self.spill_path = path;
                     self.spill.insert(file)
@@ -518,7 +597,7 @@ fn publish_log(dir: &Path, name: &str, lines: &mut LogLines) -> std::io::Result<
     if lines.link_into(&target)? {
         return Ok(());
     }
-    let mut temp = temp_file_for(dir, name)?;
+    let mut temp = owned_temp_file(dir, name, lines.owner.as_deref())?;
     // Straight to the file, no buffer: lines in an anonymous temporary file are copied by the kernel
     // (`std::io::copy` between files), not read into memory and written back.
     lines.write_to(temp.as_file_mut())?;
@@ -543,6 +622,54 @@ pub fn append_error_log(dir: &Path, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the temporary files of the named owner are deleted: its workbook and report temporaries, its log
+    /// spill and that spill's probe link; never another owner's, an unowned one, or a file that merely looks
+    /// alike.
+    #[test]
+    fn the_temporary_files_of_one_owner_are_found_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = |dir: &Path| -> std::collections::BTreeSet<String> {
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+        };
+        let dead = "host-12-1733-0a1f";
+        let mut kept = Vec::new();
+        for owner in [Some(dead), Some("host-12-1733-0a1"), Some("other-7-1-ffff"), None] {
+            let (_, path) = owned_temp_file(dir.path(), "book.csv", owner).unwrap().into_parts();
+            let (_, report) =
+                owned_temp_file(dir.path(), "book.csv.report.json", owner).unwrap().into_parts();
+            kept.push(path.keep().unwrap());
+            kept.push(report.keep().unwrap());
+        }
+        // A log spill with its probe link left behind (a kill between the link and its removal).
+        let (_, spill) = linkable_file_in(dir.path(), Some(dead)).unwrap();
+        let spill = spill.keep().unwrap();
+        let mut probe = spill.file_name().unwrap().to_os_string();
+        probe.push(".link.tmp");
+        std::fs::hard_link(&spill, spill.with_file_name(probe)).unwrap();
+        // Look-alikes: visible, a folder, a different tail.
+        let marker = format!(".@{dead}.");
+        for name in [format!("book{marker}abcdef.tmp"), format!(".book{marker}abcdef.tmp.bak")] {
+            std::fs::write(dir.path().join(name), b"not ours").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(format!(".dir{marker}abcdef.tmp"))).unwrap();
+        let before = names(dir.path());
+        assert_eq!(before.iter().filter(|n| n.contains(&marker)).count(), 4 + 3);
+
+        assert_eq!(remove_temp_files_of(dir.path(), dead), 4);
+        let after = names(dir.path());
+        let gone: Vec<&String> = before.difference(&after).collect();
+        assert_eq!(gone.len(), 4, "{gone:?}");
+        assert!(
+            gone.iter().all(|n| n.starts_with('.') && n.contains(&marker) && n.ends_with(".tmp")),
+            "{gone:?}"
+        );
+        assert_eq!(after.iter().filter(|n| n.contains("@host-12-1733-0a1.")).count(), 2);
+        assert_eq!(after.iter().filter(|n| n.contains("@other-7-1-ffff.")).count(), 2);
+        assert_eq!(after.iter().filter(|n| n.starts_with(".bookcsv") && !n.contains("@")).count(), 2);
+        assert_eq!(remove_temp_files_of(dir.path(), dead), 0);
+        assert_eq!(remove_temp_files_of(&dir.path().join("missing"), dead), 0);
+    }
 
     #[test]
     fn never_overwrites_and_numbers_names() {

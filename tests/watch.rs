@@ -178,6 +178,16 @@ fn claimed_files(inbox: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Hidden temporary files in `dir` (`.*.tmp`).
+fn temp_files(dir: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+        .collect()
+}
+
 fn work_folders(inbox: &Path) -> usize {
     std::fs::read_dir(inbox.join(".vttl-work")).map(|d| d.count()).unwrap_or(0)
 }
@@ -375,7 +385,13 @@ fn kill_9_in_the_middle_of_a_workbook_then_restart_processes_each_file_exactly_o
     wait_until(Duration::from_secs(15), "a file is claimed", || !claimed_files(&site.inbox).is_empty());
     std::thread::sleep(Duration::from_millis(500));
     let first_log = service.kill_9();
-    assert_eq!(claimed_files(&site.inbox).len(), 1, "one workbook was in progress when killed:\n{first_log}");
+    let claimed = claimed_files(&site.inbox);
+    assert_eq!(claimed.len(), 1, "one workbook was in progress when killed:\n{first_log}");
+    // Its output was being written: the killed instance's temporary file is left in the outbox, named with
+    // the instance's id (the name of its work folder).
+    let victim_id = claimed[0].parent().unwrap().parent().unwrap().file_name().unwrap().to_str().unwrap();
+    let left = temp_files(&site.outbox);
+    assert!(left.iter().any(|n| n.contains(&format!(".@{victim_id}."))), "{left:?}\n{first_log}");
 
     let service = site.spawn("second.log");
     wait_until(Duration::from_secs(40), "every file is processed", || names(&site.processed()).len() == 3);
@@ -389,6 +405,9 @@ fn kill_9_in_the_middle_of_a_workbook_then_restart_processes_each_file_exactly_o
     assert!(second_log.contains("recovered") || second_log.contains("recovering"), "{second_log}");
     assert!(claimed_files(&site.inbox).is_empty() && names(&site.inbox).is_empty());
     assert_eq!(work_folders(&site.inbox), 0, "{second_log}");
+    // The recovering instance deleted the dead one's temporary files (and its own are gone with its exit).
+    assert_eq!(temp_files(&site.outbox), BTreeSet::new(), "{second_log}");
+    assert!(second_log.contains("temporary file(s) that instance"), "{second_log}");
 }
 
 #[test]
@@ -655,6 +674,7 @@ fn a_running_instance_recovers_the_claim_of_a_killed_neighbour() {
     assert_eq!(outputs(&site.outbox), expected, "{victim_log}\n{survivor_log}");
     assert!(survivor_log.contains("recovering the claims"), "{survivor_log}");
     assert_eq!(work_folders(&site.inbox), 0, "{survivor_log}");
+    assert_eq!(temp_files(&site.outbox), BTreeSet::new(), "{survivor_log}");
 }
 
 #[test]

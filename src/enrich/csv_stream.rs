@@ -207,7 +207,7 @@ fn write_pass(
     job.report.skipped_indicators += scan.skipped;
     job.report.tables = 1;
     reader.rewind().map_err(read_err)?;
-    let temp = outbox::temp_file_for(outbox, name)
+    let temp = outbox::owned_temp_file(outbox, name, job.temp_owner.as_deref())
         .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
     let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
     let mut writer = CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())

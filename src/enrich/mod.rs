@@ -294,7 +294,7 @@ impl Enricher {
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
 
-        let mut job = Job::new(self, hooks.reported_input().unwrap_or(input), outbox);
+        let mut job = Job::new(self, hooks.reported_input().unwrap_or(input), outbox, hooks.temp_owner());
         let output = match format {
             // CSV: two streaming passes over the file.
             Format::Csv => csv_stream::enrich_csv(self, input, outbox, &output_name, &mut job)?,
@@ -318,6 +318,11 @@ pub trait PublishHooks {
     /// The input path to name in the report and logs, when the file being read is a working copy (the hot
     /// folder reads a claimed file inside its work folder, but the analyst dropped it in the inbox).
     fn reported_input(&self) -> Option<&Path> {
+        None
+    }
+    /// The id of the hot-folder instance running this workbook: its temporary files in the outbox carry it,
+    /// so the instance that recovers a killed one can delete them ([`crate::outbox::owned_temp_file`]).
+    fn temp_owner(&self) -> Option<&str> {
         None
     }
 }
@@ -562,6 +567,9 @@ struct Job<'a> {
     input: PathBuf,
     /// The outbox: long logs keep their lines in temporary files there (published by a link, not a copy).
     outbox: PathBuf,
+    /// The hot-folder instance this job runs in ([`PublishHooks::temp_owner`]): named in the temporary files
+    /// it makes in the outbox.
+    temp_owner: Option<String>,
     /// `None` = the lookup failed (cells stay empty).
     facts: FastMap<Indicator, Option<Facts>>,
     ips: RunIps<'a>,
@@ -574,11 +582,12 @@ struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    fn new(enricher: &'a Enricher, input: &Path, outbox: &Path) -> Job<'a> {
+    fn new(enricher: &'a Enricher, input: &Path, outbox: &Path, temp_owner: Option<&str>) -> Job<'a> {
         Job {
             enricher,
             input: input.to_path_buf(),
             outbox: outbox.to_path_buf(),
+            temp_owner: temp_owner.map(String::from),
             facts: FastMap::default(),
             ips: RunIps { names: HashMap::new(), sinkholes: &enricher.sinkholes },
             logs: HashMap::new(),
@@ -754,8 +763,8 @@ impl<'a> Job<'a> {
         }
         let item = indicator.value.as_str();
         for (log, values) in digested.logs {
-            let outbox = &self.outbox;
-            let lines = self.logs.entry(log).or_insert_with(|| LogLines::in_dir(outbox));
+            let (outbox, owner) = (&self.outbox, self.temp_owner.as_deref());
+            let lines = self.logs.entry(log).or_insert_with(|| LogLines::in_dir_of(outbox, owner));
             for value in &values {
                 lines.push(item, value);
             }
@@ -835,7 +844,8 @@ impl<'a> Job<'a> {
         self.report.duration_ms = started.elapsed().as_millis() as u64;
         let json = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
         let report_name = format!("{}.report.json", output.file_name().unwrap_or_default().to_string_lossy());
-        outbox::write_new_file(outbox, &report_name, &json).map_err(outbox_error)?;
+        outbox::write_new_owned_file(outbox, &report_name, &json, self.temp_owner.as_deref())
+            .map_err(outbox_error)?;
         let summary = format!(
             "{} -> {}: {} rows, {} indicators ({} API requests, {} from cache, {} offline, {} not found, {} failed), \
              {} cells filled, {} rows appended, {} ms",

@@ -73,7 +73,7 @@ pub(super) fn enrich_xlsx(
     }
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook scanned");
 
-    let temp = outbox::temp_file_for(outbox, name)
+    let temp = outbox::owned_temp_file(outbox, name, job.temp_owner.as_deref())
         .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
     // An .xlsm keeps its macro project (the output keeps the .xlsm name, so it must stay a macro workbook).
     let is_xlsm = input.extension().is_some_and(|e| e.eq_ignore_ascii_case("xlsm"));

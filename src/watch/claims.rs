@@ -22,7 +22,8 @@
 //!   live instances never recover the same folder, and if we die while recovering, whoever recovers us
 //!   recovers the adopted folder too. Then every claimed input is settled by its journal (below) or handed
 //!   back into the inbox under its own name (or `_1`, … when a new file took the name), where the normal path
-//!   takes it again; the folder is removed when it is empty.
+//!   takes it again; the folder is removed when it is empty, and then the temporary files the dead instance
+//!   left in the outbox (their names carry its id: [`crate::outbox::owned_temp_file`]) are deleted.
 //! * **Exactly once across a crash** ([`JournalHooks`]). Just before the enricher renames a complete output
 //!   into the outbox, a journal entry records the temporary file (path, and on Unix its device and inode) and
 //!   the final name; just after, the entry is rewritten as `published`. The input is then moved to
@@ -321,11 +322,17 @@ pub struct JournalHooks {
     pub abort_after_publish: bool,
     /// Where the analyst dropped the file (named in the report instead of the claimed copy).
     pub inbox_path: PathBuf,
+    /// Our instance id, named in our temporary files in the outbox.
+    pub temp_owner: String,
 }
 
 impl crate::enrich::PublishHooks for JournalHooks {
     fn reported_input(&self) -> Option<&Path> {
         Some(&self.inbox_path)
+    }
+
+    fn temp_owner(&self) -> Option<&str> {
+        Some(&self.temp_owner)
     }
 
     fn before_publish(&self, temp: &Path, final_name: &str) -> std::io::Result<()> {
@@ -474,10 +481,15 @@ fn process_is_gone(lease: &[u8], our_host: &str, our_scope: &str) -> bool {
 pub struct Recovered {
     pub handed_back: usize,
     pub processed: usize,
+    /// Temporary files of the dead instances deleted from the outbox.
+    pub temp_files_removed: usize,
 }
 
-/// Adopts the dead work folder `id` and settles every input it held.
-pub fn recover(work: &WorkArea, id: &str, processed_dir: &Path) -> std::io::Result<Recovered> {
+/// Adopts the dead work folder `id` and settles every input it held; then deletes the temporary files the
+/// dead instance (and those it had adopted) left in `outbox`. Those are deleted only once every input of
+/// that instance is settled: until then its journal may still need its temporary output to tell
+/// "never published" from "published".
+pub fn recover(work: &WorkArea, id: &str, processed_dir: &Path, outbox: &Path) -> std::io::Result<Recovered> {
     let adopted_root = work.dir.join(ADOPTED);
     std::fs::create_dir_all(&adopted_root)?;
     let adopted = adopted_root.join(id);
@@ -488,21 +500,33 @@ pub fn recover(work: &WorkArea, id: &str, processed_dir: &Path) -> std::io::Resu
     }
     tracing::warn!("recovering the claims of instance {id}, which is no longer alive");
     let mut done = Recovered::default();
-    settle_folder(work, &adopted, processed_dir, &mut done)?;
+    let mut settled = Vec::new();
+    settle_folder(work, &adopted, processed_dir, &mut done, &mut settled)?;
+    for dead in &settled {
+        done.temp_files_removed += crate::outbox::remove_temp_files_of(outbox, dead);
+    }
+    if done.temp_files_removed > 0 {
+        tracing::info!(
+            "deleted {} temporary file(s) that instance {id} left in {}",
+            done.temp_files_removed,
+            outbox.display()
+        );
+    }
     Ok(done)
 }
 
 /// Settles every input of a dead work folder (and, first, of the folders it had adopted itself), then removes
-/// the folder when nothing is left in it.
+/// the folder when nothing is left in it, adding its instance id (the folder's name) to `settled`.
 fn settle_folder(
     work: &WorkArea,
     folder: &Path,
     processed_dir: &Path,
     done: &mut Recovered,
+    settled: &mut Vec<String>,
 ) -> std::io::Result<()> {
     if let Ok(nested) = std::fs::read_dir(folder.join(ADOPTED)) {
         for entry in nested.flatten() {
-            settle_folder(work, &entry.path(), processed_dir, done)?;
+            settle_folder(work, &entry.path(), processed_dir, done, settled)?;
         }
     }
     let journal = folder.join(JOURNAL);
@@ -542,6 +566,9 @@ fn settle_folder(
         );
     } else {
         std::fs::remove_dir_all(folder)?;
+        if let Some(id) = folder.file_name().and_then(|n| n.to_str()) {
+            settled.push(id.to_string());
+        }
     }
     Ok(())
 }
@@ -558,6 +585,7 @@ mod tests {
             outbox: outbox.to_path_buf(),
             abort_after_publish: false,
             inbox_path: dir.join("book.csv"),
+            temp_owner: "host-1-2-abcd".into(),
         }
     }
 

@@ -572,6 +572,7 @@ impl Watcher<'_> {
             outbox: self.settings.outbox.clone(),
             abort_after_publish,
             inbox_path: self.settings.inbox.join(&name),
+            temp_owner: self.work.id.clone(),
         };
         if self.job_tx.send(Job { claimed: claimed.clone(), hooks }).is_err() {
             tracing::error!("the worker thread stopped; giving {name} back");
@@ -670,7 +671,7 @@ impl Watcher<'_> {
     fn recover_dead(&self, liveness: &mut Liveness, now: Instant) -> usize {
         let mut total = 0;
         for id in liveness.dead_folders(self.work, self.settings.claim_stale, now) {
-            match claims::recover(self.work, &id, &self.settings.processed) {
+            match claims::recover(self.work, &id, &self.settings.processed, &self.settings.outbox) {
                 Ok(done) => total += done.handed_back + done.processed,
                 Err(e) => tracing::error!("cannot recover the claims of {id}: {e}"),
             }
