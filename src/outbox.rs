@@ -159,8 +159,13 @@ pub fn write_new_owned_file(
 
 /// Checks that the outbox exists (creating it if needed) and that we can create files in it.
 pub fn ensure_writable(dir: &Path) -> std::io::Result<()> {
+    ensure_writable_by(dir, None)
+}
+
+/// [`ensure_writable`], the probe file being a temporary file of `owner` (see [`owned_temp_file`]).
+pub fn ensure_writable_by(dir: &Path, owner: Option<&str>) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let probe = temp_file_for(dir, "probe")?;
+    let probe = owned_temp_file(dir, "probe", owner)?;
     probe.close()
 }
 

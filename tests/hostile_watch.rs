@@ -302,6 +302,10 @@ fn kill_trial(
     let leftovers: Vec<String> =
         file_names(&site.outbox, true).into_iter().filter(|n| n.ends_with(".tmp")).collect();
     assert!(leftovers.iter().all(|n| n.starts_with('.')), "trial {trial}: visible temp files {leftovers:?}");
+    // Every killed instance was recovered by the last run, which deleted the temporary files named with its
+    // id (only a kill inside the start-up probe of the outbox, before an instance has an id, could leave one).
+    let owned: Vec<&String> = leftovers.iter().filter(|n| n.contains(".@")).collect();
+    assert!(owned.is_empty(), "trial {trial}: temporary files of dead instances left: {owned:?}\n{stderr}");
     assert_no_token(site.root(), &stderr);
     // Each output is the enrichment of its own input (filled from the API, the tag carried through).
     for name in &expected {

@@ -285,7 +285,7 @@ impl Enricher {
     ) -> Result<FileReport, EnrichError> {
         let started = Instant::now();
         let unique = outbox::unique_epoch_seconds();
-        outbox::ensure_writable(outbox)
+        outbox::ensure_writable_by(outbox, hooks.temp_owner())
             .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
         let format = Format::from_path(input)
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;

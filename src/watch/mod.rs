@@ -642,7 +642,7 @@ impl Watcher<'_> {
         let failed = &self.settings.failed;
         let message = format!("{} failed at step `{step}`: {reason}", job.name);
         tracing::error!("{message}");
-        if crate::outbox::ensure_writable(&self.settings.outbox).is_ok() {
+        if crate::outbox::ensure_writable_by(&self.settings.outbox, Some(&self.work.id)).is_ok() {
             crate::outbox::append_error_log(&self.settings.outbox, &message);
         }
         let moved = match fsops::move_no_clobber(&job.claimed, failed, &job.name) {
