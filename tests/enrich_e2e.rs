@@ -1005,10 +1005,29 @@ fn assert_same_rows(a: &Table, b: &Table, what: &str) {
 /// A CSV larger than one lookup chunk (2 048 indicators), with indicators repeated far apart, domain rows whose
 /// passive-DNS IP is new (appended) or already in the sheet, and pre-filled cells: the streamed CSV path (lookups
 /// on their own thread, facts dropped after their last row) must fill exactly what the in-memory XLSX path fills
-/// for the same rows, request each indicator once, and write the same logs.
+/// for the same rows, request each indicator once, write the same logs and count the same fills in the report.
 #[test]
 fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
+    csv_of_several_lookup_chunks_against_xlsx(true);
+}
+
+/// The same with reverse DNS off, where the CSV path reuses the fills of an indicator's earlier row for its
+/// later rows with the same blank cells (rows with a pre-filled WHOIS or IP Address get their own).
+#[test]
+fn a_csv_whose_rows_reuse_the_fills_of_earlier_rows_fills_exactly_like_the_xlsx_path() {
+    csv_of_several_lookup_chunks_against_xlsx(false);
+}
+
+/// The number after `rows=` on the debug line about reused fills (`None`: no such line).
+fn reused_fill_rows(stderr: &str) -> Option<usize> {
+    let line = stderr.lines().find(|line| line.contains("reused the fills"))?;
+    let at = line.find(" rows=")? + " rows=".len();
+    line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
+fn csv_of_several_lookup_chunks_against_xlsx(reverse_dns: bool) {
     let scenario = Scenario::new();
+    turn_reverse_dns(&scenario, reverse_dns);
     script_chunked_documents(&scenario);
     let (distinct_ips, distinct_hosts) = (CHUNKED_IPS, CHUNKED_HOSTS);
     let header = CHUNKED_HEADER;
@@ -1020,8 +1039,18 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
     add_sheet_rows(&mut book, "Sheet1", &header, &rows);
     book.save(&xlsx_input).unwrap();
 
-    let (code, stderr) = scenario.enrich(&[&csv_input], &[]);
-    assert_eq!(code, 0, "{stderr}");
+    let output = scenario
+        .enrich_command(&[&csv_input], &[], &scenario.outbox())
+        .env("VTTL_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    match reused_fill_rows(&stderr) {
+        // Every row of a repeated indicator after its first, but those whose blank cells differ.
+        Some(reused) => assert!(!reverse_dns && reused > 1000, "{reused} rows reused fills"),
+        None => assert!(reverse_dns, "no line about reused fills: {stderr}"),
+    }
     // Once per distinct indicator, appended IPs included, nothing twice.
     let requests = scenario.api.requests();
     let mut paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
@@ -1060,6 +1089,13 @@ fn a_csv_of_several_lookup_chunks_fills_exactly_like_the_xlsx_path() {
     }
     let xlsx_logs = [read_log(&xlsx_outbox, "Hashes_"), read_log(&xlsx_outbox, "URLs_")];
     assert_eq!(csv_logs, xlsx_logs);
+    let cells_filled = |report: &Path| -> Value {
+        serde_json::from_slice::<Value>(&std::fs::read(report).unwrap()).unwrap()["cells_filled"].clone()
+    };
+    assert_eq!(
+        cells_filled(&scenario.outbox().join("big.csv.report.json")),
+        cells_filled(&xlsx_outbox.join("big.xlsx.report.json"))
+    );
     assert_eq!(csv_logs[0].len(), distinct_ips);
     assert_eq!(csv_logs[1].len(), distinct_hosts);
 }

@@ -17,6 +17,9 @@
 //!    [`MAX_WAITING_FACTS`] indicators still have rows to come, their facts are moved to an anonymous temporary
 //!    file and read back per row, so even a sheet whose indicators all come back at its very end stays bounded.
 //!    Passive-DNS IPs found on the way become rows appended at the end, looked up after the last record.
+//!    With reverse DNS off, the fills made for an indicator's row are kept while it has rows to come, and a
+//!    later row with the same blank cells ([`TablePlan::row_fill_key`]) is written with them instead of
+//!    making them again ([`RepeatedFills`], bounded by [`REPEATED_FILLS_BYTES`]).
 //!
 //! For a sheet whose indicators repeat (the usual case), every lookup is done while the first pass still
 //! reads; for a sheet of distinct indicators, lookups and writing overlap on two cores.
@@ -39,8 +42,8 @@ use std::sync::{Arc, mpsc};
 
 use super::plan::{Facts, RowCells, TablePlan};
 use super::{
-    CsvRow, Digested, EnrichError, Enricher, Job, LOOKUP_CHUNK, NO_INDICATOR, count_fills, csv_patches,
-    file_error, file_stamp, outbox, plan, progress_bar,
+    CsvRow, Digested, EnrichError, Enricher, FillCounts, Job, LOOKUP_CHUNK, NO_INDICATOR, count_fills,
+    count_headers, csv_patches, file_error, file_stamp, outbox, plan, progress_bar,
 };
 use crate::error::CriticalError;
 use crate::seclytics::client::FatalError;
@@ -225,6 +228,10 @@ fn write_pass(
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
     let mut row_index = 0usize;
     let mut waited = std::time::Duration::ZERO;
+    // Not with reverse DNS on: the names of a chunk are resolved when it is merged, and keeping fills across
+    // that is not worth the care for a lookup that costs far more than the fills.
+    let mut repeated = enricher.resolver.is_none().then(RepeatedFills::default);
+    let mut repeated_rows = 0usize;
     while reader.read_into(record).map_err(read_err)? {
         let Some(&id) = scan.row_ids.get(row_index) else { return Err(file_changed(input)) };
         row_index += 1;
@@ -265,7 +272,14 @@ fn write_pass(
             store.insert(looked_up, facts).map_err(|e| spill_error(input, e))?;
             looked_up = end;
         }
-        {
+        // A later row of an indicator whose earlier row had the same blank cells gets that row's fills. Its
+        // passive-DNS IP needs no second look either: that row saw the same facts and the same `IP Address`.
+        let key = if repeated.is_some() && scan.uses[id] > 1 { plan.row_fill_key(&row) } else { None };
+        if let Some(kept) = key.and_then(|key| repeated.as_mut()?.reuse(id, key)) {
+            repeated_rows += 1;
+            writer.write_record(record, &kept.patches).map_err(write_err)?;
+        } else {
+            let rows_to_come = store.rows_to_come(id);
             let facts = store.get(id).map_err(|e| spill_error(input, e))?;
             let facts = facts.as_deref();
             if let Some(facts) = facts
@@ -282,14 +296,32 @@ fn write_pass(
             }
             let fills = plan.fills(&row, indicator.kind, facts, &job.ips, indicator.ip());
             count_fills(&mut job.fills_by_header, &fills);
-            writer.write_record(record, &csv_patches(fills)).map_err(write_err)?;
+            let keep =
+                key.filter(|_| rows_to_come > 1).map(|key| (key, fills.iter().map(|f| f.header).collect()));
+            let patches = csv_patches(fills);
+            writer.write_record(record, &patches).map_err(write_err)?;
+            if let (Some(repeated), Some((key, headers))) = (repeated.as_mut(), keep) {
+                repeated.keep(id, key, &patches, headers, &mut job.fills_by_header);
+            }
         }
         store.used(id);
+        if let Some(repeated) = repeated.as_mut()
+            && store.rows_to_come(id) == 0
+        {
+            repeated.forget(id, &mut job.fills_by_header);
+        }
     }
     if row_index != scan.row_ids.len() {
         return Err(file_changed(input));
     }
     tracing::debug!(ms = waited.as_millis() as u64, "time the CSV write pass waited for lookups");
+    if let Some(repeated) = &repeated {
+        tracing::debug!(
+            rows = repeated_rows,
+            most_bytes = repeated.most_bytes,
+            "rows that reused the fills of an earlier row of their indicator"
+        );
+    }
 
     // Appended rows: the passive-DNS IPs, looked up (and resolved) now, in the order their rows found them.
     job.report.rows_appended += appended.len();
@@ -407,6 +439,91 @@ fn scan(
     let indicators = Arc::new(indicators);
     let ips_present = indicators.iter().filter_map(Indicator::ip).collect();
     Ok(Scan { plan, skipped, indicators, uses, flags, row_ids, ips_present })
+}
+
+/// The fills of indicators that have rows still to come, made for their first row, by the row's
+/// [`TablePlan::row_fill_key`]: a sheet whose indicators repeat computes the fills of each indicator once
+/// (formatting, formula neutralising and copying per row were a quarter of its write pass). At most
+/// [`REPEATED_FILLS_BYTES`] of text are kept; beyond that rows are filled one by one as before. Entries go when
+/// their indicator's last row is written.
+#[derive(Default)]
+struct RepeatedFills {
+    /// By indicator id, grown as needed (a table of distinct indicators used once each stays empty): a row
+    /// reads its slot directly, where a hash map's probe was a cache miss per row.
+    slots: Vec<Option<KeptFills>>,
+    bytes: usize,
+    /// The most `bytes` ever were (for the debug log).
+    most_bytes: usize,
+}
+
+struct KeptFills {
+    key: u32,
+    patches: Vec<(usize, String)>,
+    /// The column header of each patch: what the report counts.
+    headers: Vec<&'static str>,
+    /// Rows that reused these fills, not yet counted in the report.
+    reused: u32,
+}
+
+impl KeptFills {
+    /// What counts against [`REPEATED_FILLS_BYTES`].
+    fn size(&self) -> usize {
+        self.patches.iter().map(|(_, text)| text.len() + 48).sum()
+    }
+
+    /// Adds the rows that reused these fills to the report's count per column.
+    fn count_reuses(&mut self, counts: &mut FillCounts) {
+        for _ in 0..std::mem::take(&mut self.reused) {
+            count_headers(counts, &self.headers);
+        }
+    }
+}
+
+/// Largest amount of fill text [`RepeatedFills`] keeps.
+const REPEATED_FILLS_BYTES: usize = 16 << 20;
+
+impl RepeatedFills {
+    /// The fills kept for `id` and rows with `key`, counted as reused by one more row.
+    fn reuse(&mut self, id: usize, key: u32) -> Option<&KeptFills> {
+        let kept = self.slots.get_mut(id)?.as_mut().filter(|kept| kept.key == key)?;
+        kept.reused += 1;
+        Some(kept)
+    }
+
+    /// Keeps the fills of `id` for rows with `key` (replacing those kept for another key, whose reuses are
+    /// counted into `counts` first).
+    fn keep(
+        &mut self,
+        id: usize,
+        key: u32,
+        patches: &[(usize, Cow<'_, str>)],
+        headers: Vec<&'static str>,
+        counts: &mut FillCounts,
+    ) {
+        let patches = patches.iter().map(|(column, text)| (*column, text.clone().into_owned())).collect();
+        let kept = KeptFills { key, patches, headers, reused: 0 };
+        let replaced = self.slots.get(id).and_then(Option::as_ref).map_or(0, KeptFills::size);
+        let bytes = self.bytes - replaced + kept.size();
+        if bytes > REPEATED_FILLS_BYTES {
+            return;
+        }
+        if self.slots.len() <= id {
+            self.slots.resize_with(id + 1, || None);
+        }
+        if let Some(mut old) = self.slots[id].replace(kept) {
+            old.count_reuses(counts);
+        }
+        self.bytes = bytes;
+        self.most_bytes = self.most_bytes.max(bytes);
+    }
+
+    /// Drops the fills of `id` (its last row is written), counting their reuses into `counts`.
+    fn forget(&mut self, id: usize, counts: &mut FillCounts) {
+        if let Some(mut kept) = self.slots.get_mut(id).and_then(Option::take) {
+            kept.count_reuses(counts);
+            self.bytes -= kept.size();
+        }
+    }
 }
 
 /// A set of IP addresses, IPv4 ones kept as 4-byte keys: probed once per domain row with a passive-DNS IP, so
@@ -592,6 +709,11 @@ impl FactStore {
     }
 
     /// One more row of `id` is written; after its last row its facts are dropped.
+    /// Rows of `id` not yet written (the current one included until [`FactStore::used`]).
+    fn rows_to_come(&self, id: usize) -> u32 {
+        self.remaining[id]
+    }
+
     fn used(&mut self, id: usize) {
         let remaining = &mut self.remaining[id];
         *remaining = remaining.saturating_sub(1);

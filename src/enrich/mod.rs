@@ -876,14 +876,22 @@ struct FillCounts(Vec<(&'static str, usize)>);
 /// Counts filled cells; [`Job::finish`] moves the counts into `report.cells_filled`.
 fn count_fills(counts: &mut FillCounts, fills: &[Fill<'_>]) {
     for fill in fills {
-        let found = counts
-            .0
-            .iter_mut()
-            .find(|(header, _)| std::ptr::eq(*header, fill.header) || *header == fill.header);
-        match found {
-            Some((_, count)) => *count += 1,
-            None => counts.0.push((fill.header, 1)),
-        }
+        count_header(counts, fill.header);
+    }
+}
+
+/// [`count_fills`] for fills known by their headers.
+fn count_headers(counts: &mut FillCounts, headers: &[&'static str]) {
+    for header in headers {
+        count_header(counts, header);
+    }
+}
+
+fn count_header(counts: &mut FillCounts, filled: &'static str) {
+    let found = counts.0.iter_mut().find(|(header, _)| std::ptr::eq(*header, filled) || *header == filled);
+    match found {
+        Some((_, count)) => *count += 1,
+        None => counts.0.push((filled, 1)),
     }
 }
 

@@ -342,6 +342,39 @@ impl TablePlan {
         self.at.reverse_dns.is_some() || self.at.sinkhole.is_some()
     }
 
+    /// What [`TablePlan::fills`] reads from a row, as one number: bit *i* is set when the *i*-th column it may
+    /// fill is blank (the columns in a fixed order). `None` when the row's fills depend on more than that (a
+    /// `Reverse DNS` cell with text in it, which the sinkhole rule reads). Two rows of one indicator with the
+    /// same key get the same fills, as long as the run's reverse names do not change in between — so a
+    /// caller may keep the fills of an indicator's first row for its later rows.
+    pub fn row_fill_key(&self, row: &impl RowCells) -> Option<u32> {
+        let at = &self.at;
+        if at.reverse_dns.is_some_and(|c| !row.is_blank(c)) {
+            return None;
+        }
+        let columns = [
+            at.reputation,
+            at.file_metadata,
+            at.file_count,
+            at.whois,
+            at.validation,
+            at.date_first_seen,
+            at.ip_address,
+            at.reverse_dns,
+            at.sinkhole,
+            at.keyword_watch,
+            at.url_watch,
+            at.ip_domain_watch,
+            at.detection_watch,
+        ];
+        let key = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, column)| column.is_some_and(|c| row.is_blank(c)))
+            .fold(0u32, |key, (bit, _)| key | 1 << bit);
+        Some(key)
+    }
+
     /// The cells to fill in one data row. `facts` is `None` when the lookup failed: then nothing at all is
     /// written, so a later run can fill the row. `ip_notes` are the reverse-DNS/sinkhole notes of the IP this
     /// row concerns (the item for IP rows, the passive-DNS IP for domain rows), when known.
@@ -482,6 +515,97 @@ mod tests {
             assert_eq!(Facts::decode(&bytes[..bytes.len() - 1]), None);
             bytes.push(0);
             assert_eq!(Facts::decode(&bytes), None);
+        }
+    }
+
+    /// A row of plain texts.
+    struct TextRow(Vec<String>);
+
+    impl RowCells for TextRow {
+        fn text(&self, column: usize) -> std::borrow::Cow<'_, str> {
+            std::borrow::Cow::Borrowed(self.0.get(column).map_or("", String::as_str))
+        }
+    }
+
+    /// Reverse names for every IP, and a sinkhole label that shows which name it was given.
+    struct NamedIps;
+
+    impl IpKnowledge for NamedIps {
+        fn reverse_name(&self, ip: IpAddr) -> Option<String> {
+            Some(format!("host-{ip}.example"))
+        }
+        fn sinkhole(&self, ip: IpAddr, reverse_name: Option<&str>) -> Option<String> {
+            Some(format!("{ip} named {reverse_name:?}"))
+        }
+    }
+
+    /// Rows of one indicator with the same [`TablePlan::row_fill_key`] get the same fills, whatever else they
+    /// hold; rows whose `Reverse DNS` holds text have no key (their sinkhole label reads it). Random rows over
+    /// a header with every fillable column and some others, each cell blank, spaces, or text.
+    #[test]
+    fn rows_with_one_fill_key_get_the_same_fills() {
+        let header: Vec<String> = [
+            vttl::SCANNED_ITEM,
+            "Note",
+            vttl::SECLYTICS_REPUTATION,
+            vttl::SECLYTICS_FILE_METADATA_IP,
+            vttl::SECLYTICS_FILE_COUNT,
+            vttl::WHOIS,
+            vttl::VALIDATION,
+            vttl::DATE_FIRST_SEEN,
+            vttl::IP_ADDRESS,
+            vttl::REVERSE_DNS,
+            vttl::SINKHOLE,
+            vttl::KEYWORD_WATCH_LIST,
+            vttl::URL_WATCH_LIST,
+            vttl::IP_DOMAIN_WATCH_LIST,
+            vttl::DETECTION_NAME_WATCH_LIST,
+            "Other",
+        ]
+        .map(String::from)
+        .to_vec();
+        let plan = TablePlan::new(ColumnMap::from_header(&header).unwrap(), &WatchLists::empty());
+        assert!(plan.appended_headers().is_empty(), "every column is there");
+        let reverse_dns = header.iter().position(|h| h == vttl::REVERSE_DNS).unwrap();
+        let facts = Facts {
+            reputation: "malware".into(),
+            file_metadata: "meta".into(),
+            file_count: Some(3),
+            whois: Some("Org".into()),
+            validation: Some("valid".into()),
+            first_seen: Some("2020-01-02T03:04:05".parse().unwrap()),
+            passive_dns_ip: Some("203.0.113.9".parse().unwrap()),
+            keyword_watch: "kw".into(),
+            url_watch: "http://x/".into(),
+            ip_domain_watch: "ioc".into(),
+            detection_watch: "Trojan:X".into(),
+        };
+        let mut rng = fastrand::Rng::with_seed(11);
+        for (kind, item, ip) in [
+            (IndicatorKind::Ip, "198.51.100.7", Some("198.51.100.7".parse().unwrap())),
+            (IndicatorKind::Host, "example.com", None),
+        ] {
+            let mut by_key: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+            for _ in 0..3000 {
+                let mut cells: Vec<String> = (0..header.len())
+                    .map(|_| ["", " ", "\t", "text", " x "][rng.usize(0..5)].to_string())
+                    .collect();
+                cells[0] = item.into();
+                if rng.bool() {
+                    cells[reverse_dns] = String::new();
+                }
+                let row = TextRow(cells);
+                let fills = format!("{:?}", plan.fills(&row, kind, Some(&facts), &NamedIps, ip));
+                match plan.row_fill_key(&row) {
+                    None => assert!(!row.is_blank(reverse_dns)),
+                    Some(key) => {
+                        assert!(row.is_blank(reverse_dns));
+                        let first = by_key.entry(key).or_insert_with(|| fills.clone());
+                        assert_eq!(*first, fills, "{kind:?} row {:?}", row.0);
+                    }
+                }
+            }
+            assert!(by_key.len() > 100, "{} keys", by_key.len());
         }
     }
 
