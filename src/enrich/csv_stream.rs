@@ -473,9 +473,7 @@ impl KeptFills {
 
     /// Adds the rows that reused these fills to the report's count per column.
     fn count_reuses(&mut self, counts: &mut FillCounts) {
-        for _ in 0..std::mem::take(&mut self.reused) {
-            count_headers(counts, &self.headers);
-        }
+        count_headers(counts, &self.headers, std::mem::take(&mut self.reused) as usize);
     }
 }
 
@@ -708,12 +706,12 @@ impl FactStore {
         }
     }
 
-    /// One more row of `id` is written; after its last row its facts are dropped.
     /// Rows of `id` not yet written (the current one included until [`FactStore::used`]).
     fn rows_to_come(&self, id: usize) -> u32 {
         self.remaining[id]
     }
 
+    /// One more row of `id` is written; after its last row its facts are dropped.
     fn used(&mut self, id: usize) {
         let remaining = &mut self.remaining[id];
         *remaining = remaining.saturating_sub(1);

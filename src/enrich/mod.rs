@@ -876,22 +876,24 @@ struct FillCounts(Vec<(&'static str, usize)>);
 /// Counts filled cells; [`Job::finish`] moves the counts into `report.cells_filled`.
 fn count_fills(counts: &mut FillCounts, fills: &[Fill<'_>]) {
     for fill in fills {
-        count_header(counts, fill.header);
+        count_header(counts, fill.header, 1);
     }
 }
 
-/// [`count_fills`] for fills known by their headers.
-fn count_headers(counts: &mut FillCounts, headers: &[&'static str]) {
-    for header in headers {
-        count_header(counts, header);
+/// [`count_fills`] for `rows` rows that got fills under these headers.
+fn count_headers(counts: &mut FillCounts, headers: &[&'static str], rows: usize) {
+    if rows > 0 {
+        for header in headers {
+            count_header(counts, header, rows);
+        }
     }
 }
 
-fn count_header(counts: &mut FillCounts, filled: &'static str) {
+fn count_header(counts: &mut FillCounts, filled: &'static str, cells: usize) {
     let found = counts.0.iter_mut().find(|(header, _)| std::ptr::eq(*header, filled) || *header == filled);
     match found {
-        Some((_, count)) => *count += 1,
-        None => counts.0.push((filled, 1)),
+        Some((_, count)) => *count += cells,
+        None => counts.0.push((filled, cells)),
     }
 }
 
