@@ -303,18 +303,24 @@ fn new_spill_file(
     Ok((tempfile::tempfile()?, None))
 }
 
-/// A hidden temporary file in `dir`, once a probe hard link to it has worked (and been removed): a volume
+/// A hidden temporary file in `dir`, once a probe hard link there has worked (and been removed): a volume
 /// without hard links (some network shares) would otherwise get the log's bytes twice, once as lines and
 /// once as the copy.
+///
+/// The probe links a closed empty file of its own, not the open file of the lines: on Windows the name of a
+/// file that is still open elsewhere may stay listed until every handle is closed (where deletes do not have
+/// POSIX semantics: older systems, some shares, Wine), which would leave the probe's name in the outbox for as
+/// long as the log is being written.
 fn linkable_file_in(dir: &Path, owner: Option<&str>) -> std::io::Result<(std::fs::File, tempfile::TempPath)> {
-    let (file, path) = owned_temp_file(dir, "Seclytic log lines", owner)?.into_parts();
-    let mut probe_name = path.file_name().unwrap_or_default().to_os_string();
+    let source = owned_temp_file(dir, "link probe", owner)?.into_temp_path();
+    let mut probe_name = source.file_name().unwrap_or_default().to_os_string();
     probe_name.push(".link");
     probe_name.push(TEMP_SUFFIX);
-    let probe = path.with_file_name(probe_name);
-    std::fs::hard_link(&path, &probe)?;
+    let probe = source.with_file_name(probe_name);
+    std::fs::hard_link(&source, &probe)?;
     std::fs::remove_file(&probe)?;
-    Ok((file, path))
+    source.close()?;
+    Ok(owned_temp_file(dir, "Seclytic log lines", owner)?.into_parts())
 }
 
 impl LogLines {

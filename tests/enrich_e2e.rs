@@ -190,15 +190,17 @@ impl Scenario {
         .unwrap();
         std::fs::write(lists.join("DNwatchlist.txt"), "trojan:win32/agenttesla!ml\r\nagenttesla\r\n")
             .unwrap();
-        let sinkholes = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sinkholes.txt");
+        // The shipped sinkhole list, copied beside the ini (a path relative to it works wherever the tests run,
+        // also for a Windows build run under Wine, where this crate's Unix path is not a Windows path).
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sinkholes.txt");
+        std::fs::copy(shipped, dir.path().join("sinkholes.txt")).unwrap();
         let ini = format!(
             "[seclytics]\nbase_url = {}\naccess_token = {TOKEN}\nauth = query\nconcurrency = 3\n\
              requests_per_minute = 100000\nmax_retries = 1\ntimeout_secs = 5\ncache = cache.sqlite\n\
              dns_server = {}\ndns_timeout_ms = 1500\n\
-             [watchlists]\ndir = lists\nsinkholes = {}\n[main]\nreverseDNS = True\n",
+             [watchlists]\ndir = lists\nsinkholes = sinkholes.txt\n[main]\nreverseDNS = True\n",
             api.base_url(),
             dns.addr,
-            sinkholes.display()
         );
         std::fs::write(dir.path().join("vttl.ini"), ini).unwrap();
         Scenario { dir, api, _dns: dns }
