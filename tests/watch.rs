@@ -1,20 +1,27 @@
 //! End-to-end tests of the hot folder (`vttl-seclytics watch`), through the real binary, in temporary folders:
 //! offline answers from `samples/seclytics` or the fake SecLytics server on 127.0.0.1 (for slow lookups and
 //! refused tokens), small `settle_ms` / `claim_stale_secs`, no cache, no reverse DNS.
-#![cfg(unix)]
 
 mod support;
 
 use std::collections::BTreeSet;
+#[cfg(unix)]
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[cfg(unix)]
+use std::process::Child;
+use std::process::{Command, Stdio};
+#[cfg(unix)]
 use std::sync::Arc;
+#[cfg(unix)]
 use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(unix)]
 use std::time::{Duration, Instant};
 
 use support::api_server::ApiServer;
-use support::watching::{ip_csv, outbox_monitor, visible_file_names as names};
+#[cfg(unix)]
+use support::watching::outbox_monitor;
+use support::watching::{ip_csv, visible_file_names as names};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vttl-seclytics");
 
@@ -100,6 +107,7 @@ impl Site {
     }
 
     /// Starts the service, its stderr going to `<root>/<log>`.
+    #[cfg(unix)]
     fn spawn(&self, log: &str) -> Service {
         let log = self.root.join(log);
         let file = std::fs::File::create(&log).unwrap();
@@ -111,11 +119,13 @@ impl Site {
     }
 }
 
+#[cfg(unix)]
 struct Service {
     child: Child,
     log: PathBuf,
 }
 
+#[cfg(unix)]
 impl Service {
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -141,6 +151,7 @@ impl Service {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -148,6 +159,7 @@ impl Drop for Service {
     }
 }
 
+#[cfg(unix)]
 fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
@@ -179,6 +191,7 @@ fn claimed_files(inbox: &Path) -> Vec<PathBuf> {
 }
 
 /// Hidden temporary files in `dir` (`.*.tmp`).
+#[cfg(unix)]
 fn temp_files(dir: &Path) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
     entries
@@ -232,6 +245,7 @@ fn once_processes_the_files_present_at_start() {
 }
 
 #[test]
+#[cfg(unix)]
 fn service_takes_files_dropped_while_running_and_stops_on_sigterm() {
     // rescan_secs is 30: only OS events can explain a quick pick-up.
     let site = Site::new("inbox", "outbox", Answers::Offline, "");
@@ -249,6 +263,7 @@ fn service_takes_files_dropped_while_running_and_stops_on_sigterm() {
 }
 
 #[test]
+#[cfg(unix)]
 fn polling_mode_picks_up_new_files() {
     let site = Site::new("inbox", "outbox", Answers::Offline, "poll_ms = 100\n");
     let service = site.spawn("service.log");
@@ -263,6 +278,7 @@ fn polling_mode_picks_up_new_files() {
 }
 
 #[test]
+#[cfg(unix)]
 fn a_file_written_slowly_is_taken_only_when_complete() {
     let site = Site::new("inbox", "outbox", Answers::Offline, "settle_ms = 700\npoll_ms = 50\n");
     let service = site.spawn("service.log");
@@ -293,6 +309,7 @@ fn a_file_written_slowly_is_taken_only_when_complete() {
 }
 
 #[test]
+#[cfg(unix)]
 fn excluded_reserved_and_non_file_names_are_left_alone() {
     let site = Site::new(
         "inbox",
@@ -369,6 +386,7 @@ fn two_instances_on_one_inbox_process_each_of_100_files_exactly_once() {
 }
 
 #[test]
+#[cfg(unix)]
 fn kill_9_in_the_middle_of_a_workbook_then_restart_processes_each_file_exactly_once() {
     let server = ApiServer::start();
     server.set_latency(Duration::from_millis(120));
@@ -480,6 +498,7 @@ fn a_refused_token_leaves_every_input_in_the_inbox_and_exits_2() {
 }
 
 #[test]
+#[cfg(unix)]
 fn the_service_keeps_retrying_a_refused_token_and_resumes_when_it_is_accepted() {
     let server = ApiServer::start();
     server.require_token(Some("the-right-token"));
@@ -502,6 +521,7 @@ fn the_service_keeps_retrying_a_refused_token_and_resumes_when_it_is_accepted() 
 }
 
 #[test]
+#[cfg(unix)]
 fn sigterm_hands_a_slow_workbook_back_when_the_grace_time_is_over() {
     let server = ApiServer::start();
     server.set_latency(Duration::from_millis(300));
@@ -521,6 +541,7 @@ fn sigterm_hands_a_slow_workbook_back_when_the_grace_time_is_over() {
 }
 
 #[test]
+#[cfg(unix)]
 fn a_two_stage_chain_delivers_every_file() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
@@ -575,6 +596,7 @@ fn a_two_stage_chain_delivers_every_file() {
 }
 
 #[test]
+#[cfg(unix)]
 fn claims_of_a_dead_instance_on_another_host_are_recovered_by_the_lease_rule_only() {
     let site = Site::new("inbox", "outbox", Answers::Offline, "");
     let work = site.inbox.join(".vttl-work");
@@ -642,6 +664,7 @@ fn an_outbox_that_is_the_inbox_is_refused_and_names_are_never_overwritten() {
 }
 
 #[test]
+#[cfg(unix)]
 fn a_running_instance_recovers_the_claim_of_a_killed_neighbour() {
     let server = ApiServer::start();
     server.set_latency(Duration::from_millis(100));
@@ -678,6 +701,7 @@ fn a_running_instance_recovers_the_claim_of_a_killed_neighbour() {
 }
 
 #[test]
+#[cfg(unix)]
 fn once_interrupted_by_sigterm_hands_the_file_back_and_exits_130() {
     let server = ApiServer::start();
     server.set_latency(Duration::from_millis(300));
