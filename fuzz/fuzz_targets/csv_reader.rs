@@ -1,6 +1,8 @@
 //! Fuzz target: arbitrary bytes as a `.csv` file through `CsvReader`, then written back with `CsvWriter`.
 //! Never a panic; when the whole file was accepted, writing every record back unpatched must reproduce the
-//! input byte for byte (the lossless promise of SPEC §3), and writing it with a patch must not fail.
+//! input byte for byte (the lossless promise of SPEC §3), and writing it with a patch must not fail. Every
+//! field's `is_blank` (the fill rule's "empty", with its shortcut on the first byte) must agree with its
+//! decoded value trimmed.
 
 #![no_main]
 
@@ -22,6 +24,11 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some(record)) => records.push(record),
             Ok(None) => break,
             Err(_) => return,
+        }
+    }
+    for record in &records {
+        for column in 0..=record.len() {
+            assert_eq!(record.is_blank(column), record.field(column).trim().is_empty(), "column {column}");
         }
     }
     let Ok(mut writer) = CsvWriter::new(Vec::new(), &dialect) else { return };
