@@ -146,6 +146,25 @@ pub enum MadeFrom<'a> {
     NotFound,
 }
 
+impl<'a> MadeFrom<'a> {
+    /// The `status` and `body` columns of this answer's row in `responses`.
+    fn row(self) -> (i64, &'a str) {
+        match self {
+            MadeFrom::Found(body) => (200, body),
+            MadeFrom::NotFound => (404, ""),
+        }
+    }
+}
+
+impl<'a> From<&'a CachedAnswer> for MadeFrom<'a> {
+    fn from(answer: &'a CachedAnswer) -> Self {
+        match answer {
+            CachedAnswer::Found(body) => MadeFrom::Found(body),
+            CachedAnswer::NotFound => MadeFrom::NotFound,
+        }
+    }
+}
+
 /// The SQLite response cache. `Send + Sync`; one connection guarded by a mutex (statements are tiny).
 pub struct Cache {
     path: PathBuf,
@@ -381,10 +400,7 @@ impl Cache {
             let mut forget_digest = transaction.prepare_cached(DELETE_DIGEST_SQL)?;
             let mut store = transaction.prepare_cached(PUT_SQL)?;
             for (endpoint, indicator, answer) in entries {
-                let (status, body) = match answer {
-                    CachedAnswer::Found(body) => (200, body.as_str()),
-                    CachedAnswer::NotFound => (404, ""),
-                };
+                let (status, body) = MadeFrom::from(answer).row();
                 forget_digest.execute(params![endpoint, indicator, token_fp])?;
                 store.execute(params![endpoint, indicator, token_fp, status, body, fetched_at_ms])?;
             }
@@ -404,10 +420,7 @@ impl Cache {
         self.write_many(|transaction| {
             let mut store = transaction.prepare_cached(PUT_DIGEST_SQL)?;
             for (endpoint, indicator, made_from, data) in entries {
-                let (status, body) = match made_from {
-                    MadeFrom::Found(body) => (200, *body),
-                    MadeFrom::NotFound => (404, ""),
-                };
+                let (status, body) = made_from.row();
                 store.execute(params![endpoint, indicator, token_fp, derivation, data, status, body])?;
             }
             Ok(())
