@@ -28,6 +28,9 @@ pub const ERROR_LOG: &str = "VTTL_Error.log";
 /// Suffix of the temporary files we write in the outbox.
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// What a log's hard-link probe adds to the name of the temporary file it links ([`linkable_file_in`]).
+const LINK_PROBE_SUFFIX: &str = ".link.tmp";
+
 /// Length of the random part of a temporary file's name.
 const TEMP_RANDOM_CHARS: usize = 6;
 
@@ -76,7 +79,7 @@ pub fn remove_temp_files_of(dir: &Path, owner: &str) -> usize {
         name.starts_with('.')
             && random.len() == TEMP_RANDOM_CHARS
             && random.bytes().all(|b| b.is_ascii_alphanumeric())
-            && (tail == TEMP_SUFFIX || tail == ".tmp.link.tmp")
+            && tail.strip_prefix(TEMP_SUFFIX).is_some_and(|rest| rest.is_empty() || rest == LINK_PROBE_SUFFIX)
     };
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
@@ -314,8 +317,7 @@ fn new_spill_file(
 fn linkable_file_in(dir: &Path, owner: Option<&str>) -> std::io::Result<(std::fs::File, tempfile::TempPath)> {
     let source = owned_temp_file(dir, "link probe", owner)?.into_temp_path();
     let mut probe_name = source.file_name().unwrap_or_default().to_os_string();
-    probe_name.push(".link");
-    probe_name.push(TEMP_SUFFIX);
+    probe_name.push(LINK_PROBE_SUFFIX);
     let probe = source.with_file_name(probe_name);
     std::fs::hard_link(&source, &probe)?;
     std::fs::remove_file(&probe)?;
@@ -656,7 +658,7 @@ mod tests {
         let (_, spill) = linkable_file_in(dir.path(), Some(dead)).unwrap();
         let spill = spill.keep().unwrap();
         let mut probe = spill.file_name().unwrap().to_os_string();
-        probe.push(".link.tmp");
+        probe.push(LINK_PROBE_SUFFIX);
         std::fs::hard_link(&spill, spill.with_file_name(probe)).unwrap();
         // Look-alikes: visible, a folder, a different tail.
         let marker = format!(".@{dead}.");

@@ -43,7 +43,7 @@ use std::sync::{Arc, mpsc};
 use super::plan::{Facts, RowCells, TablePlan};
 use super::{
     CsvRow, Digested, EnrichError, Enricher, FillCounts, Job, LOOKUP_CHUNK, NO_INDICATOR, count_fills,
-    count_headers, csv_patches, file_error, file_stamp, outbox, plan, progress_bar,
+    count_headers, csv_patches, file_error, file_stamp, plan, progress_bar,
 };
 use crate::error::CriticalError;
 use crate::seclytics::client::FatalError;
@@ -81,7 +81,6 @@ struct Scan {
 pub(super) fn enrich_csv(
     enricher: &Enricher,
     input: &Path,
-    outbox: &Path,
     name: &str,
     job: &mut Job,
 ) -> Result<tempfile::NamedTempFile, EnrichError> {
@@ -151,8 +150,7 @@ pub(super) fn enrich_csv(
             "CSV scan done"
         );
         let started = std::time::Instant::now();
-        let result =
-            write_pass(enricher, input, outbox, name, job, &scan, &mut reader, &mut record, &digested, bar);
+        let result = write_pass(enricher, input, name, job, &scan, &mut reader, &mut record, &digested, bar);
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "CSV write pass done");
         result
     });
@@ -196,7 +194,6 @@ fn file_changed(input: &Path) -> EnrichError {
 fn write_pass(
     enricher: &Enricher,
     input: &Path,
-    outbox: &Path,
     name: &str,
     job: &mut Job,
     scan: &Scan,
@@ -210,8 +207,7 @@ fn write_pass(
     job.report.skipped_indicators += scan.skipped;
     job.report.tables = 1;
     reader.rewind().map_err(read_err)?;
-    let temp = outbox::owned_temp_file(outbox, name, job.temp_owner.as_deref())
-        .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
+    let temp = job.output_temp_file(name)?;
     let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
     let mut writer = CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())
         .map_err(write_err)?;

@@ -297,13 +297,11 @@ impl Enricher {
         let mut job = Job::new(self, hooks.reported_input().unwrap_or(input), outbox, hooks.temp_owner());
         let output = match format {
             // CSV: two streaming passes over the file.
-            Format::Csv => csv_stream::enrich_csv(self, input, outbox, &output_name, &mut job)?,
-            Format::Xlsx | Format::Xls => {
-                xlsx_pipeline::enrich_xlsx(self, input, outbox, &output_name, &mut job)?
-            }
+            Format::Csv => csv_stream::enrich_csv(self, input, &output_name, &mut job)?,
+            Format::Xlsx | Format::Xls => xlsx_pipeline::enrich_xlsx(self, input, &output_name, &mut job)?,
         };
         let output = publish(output, outbox, &output_name, hooks)?;
-        job.finish(outbox, output, unique, started)
+        job.finish(output, unique, started)
     }
 }
 
@@ -582,6 +580,13 @@ struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
+    /// A new temporary file in the outbox for the workbook that will be called `name`, named for the run's
+    /// hot-folder instance (if any).
+    fn output_temp_file(&self, name: &str) -> Result<tempfile::NamedTempFile, EnrichError> {
+        outbox::owned_temp_file(&self.outbox, name, self.temp_owner.as_deref())
+            .map_err(|source| CriticalError::Outbox { path: self.outbox.clone(), source }.into())
+    }
+
     fn new(enricher: &'a Enricher, input: &Path, outbox: &Path, temp_owner: Option<&str>) -> Job<'a> {
         Job {
             enricher,
@@ -810,13 +815,8 @@ impl<'a> Job<'a> {
     }
 
     /// Writes the logs, the error lines and the report; returns the report.
-    fn finish(
-        mut self,
-        outbox: &Path,
-        output: PathBuf,
-        unique: u64,
-        started: Instant,
-    ) -> Result<FileReport, EnrichError> {
+    fn finish(mut self, output: PathBuf, unique: u64, started: Instant) -> Result<FileReport, EnrichError> {
+        let outbox = &self.outbox;
         let outbox_error =
             |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
         let mut logs: Vec<(SeclyticLog, LogLines)> = SeclyticLog::ALL

@@ -23,8 +23,6 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use super::{EnrichError, Enricher, Job, ModelRow, NO_INDICATOR, TableScan, file_error};
-use crate::error::CriticalError;
-use crate::outbox;
 use crate::vttl::ColumnMap;
 use crate::workbook::{Cell, Sheet, Workbook, WorkbookError, xlsx};
 
@@ -42,7 +40,6 @@ enum ToWriter {
 pub(super) fn enrich_xlsx(
     enricher: &Enricher,
     input: &Path,
-    outbox: &Path,
     name: &str,
     job: &mut Job,
 ) -> Result<tempfile::NamedTempFile, EnrichError> {
@@ -73,12 +70,11 @@ pub(super) fn enrich_xlsx(
     }
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "workbook scanned");
 
-    let temp = outbox::owned_temp_file(outbox, name, job.temp_owner.as_deref())
-        .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
+    let temp = job.output_temp_file(name)?;
     // An .xlsm keeps its macro project (the output keeps the .xlsm name, so it must stay a macro workbook).
     let is_xlsm = input.extension().is_some_and(|e| e.eq_ignore_ascii_case("xlsm"));
     let vba_project = if is_xlsm {
-        xlsx::extract_vba_project(input, outbox).map_err(|e| file_error("read", e))?
+        xlsx::extract_vba_project(input, &job.outbox).map_err(|e| file_error("read", e))?
     } else {
         None
     };
