@@ -235,9 +235,14 @@ impl SeclyticLog {
 pub struct LogLines {
     /// Lines not yet moved to `spill`, each followed by CRLF.
     pending: Vec<u8>,
-    /// Earlier lines, in order: the first `spilled_len` bytes of this file.
+    /// Earlier lines, in order: the first `spilled_len` bytes of this file. While `writes` is running, the
+    /// file is with that thread, and the lines it has not written yet are there too ([`LogLines::wait_for_writes`]).
     spill: Option<std::fs::File>,
     spilled_len: u64,
+    /// The thread moving full buffers of lines to the file, so the enricher's thread does not wait for it.
+    /// Declared before `spill_path`: fields are dropped in order, so the thread is done with the file before
+    /// its name is removed.
+    writes: Option<BackgroundWrites>,
     /// Where that file is created: a folder on the outbox's volume ([`LogLines::in_dir`]), so that
     /// [`write_log_set`] can publish it by a hard link instead of a copy; `None`: an anonymous file in the
     /// system's temporary folder.
@@ -390,8 +395,10 @@ impl LogLines {
     }
 
     /// Finds items with more than one run since the last check and, when any item has, removes the repeated
-    /// lines of those items (first occurrence kept).
+    /// lines of those items (first occurrence kept). Every read of the log starts here, after the background
+    /// writes are done.
     fn settle(&mut self) -> std::io::Result<()> {
+        self.wait_for_writes()?;
         if self.runs_checked != self.item_runs.len() {
             self.item_runs.sort_unstable();
             for pair in self.item_runs.windows(2) {
@@ -465,7 +472,42 @@ impl LogLines {
         Ok(self.len)
     }
 
+    /// Moves the buffered lines towards the temporary file: handed to the background writer (started with the
+    /// file on the first call) when it can be, else written here.
     fn spill_pending(&mut self) {
+        if self.spill_failed {
+            return;
+        }
+        if self.writes.is_none() {
+            if self.spill.is_none() {
+                self.spill_pending_now();
+                return;
+            }
+            if let Some(file) = self.spill.take() {
+                match BackgroundWrites::start(file, self.spilled_len) {
+                    Ok(writes) => self.writes = Some(writes),
+                    Err(file) => {
+                        self.spill = Some(file);
+                        self.spill_pending_now();
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(writes) = &mut self.writes {
+            let full = std::mem::replace(&mut self.pending, writes.empty_buffer());
+            if let Err(full) = writes.write(full) {
+                // The writer has stopped (it does not, short of a panic): the lines stay here; waiting for it
+                // reports what happened.
+                self.pending = full;
+                self.spill_failed = true;
+            }
+        }
+    }
+
+    /// Writes the buffered lines to the temporary file (made on the first call) on this thread; the background
+    /// writer must not be running.
+    fn spill_pending_now(&mut self) {
         if self.spill_failed {
             return;
         }
@@ -500,6 +542,23 @@ impl LogLines {
         }
     }
 
+    /// Waits for the background writer to finish and takes the file back. Lines it could not write come back
+    /// before the buffered ones, in order, and stay in memory from then on (as when a write here fails).
+    fn wait_for_writes(&mut self) -> std::io::Result<()> {
+        let Some(writes) = self.writes.take() else { return Ok(()) };
+        let end = writes.finish()?;
+        self.spill = Some(end.file);
+        self.spilled_len = end.written_to;
+        if let Some(e) = end.failed {
+            tracing::warn!("cannot move log lines to a temporary file ({e}); keeping them in memory");
+            self.spill_failed = true;
+            let mut lines = end.unwritten.concat();
+            lines.extend_from_slice(&self.pending);
+            self.pending = lines;
+        }
+        Ok(())
+    }
+
     /// Writes the log's content (UTF-8, CRLF after every line) to `out`. May be called more than once.
     pub fn write_to(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         self.settle()?;
@@ -527,7 +586,7 @@ impl LogLines {
         if self.spill_path.is_none() || self.spill_failed {
             return Ok(false);
         }
-        self.spill_pending();
+        self.spill_pending_now();
         let (Some(file), Some(path), false) = (&self.spill, &self.spill_path, self.spill_failed) else {
             return Ok(false);
         };
@@ -554,6 +613,105 @@ impl LogLines {
         self.write_to(&mut out)?;
         Ok(out)
     }
+}
+
+/// A thread appending buffers of log lines to a temporary file, in order, from a given offset: the kernel's
+/// copy of hundreds of MB of lines into the page cache was a tenth of the enricher's thread on a million-row
+/// sheet (perf), while the other core often has time. At most one buffer waits while one is written. After a
+/// failed write it writes nothing more and keeps every buffer from the failed one on, so no line is lost.
+/// Dropping it waits for the thread.
+struct BackgroundWrites {
+    buffers: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Written buffers, emptied, for reuse (a fresh large buffer costs page faults).
+    emptied: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Option<WritesEnd>>>,
+}
+
+impl Drop for BackgroundWrites {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// What the background writer leaves: the file, the offset its good bytes end at, and after a failure the
+/// error and the buffers not written.
+struct WritesEnd {
+    file: std::fs::File,
+    written_to: u64,
+    failed: Option<std::io::Error>,
+    unwritten: Vec<Vec<u8>>,
+}
+
+impl BackgroundWrites {
+    /// Starts the thread, which writes from `offset` on; the file comes back when no thread can be started.
+    fn start(file: std::fs::File, offset: u64) -> Result<BackgroundWrites, std::fs::File> {
+        let (buffers, to_write) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let (give_back, emptied) = std::sync::mpsc::sync_channel(1);
+        // The file goes over only once the thread exists, so a failed start cannot lose it.
+        let (hand_over, take_file) = std::sync::mpsc::channel::<std::fs::File>();
+        let spawned = std::thread::Builder::new().name("log writer".into()).spawn(move || {
+            let file = take_file.recv().ok()?;
+            Some(write_buffers(file, offset, to_write, give_back))
+        });
+        let Ok(thread) = spawned else { return Err(file) };
+        if let Err(std::sync::mpsc::SendError(file)) = hand_over.send(file) {
+            return Err(file);
+        }
+        Ok(BackgroundWrites { buffers: Some(buffers), emptied, thread: Some(thread) })
+    }
+
+    /// An empty buffer for the next lines: one the thread has written, or a new one.
+    fn empty_buffer(&self) -> Vec<u8> {
+        self.emptied.try_recv().unwrap_or_else(|_| Vec::with_capacity(LOG_SPILL_BYTES + (64 << 10)))
+    }
+
+    /// Queues `lines` (waits while another buffer is queued); gives them back when the thread has stopped.
+    fn write(&self, lines: Vec<u8>) -> Result<(), Vec<u8>> {
+        match &self.buffers {
+            Some(buffers) => buffers.send(lines).map_err(|std::sync::mpsc::SendError(lines)| lines),
+            None => Err(lines),
+        }
+    }
+
+    /// Lets the thread write what is queued and stop.
+    fn finish(mut self) -> std::io::Result<WritesEnd> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> std::io::Result<WritesEnd> {
+        self.buffers = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Some(end))) => Ok(end),
+            _ => Err(std::io::Error::other("the thread writing log lines to a temporary file stopped")),
+        }
+    }
+}
+
+/// The background writer's loop (see [`BackgroundWrites`]).
+fn write_buffers(
+    mut file: std::fs::File,
+    offset: u64,
+    to_write: std::sync::mpsc::Receiver<Vec<u8>>,
+    give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> WritesEnd {
+    let mut failed = file.seek(SeekFrom::Start(offset)).err();
+    let mut written_to = offset;
+    let mut unwritten = Vec::new();
+    for mut lines in to_write {
+        if failed.is_none() {
+            match file.write_all(&lines) {
+                Ok(()) => {
+                    written_to += lines.len() as u64;
+                    lines.clear();
+                    let _ = give_back.try_send(lines);
+                    continue;
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        unwritten.push(lines);
+    }
+    WritesEnd { file, written_to, failed, unwritten }
 }
 
 /// Picks the unique string for a workbook's logs: `start`, or the next second whose log names are all free in
@@ -762,7 +920,7 @@ mod tests {
             (state >> 33) % n
         };
         let mut pushes = 0usize;
-        while log.spilled_len < 2 * LOG_SPILL_BYTES as u64 || pushes < 400_000 {
+        while log.spilled_bytes() < 2 * LOG_SPILL_BYTES as u64 || pushes < 400_000 {
             // Mostly new items, sometimes one of the first 50 again.
             let item = if next(10) == 0 {
                 format!("back{}.example", next(50))
@@ -782,7 +940,7 @@ mod tests {
                 assert_eq!(log.len().unwrap(), model.len());
             }
         }
-        assert!(log.spill.is_some());
+        assert!(log.spilled_bytes() > 0 && log.spill.is_some());
         assert_eq!(log.len().unwrap(), model.len());
         let expected: String = model.iter().map(|line| format!("{line}\r\n")).collect();
         assert!(log.to_bytes().unwrap() == expected.as_bytes(), "content differs");
@@ -807,7 +965,7 @@ mod tests {
             log.push(&format!("h{i}.example"), "1.2.3.4");
             expected.extend_from_slice(format!("h{i}.example|1.2.3.4\r\n").as_bytes());
         }
-        assert!(log.spill.is_some() && log.spill_path.is_none() && !log.spill_failed);
+        assert!(log.spilled_bytes() > 0 && log.spill_path.is_none() && !log.spill_failed);
         let (_, paths) = write_log_set(dir.path(), 1, &mut [(SeclyticLog::Ips, &mut log)]).unwrap();
         assert!(std::fs::read(&paths[0]).unwrap() == expected);
     }
@@ -874,7 +1032,7 @@ mod tests {
             expected.extend_from_slice(format!("{item}|{value}\r\n").as_bytes());
             i += 1;
         }
-        assert!(log.spill.is_some() && log.spilled_len > 0 && !log.pending.is_empty());
+        assert!(log.spilled_bytes() > 0 && !log.pending.is_empty());
         assert_eq!(log.len().unwrap() as u64, i);
         // Lines already in the file are still recognised as duplicates.
         log.push("host0.example", "203.0.0.0");
@@ -885,6 +1043,50 @@ mod tests {
         log.push("last.example", "x");
         expected.extend_from_slice(b"last.example|x\r\n");
         assert!(log.to_bytes().unwrap() == expected);
+    }
+
+    /// When the background writer cannot write (here: its file is read-only), no line is lost: the buffers it
+    /// was given come back, in order, before the ones still buffered, and the log reads whole.
+    #[test]
+    fn lines_the_background_writer_cannot_write_stay_in_memory_in_order() {
+        let mut log = LogLines::default();
+        let mut expected = Vec::new();
+        let mut push = |log: &mut LogLines, i: u64| {
+            let (item, value) = (format!("host{i}.example"), format!("198.51.100.{}", i % 256));
+            log.push(&item, &value);
+            expected.extend_from_slice(format!("{item}|{value}\r\n").as_bytes());
+        };
+        let mut i = 0;
+        // The first move to the file is made on this thread (it creates the file).
+        while log.spilled_bytes() == 0 {
+            push(&mut log, i);
+            i += 1;
+        }
+        // The same bytes in a file that refuses writes.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("lines");
+        std::fs::write(&copy, log.to_bytes().unwrap()).unwrap();
+        log.spill = Some(std::fs::File::open(&copy).unwrap());
+        let before = log.spilled_bytes();
+        let mut added = 0;
+        while added < 3 * LOG_SPILL_BYTES {
+            push(&mut log, i);
+            added += 30;
+            i += 1;
+        }
+        assert!(log.writes.is_some(), "later moves go to the background writer");
+        assert_eq!(log.spilled_bytes(), before, "nothing more written");
+        assert!(log.spill_failed);
+        assert_eq!(log.len().unwrap() as u64, i);
+        assert!(log.to_bytes().unwrap() == expected, "content differs");
+    }
+
+    impl LogLines {
+        /// Bytes of lines in the temporary file, once the background writes are done.
+        fn spilled_bytes(&mut self) -> u64 {
+            self.wait_for_writes().unwrap();
+            self.spilled_len
+        }
     }
 
     #[test]

@@ -860,6 +860,38 @@ fn an_indicator_shared_by_two_workbooks_is_requested_once_per_run() {
     assert_eq!(scenario.api.count_path("/ips/203.0.113.45"), 2);
 }
 
+/// The same indicator written differently (case, surrounding spaces) is one indicator: looked up once, counted
+/// once, every row filled alike. (The CSV scan finds it through its table of distinct indicators, not its
+/// table of raw cell texts.)
+#[test]
+fn an_indicator_written_several_ways_is_looked_up_once() {
+    let scenario = Scenario::new();
+    let input = scenario.path("spellings.csv");
+    let spellings =
+        ["203.0.113.45", " 203.0.113.45 ", "cdn.example.co.uk", "CDN.Example.CO.UK", " cdn.EXAMPLE.co.uk"];
+    let mut text = csv_line(&["Scanned Item", "Seclytics Reputation and Reason"]);
+    for spelling in spellings {
+        text.push_str(&csv_line(&[spelling, ""]));
+    }
+    std::fs::write(&input, text).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(scenario.api.count_path("/ips/203.0.113.45"), 1);
+    assert_eq!(scenario.api.count_path("/hosts/cdn.example.co.uk"), 1);
+    assert_eq!(scenario.api.requests().len(), 2, "no other request");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(scenario.outbox().join("spellings.csv.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["indicators"], serde_json::json!({"host": 1, "ip": 1}));
+    let table =
+        read_csv_table(&std::fs::read(scenario.outbox().join("spellings.csv")).unwrap(), encoding_rs::UTF_8);
+    let reputations: Vec<&str> = table.rows.iter().map(|row| row[1].as_str()).collect();
+    assert!(reputations[0].contains("AgentTesla"), "{reputations:?}");
+    assert!(reputations[2].contains("formbook"), "{reputations:?}");
+    assert_eq!(reputations[0], reputations[1]);
+    assert!(reputations[2] == reputations[3] && reputations[3] == reputations[4], "{reputations:?}");
+}
+
 #[test]
 fn long_free_text_values_are_cut_at_8000_characters() {
     let scenario = Scenario::new();
