@@ -177,6 +177,8 @@ impl Scenario {
         let dns = support_dns::PtrServer::start(&[
             ("203.0.113.45".parse().unwrap(), "host-45.example-hosting.net."),
             ("198.51.100.99".parse().unwrap(), "sinkhole.example-security.org."),
+            // An IP row that is no domain's passive-DNS IP: resolved because its own row wants the name.
+            ("198.51.100.53".parse().unwrap(), "resolver-53.example.net."),
         ]);
         let lists = dir.path().join("lists");
         std::fs::create_dir_all(&lists).unwrap();
@@ -463,6 +465,7 @@ column_tests! {
     reverse_dns: "Reverse DNS" => [
         "203.0.113.45" => "host-45.example-hosting.net", "cdn.example.co.uk" => "host-45.example-hosting.net",
         "ptr.example.net" => "sinkhole.example-security.org", "198.51.100.99" => "sinkhole.example-security.org",
+        "198.51.100.53" => "resolver-53.example.net",
     ];
     sinkhole: "Sinkhole" => [
         "sink.example.org" => "ET DNS Reply Sinkhole FBI Zeus P2P 1 - 142.0.36.234",

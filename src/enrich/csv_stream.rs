@@ -49,7 +49,7 @@ use crate::error::CriticalError;
 use crate::seclytics::client::FatalError;
 use crate::vttl::{ColumnMap, Indicator, IndicatorKind, Mode};
 use crate::workbook::WorkbookError;
-use crate::workbook::csv::{CsvReader, CsvWriter, Record};
+use crate::workbook::csv::{CsvReader, CsvWriter, Record, TextEncoding, field_text};
 
 /// Facts kept in memory for indicators that still have rows to come; beyond this many they move to a file.
 pub(super) const MAX_WAITING_FACTS: usize = 50_000;
@@ -345,6 +345,11 @@ fn write_pass(
 
 /// Pass 1: the header, the plan, and the indicator of every row.
 /// `new_indicator` is told each distinct indicator when first seen.
+///
+/// Two threads: a parsing thread reads the records and sends, per batch of rows, the raw indicator cells and
+/// what the rows want ([`ParsedRows`]); this thread classifies and numbers the indicators. Each was about
+/// half of the pass when one thread did both (perf, a million distinct indicators), and during this pass
+/// the other core has little else to do.
 fn scan(
     enricher: &Enricher,
     input: &Path,
@@ -360,8 +365,96 @@ fn scan(
     let header_texts: Vec<String> = record.fields().map(Cow::into_owned).collect();
     let columns = ColumnMap::from_header(&header_texts).ok_or_else(not_vttl)?;
     let plan = TablePlan::new(columns, &enricher.lists);
+    let encoding = reader.dialect().encoding;
+    let (batches, parsed) = mpsc::sync_channel::<Result<ParsedRows, WorkbookError>>(PARSED_BATCHES_AHEAD);
+    let numbered = std::thread::scope(|threads| {
+        let plan = &plan;
+        threads.spawn(move || parse_rows(reader, record, plan, &batches));
+        // Dropping `parsed` early (an error here) stops the parsing thread at its next batch.
+        number_indicators(input, encoding, parsed, new_indicator)
+    })?;
+    let Numbered { skipped, indicators, uses, flags, row_ids } = numbered;
+    Ok(Scan { plan, skipped, indicators: Arc::new(indicators), uses, flags, row_ids })
+}
+
+/// Rows per batch from the parsing thread of the scan.
+const PARSED_BATCH_ROWS: usize = 4096;
+
+/// Batches the parsing thread may have ready before they are numbered.
+const PARSED_BATCHES_AHEAD: usize = 4;
+
+/// A batch of rows from the parsing thread of the scan: each row's raw indicator cell (quotes included, in
+/// the record's internal encoding; empty when the row has no such cell) and its `WANTS_…` flags as they would
+/// be for either kind of indicator (`WANTS_PASSIVE_DNS` for a host, `WANTS_IP_NOTES` for an IP).
+struct ParsedRows {
+    cells: Vec<u8>,
+    /// Where each row's cell ends in `cells`, and its flags.
+    rows: Vec<(usize, u8)>,
+}
+
+/// The parsing thread of the scan: every record after the header, in batches, until the end of the file, an
+/// error (sent, then it stops) or the receiver going away.
+fn parse_rows(
+    reader: &mut CsvReader,
+    record: &mut Record,
+    plan: &TablePlan,
+    batches: &mpsc::SyncSender<Result<ParsedRows, WorkbookError>>,
+) {
     let column = plan.indicator_column();
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
+    let new_batch = || ParsedRows { cells: Vec::new(), rows: Vec::with_capacity(PARSED_BATCH_ROWS) };
+    let mut batch = new_batch();
+    loop {
+        match reader.read_into(record) {
+            Ok(true) => {
+                let row = CsvRow(record);
+                let mut row_flags = 0;
+                if passive_dns_mode && plan.wants_passive_dns(&row) {
+                    row_flags |= WANTS_PASSIVE_DNS;
+                }
+                if plan.wants_ip_notes(&row) {
+                    row_flags |= WANTS_IP_NOTES;
+                }
+                batch.cells.extend_from_slice(record.raw_field(column).unwrap_or_default());
+                batch.rows.push((batch.cells.len(), row_flags));
+                if batch.rows.len() == PARSED_BATCH_ROWS
+                    && batches.send(Ok(std::mem::replace(&mut batch, new_batch()))).is_err()
+                {
+                    return;
+                }
+            }
+            Ok(false) => {
+                if !batch.rows.is_empty() {
+                    let _ = batches.send(Ok(batch));
+                }
+                return;
+            }
+            Err(e) => {
+                // The scan fails with it: the rows of the unfinished batch do not matter.
+                let _ = batches.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// What numbering the indicators of the scan learnt (see [`Scan`]).
+struct Numbered {
+    skipped: usize,
+    indicators: Vec<Indicator>,
+    uses: Vec<u32>,
+    flags: Vec<u8>,
+    row_ids: Vec<u32>,
+}
+
+/// The numbering side of the scan: classifies each row's indicator cell and gives each distinct indicator an
+/// id, in order of first appearance.
+fn number_indicators(
+    input: &Path,
+    encoding: TextEncoding,
+    parsed: mpsc::Receiver<Result<ParsedRows, WorkbookError>>,
+    new_indicator: &mut dyn FnMut(&Indicator),
+) -> Result<Numbered, EnrichError> {
     // foldhash: several times faster than SipHash on these short keys, and randomly seeded per process, so a
     // hostile sheet cannot aim at collisions. The raw-cell map skips classifying a cell text seen before (the
     // usual case: indicators repeat); it is bounded, the indicator map is the one that must hold them all.
@@ -379,70 +472,73 @@ fn scan(
     let mut row_ids: Vec<u32> = Vec::new();
     let mut skipped = 0usize;
     let mut kinds: Vec<IndicatorKind> = Vec::new();
-    while reader.read_into(record).map_err(read_err)? {
-        let row = CsvRow(record);
-        let raw = record.raw_field(column).unwrap_or_default();
-        let id = match raw_ids.get(raw) {
-            Some(&id) => id,
-            None => {
-                let cell = row.text(column);
-                if cell.trim().is_empty() {
-                    row_ids.push(NO_INDICATOR);
-                    continue;
-                }
-                let Some(indicator) = Indicator::classify(&cell) else {
-                    skipped += 1;
-                    row_ids.push(NO_INDICATOR);
-                    continue;
-                };
-                let next_id =
-                    u32::try_from(uses.len()).ok().filter(|&id| id != NO_INDICATOR).ok_or_else(|| {
-                        file_error(
-                            "read",
-                            WorkbookError::TooLarge {
-                                path: input.to_path_buf(),
-                                reason: format!("more than {} distinct indicators", NO_INDICATOR - 1),
-                            },
-                        )
-                    })?;
-                let hash = hash_of(&indicator);
-                let known = ids
-                    .find(hash, |slot| slot.hash == hash as u32 && indicators[slot.id as usize] == indicator);
-                let id = match known {
-                    Some(slot) => slot.id,
-                    None => {
-                        new_indicator(&indicator);
-                        uses.push(0);
-                        flags.push(0);
-                        kinds.push(indicator.kind);
-                        indicators.push(indicator);
-                        ids.insert_unique(
-                            hash,
-                            IdSlot { id: next_id, hash: hash as u32 },
-                            IdSlot::table_hash,
-                        );
-                        next_id
+    for batch in parsed {
+        let batch = batch.map_err(|e| file_error("read", e))?;
+        let mut start = 0;
+        for &(end, row_flags) in &batch.rows {
+            let raw = &batch.cells[start..end];
+            start = end;
+            let id = match raw_ids.get(raw) {
+                Some(&id) => id,
+                None => {
+                    let cell = field_text(raw, encoding);
+                    if cell.trim().is_empty() {
+                        row_ids.push(NO_INDICATOR);
+                        continue;
                     }
-                };
-                if raw_ids.len() < RAW_CELL_CACHE {
-                    raw_ids.insert(raw.into(), id);
+                    let Some(indicator) = Indicator::classify(&cell) else {
+                        skipped += 1;
+                        row_ids.push(NO_INDICATOR);
+                        continue;
+                    };
+                    let next_id =
+                        u32::try_from(uses.len()).ok().filter(|&id| id != NO_INDICATOR).ok_or_else(|| {
+                            file_error(
+                                "read",
+                                WorkbookError::TooLarge {
+                                    path: input.to_path_buf(),
+                                    reason: format!("more than {} distinct indicators", NO_INDICATOR - 1),
+                                },
+                            )
+                        })?;
+                    let hash = hash_of(&indicator);
+                    let known = ids.find(hash, |slot| {
+                        slot.hash == hash as u32 && indicators[slot.id as usize] == indicator
+                    });
+                    let id = match known {
+                        Some(slot) => slot.id,
+                        None => {
+                            new_indicator(&indicator);
+                            uses.push(0);
+                            flags.push(0);
+                            kinds.push(indicator.kind);
+                            indicators.push(indicator);
+                            ids.insert_unique(
+                                hash,
+                                IdSlot { id: next_id, hash: hash as u32 },
+                                IdSlot::table_hash,
+                            );
+                            next_id
+                        }
+                    };
+                    if raw_ids.len() < RAW_CELL_CACHE {
+                        raw_ids.insert(raw.into(), id);
+                    }
+                    id
                 }
-                id
-            }
-        };
-        let row_flags = match kinds[id as usize] {
-            IndicatorKind::Host if passive_dns_mode && plan.wants_passive_dns(&row) => WANTS_PASSIVE_DNS,
-            IndicatorKind::Ip if plan.wants_ip_notes(&row) => WANTS_IP_NOTES,
-            _ => 0,
-        };
-        uses[id as usize] += 1;
-        flags[id as usize] |= row_flags;
-        row_ids.push(id);
+            };
+            let row_flags = row_flags
+                & match kinds[id as usize] {
+                    IndicatorKind::Host => WANTS_PASSIVE_DNS,
+                    IndicatorKind::Ip => WANTS_IP_NOTES,
+                    _ => 0,
+                };
+            uses[id as usize] += 1;
+            flags[id as usize] |= row_flags;
+            row_ids.push(id);
+        }
     }
-    drop(raw_ids);
-    drop(ids);
-    let indicators = Arc::new(indicators);
-    Ok(Scan { plan, skipped, indicators, uses, flags, row_ids })
+    Ok(Numbered { skipped, indicators, uses, flags, row_ids })
 }
 
 /// A slot of the scan's table of indicator ids: the id, and the low half of its indicator's hash, from which

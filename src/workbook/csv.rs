@@ -208,8 +208,7 @@ impl Record {
         let Some(span) = self.fields.get(i) else {
             return Cow::Borrowed("");
         };
-        let value = unquote(&self.raw[span.clone()]);
-        decode_internal(value, self.encoding)
+        field_text(&self.raw[span.clone()], self.encoding)
     }
 
     /// The decoded values of all fields.
@@ -297,6 +296,12 @@ fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
 /// The ASCII characters that are white space for `str::trim` (TAB, LF, VT, FF, CR, space).
 fn is_ascii_trimmed(byte: u8) -> bool {
     matches!(byte, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+/// The value of a raw field (as [`Record::raw_field`] gives it, from a record of a file in `encoding`):
+/// unquoted, `""` unescaped, decoded — what [`Record::field`] returns.
+pub fn field_text(raw: &[u8], encoding: TextEncoding) -> Cow<'_, str> {
+    decode_internal(unquote(raw), encoding)
 }
 
 /// Decodes bytes held in a record's internal encoding.
