@@ -13,11 +13,12 @@
 //! 5. **Write**: fill only empty cells, append the header cells and the rows, and rename the result into the
 //!    outbox; then the logs and the report.
 //!
-//! CSV is streamed ([`csv_stream`]): step 1 and step 5 each read the file once, record by record, and steps 2–4
-//! run on a lookup thread between them, chunk by chunk, so neither the file nor the API's answers are ever held
-//! whole in memory. XLSX is read once into the typed model (calamine has no other way) and then looked up,
-//! filled and written at once ([`xlsx_pipeline`]): a second thread fetches and digests the next chunk while this
-//! one merges the previous and fills the rows it completes, and a third writes those rows.
+//! CSV is streamed (`csv_stream.rs`): step 1 and step 5 each read the file once, record by record (step 1 with
+//! the parsing on a thread of its own), and steps 2–4 run on a lookup thread between them, chunk by chunk, so
+//! neither the file nor the API's answers are ever held whole in memory. XLSX is read once into the typed model
+//! (calamine has no other way) and then looked up, filled and written at once (`xlsx_pipeline.rs`): a second
+//! thread fetches and digests the next chunk while this one merges the previous and fills the rows it
+//! completes, and a third writes those rows.
 
 mod csv_stream;
 pub mod plan;

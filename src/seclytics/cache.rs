@@ -24,7 +24,7 @@
 //!   `fetched_at_ms`. A digest is only stored while its answer is in the cache, is deleted whenever that
 //!   answer is replaced, expires with it, and is only handed out for the same `derivation`. Schema version 2
 //!   added the `digests` table; version 3 keeps it as a rowid table and adds indexes by age (see
-//!   [`SCHEMA_SQL`]). Older files are upgraded in place when opened — answers are kept, a version 2 file's
+//!   `SCHEMA_SQL`). Older files are upgraded in place when opened — answers are kept, a version 2 file's
 //!   digests are dropped (they are made again on the next run) — and a program that only knows an older
 //!   version then refuses the file and runs without a cache, so it cannot replace answers behind the digests'
 //!   back. A digest is stored only beside the very answer it was made from (same status and body, checked
