@@ -895,6 +895,64 @@ fn an_indicator_written_several_ways_is_looked_up_once() {
     assert!(reputations[2] == reputations[3] && reputations[3] == reputations[4], "{reputations:?}");
 }
 
+/// An `enrich` killed mid-run leaves its hidden temporary files in the outbox, named with its run
+/// (`.@enrich-<machine>-<pid>.`); the next `enrich` on this machine deletes them, and nothing else, first.
+#[cfg(target_os = "linux")]
+#[test]
+fn temporary_files_of_a_killed_enrich_are_deleted_by_the_next_run() {
+    let scenario = Scenario::new();
+    // Long enough for the write pass to take a while: one indicator on every row.
+    let big = scenario.path("big.csv");
+    let mut text = csv_line(&["Scanned Item", "Seclytics Reputation and Reason"]);
+    for _ in 0..600_000 {
+        text.push_str(&csv_line(&["203.0.113.45", ""]));
+    }
+    std::fs::write(&big, text).unwrap();
+    let outbox = scenario.outbox();
+    std::fs::create_dir_all(&outbox).unwrap();
+    // A temporary file without an owner (an older version's, or another tool's) is never ours to delete.
+    std::fs::write(outbox.join(".other.abc123.tmp"), "x").unwrap();
+    let run_temps = |outbox: &Path| -> Vec<(String, u64)> {
+        std::fs::read_dir(outbox)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                name.contains(".@enrich-").then_some((name, len))
+            })
+            .collect()
+    };
+    let mut child =
+        scenario.enrich_command(&[&big], &[], &outbox).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    // The workbook's temporary file once it holds something (the outbox's writability probe is empty).
+    while !run_temps(&outbox).iter().any(|(_, len)| *len > 0) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no temporary file appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its temporary file was seen");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = run_temps(&outbox);
+    assert!(!left.is_empty());
+    for (name, _) in &left {
+        assert!(name.contains(&format!("-{}.", child.id())), "{name}");
+    }
+
+    let small = scenario.path("small.csv");
+    std::fs::write(&small, csv_line(&["Scanned Item"]) + &csv_line(&["203.0.113.45"])).unwrap();
+    let (code, stderr) = scenario.enrich(&[&small], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("deleted {} temporary files that killed runs left", left.len())),
+        "{stderr}"
+    );
+    assert_eq!(run_temps(&outbox), vec![], "every temporary file of the killed run deleted");
+    assert!(outbox.join(".other.abc123.tmp").exists(), "a file without an owner is kept");
+    assert!(outbox.join("small.csv").exists() && !outbox.join("big.csv").exists());
+}
+
 #[test]
 fn long_free_text_values_are_cut_at_8000_characters() {
     let scenario = Scenario::new();

@@ -216,6 +216,35 @@ fn copy_sample(name: &str, to: &Path) {
     std::fs::copy(repo().join("samples").join(name), to.join(name)).unwrap();
 }
 
+/// A watcher starting on an outbox where an `enrich` of this machine was killed mid-run deletes that run's
+/// temporary files (and nobody else's).
+#[cfg(any(target_os = "linux", windows))]
+#[test]
+fn a_watcher_deletes_what_killed_enrich_runs_left_in_its_outbox() {
+    use vttl_seclytics::outbox::owned_temp_file;
+    use vttl_seclytics::watch::claims::one_shot_owner_of;
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::create_dir_all(&site.outbox).unwrap();
+    // A process of this machine that has ended.
+    let mut ended = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+        .arg("--version")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    ended.wait().unwrap();
+    let Some(dead_run) = one_shot_owner_of(ended.id()) else { return };
+    let left = owned_temp_file(&site.outbox, "book.csv", Some(&dead_run)).unwrap().keep().unwrap().1;
+    let running = one_shot_owner_of(std::process::id()).unwrap();
+    let live = owned_temp_file(&site.outbox, "book.csv", Some(&running)).unwrap().keep().unwrap().1;
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    if cfg!(windows) || Path::new("/proc/1").exists() {
+        assert!(!left.exists(), "{stderr}");
+        assert!(stderr.contains("deleted 1 temporary files that killed runs left"), "{stderr}");
+    }
+    assert!(live.exists(), "a running process's file deleted");
+}
+
 #[test]
 fn once_processes_the_files_present_at_start() {
     let site = Site::new("inbox", "outbox", Answers::Offline, "");

@@ -326,8 +326,26 @@ pub trait PublishHooks {
     }
 }
 
-/// No hooks (the `enrich` command).
+/// No hooks.
 pub struct NoHooks;
+
+/// The hooks of the `enrich` command: nothing around the publication; its temporary files carry the run's
+/// owner ([`crate::watch::claims::one_shot_owner`]), so that a later run can delete them should it be killed.
+pub struct OneShotHooks {
+    pub owner: Option<String>,
+}
+
+impl PublishHooks for OneShotHooks {
+    fn before_publish(&self, _temp: &Path, _final_name: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn after_publish(&self, _published: &Path) {}
+
+    fn temp_owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+}
 
 impl PublishHooks for NoHooks {
     fn before_publish(&self, _temp: &Path, _final_name: &str) -> std::io::Result<()> {

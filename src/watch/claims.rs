@@ -74,6 +74,60 @@ pub fn pid_scope() -> String {
     String::new()
 }
 
+/// What the temporary files of a one-shot run (the `enrich` command) are owned by: see [`one_shot_owner`].
+const ONE_SHOT: &str = "enrich";
+
+/// The owner named in the temporary files of this one-shot run (`enrich`): `enrich-<machine>-<pid>`, where
+/// `<machine>` is 8 hex digits of a hash of this machine's host name and [`pid_scope`]. A later run on the same
+/// machine, boot and pid namespace can then tell that this process is gone and delete what it left, should it
+/// be killed ([`remove_temp_files_of_dead_runs`]). `None` where that cannot be told: the files then carry no
+/// owner and stay, as they always did.
+pub fn one_shot_owner() -> Option<String> {
+    one_shot_owner_of(std::process::id())
+}
+
+/// [`one_shot_owner`] for the process `pid` of this machine.
+pub fn one_shot_owner_of(pid: u32) -> Option<String> {
+    Some(format!("{ONE_SHOT}-{}-{pid}", this_machine_tag()?))
+}
+
+/// 8 hex digits naming this machine, boot and pid namespace; `None` when any of them is unknown.
+fn this_machine_tag() -> Option<String> {
+    use sha2::Digest;
+    let (host, scope) = (host_name(), pid_scope());
+    if host.is_empty() || scope.is_empty() {
+        return None;
+    }
+    let digest = sha2::Sha256::digest(format!("{host}\n{scope}").as_bytes());
+    Some(digest.iter().take(4).map(|b| format!("{b:02x}")).collect())
+}
+
+/// Deletes the temporary files that one-shot runs of this machine ([`one_shot_owner`]) left in `dir` and whose
+/// process is gone (killed mid-run: a run that ends, even on an error, removes its own). Files of runs still
+/// going, of other machines, boots or pid namespaces, and files without an owner are left alone. Returns how
+/// many were deleted.
+pub fn remove_temp_files_of_dead_runs(dir: &Path) -> usize {
+    let Some(machine) = this_machine_tag() else { return 0 };
+    let marker = format!(".@{ONE_SHOT}-{machine}-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut pids = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) =
+            name.to_str().and_then(|n| n.find(&marker).map(|at| n[at + marker.len()..].to_string()))
+        else {
+            continue;
+        };
+        if let Some(Ok(pid)) = rest.split_once('.').map(|(pid, _)| pid.parse::<u32>()) {
+            pids.insert(pid);
+        }
+    }
+    pids.into_iter()
+        .filter(|&pid| pid != std::process::id() && no_such_process(pid))
+        .map(|pid| crate::outbox::remove_temp_files_of(dir, &format!("{ONE_SHOT}-{machine}-{pid}")))
+        .sum()
+}
+
 /// This machine's name, as far as we can tell without extra dependencies ("" when unknown).
 pub fn host_name() -> String {
     let raw = std::env::var("COMPUTERNAME")
@@ -701,15 +755,63 @@ mod tests {
         std::thread::sleep(Duration::from_secs(60));
     }
 
+    /// Starts [`helper_that_waits_to_be_killed`] in a process of its own.
+    fn waiting_helper() -> std::process::Child {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "watch::claims::tests::helper_that_waits_to_be_killed"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn only_the_temporary_files_of_dead_one_shot_runs_of_this_machine_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut running = waiting_helper();
+        let mut killed = waiting_helper();
+        killed.kill().unwrap();
+        killed.wait().unwrap();
+        let Some(dead) = one_shot_owner_of(killed.id()) else {
+            // No host name or pid scope here: runs carry no owner, and nothing is ever deleted.
+            assert_eq!(one_shot_owner(), None);
+            running.kill().unwrap();
+            running.wait().unwrap();
+            return;
+        };
+        let live = one_shot_owner_of(running.id()).unwrap();
+        let ours = one_shot_owner().unwrap();
+        assert!(dead.starts_with("enrich-") && dead.ends_with(&format!("-{}", killed.id())), "{dead}");
+        let other_machine = format!("enrich-00000000-{}", killed.id());
+        let mut kept = Vec::new();
+        for owner in [Some(live.as_str()), Some(ours.as_str()), Some(other_machine.as_str()), None] {
+            kept.push(
+                crate::outbox::owned_temp_file(dir.path(), "book.csv", owner).unwrap().keep().unwrap().1,
+            );
+        }
+        let mut doomed = Vec::new();
+        for name in ["book.csv", "Hashes_Seclytic_1.log"] {
+            doomed.push(
+                crate::outbox::owned_temp_file(dir.path(), name, Some(&dead)).unwrap().keep().unwrap().1,
+            );
+        }
+        // Where a process can be told gone: Windows, and Linux unless `/proc` hides other processes.
+        let tellable = cfg!(windows) || Path::new("/proc/1").exists();
+        assert_eq!(remove_temp_files_of_dead_runs(dir.path()), if tellable { 2 } else { 0 });
+        running.kill().unwrap();
+        running.wait().unwrap();
+        for path in &kept {
+            assert!(path.exists(), "{} deleted", path.display());
+        }
+        for path in &doomed {
+            assert_eq!(path.exists(), !tellable, "{}", path.display());
+        }
+    }
+
     #[test]
     fn same_scope_dead_pid_is_gone_other_hosts_never() {
         let lease = |host: &str, scope: &str, pid: u32| format!("host={host}\nscope={scope}\npid={pid}\n");
         // A process of ours: this test binary running only the helper above, which waits; then killed.
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "watch::claims::tests::helper_that_waits_to_be_killed"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = waiting_helper();
         let pid = child.id();
         let scope = pid_scope();
         let alive = process_is_gone(lease("me", &scope, pid).as_bytes(), "me", &scope);

@@ -134,6 +134,15 @@ pub fn run(config: Config, options: WatchOptions) -> Result<WatchEnd, CriticalEr
     let work = WorkArea::create(&settings.inbox, settings.claim_stale).map_err(|e| {
         CriticalError::Other(format!("cannot create the work folder in {}: {e}", settings.inbox.display()))
     })?;
+    // Temporary files of `enrich` runs on this machine that were killed mid-run (the instances' own are deleted
+    // by whoever recovers them).
+    let removed = claims::remove_temp_files_of_dead_runs(&settings.outbox);
+    if removed > 0 {
+        tracing::info!(
+            "deleted {removed} temporary files that killed runs left in {}",
+            settings.outbox.display()
+        );
+    }
     tracing::info!(
         "watching {} (instance {}, {}); outputs to {}",
         settings.inbox.display(),
