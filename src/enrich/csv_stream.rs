@@ -649,7 +649,7 @@ impl RepeatedFills {
 /// The passive-DNS IPs the rows of the write pass found (repeats allowed), from which the appended rows are
 /// taken at the end ([`FoundIps::new_ips`]): each IP once, unless it is an IP indicator of the sheet, in the
 /// order first found. Sorting at the end replaces a hash-set probe per domain row, which with half a million
-/// IPs in a sheet was two cache misses each, 6 % of the write pass (perf). IPv4 entries are 8 bytes (address
+/// IPs in a sheet was two cache misses each, 6 % of the main thread (perf). IPv4 entries are 8 bytes (address
 /// and order in one `u64`, so sorting them sorts by address, then order).
 struct FoundIps {
     v4: Vec<u64>,
