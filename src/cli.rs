@@ -120,13 +120,7 @@ pub fn run(plan: Plan) -> Result<ExitCode, CriticalError> {
                 tracing::warn!("{warning}");
             }
             // Temporary files of earlier `enrich` runs on this machine that were killed mid-run.
-            let removed = crate::watch::claims::remove_temp_files_of_dead_runs(&outbox);
-            if removed > 0 {
-                tracing::info!(
-                    "deleted {removed} temporary files that killed runs left in {}",
-                    outbox.display()
-                );
-            }
+            crate::watch::claims::remove_temp_files_of_dead_runs(&outbox);
             let hooks = crate::enrich::OneShotHooks { owner: crate::watch::claims::one_shot_owner() };
             let mut failed = 0usize;
             for file in &files {

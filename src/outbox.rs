@@ -479,18 +479,17 @@ impl LogLines {
             return;
         }
         if self.writes.is_none() {
-            if self.spill.is_none() {
+            let Some(file) = self.spill.take() else {
+                // The first move creates the file, on this thread.
                 self.spill_pending_now();
                 return;
-            }
-            if let Some(file) = self.spill.take() {
-                match BackgroundWrites::start(file, self.spilled_len) {
-                    Ok(writes) => self.writes = Some(writes),
-                    Err(file) => {
-                        self.spill = Some(file);
-                        self.spill_pending_now();
-                        return;
-                    }
+            };
+            match BackgroundWrites::start(file, self.spilled_len) {
+                Ok(writes) => self.writes = Some(writes),
+                Err(file) => {
+                    self.spill = Some(file);
+                    self.spill_pending_now();
+                    return;
                 }
             }
         }
@@ -535,11 +534,14 @@ impl LogLines {
                 self.spilled_len += self.pending.len() as u64;
                 self.pending.clear();
             }
-            Err(e) => {
-                tracing::warn!("cannot move log lines to a temporary file ({e}); keeping them in memory");
-                self.spill_failed = true;
-            }
+            Err(e) => self.stop_spilling(&e),
         }
+    }
+
+    /// After a failed move of lines to the temporary file: every line stays in memory from now on.
+    fn stop_spilling(&mut self, error: &std::io::Error) {
+        tracing::warn!("cannot move log lines to a temporary file ({error}); keeping them in memory");
+        self.spill_failed = true;
     }
 
     /// Waits for the background writer to finish and takes the file back. Lines it could not write come back
@@ -550,8 +552,7 @@ impl LogLines {
         self.spill = Some(end.file);
         self.spilled_len = end.written_to;
         if let Some(e) = end.failed {
-            tracing::warn!("cannot move log lines to a temporary file ({e}); keeping them in memory");
-            self.spill_failed = true;
+            self.stop_spilling(&e);
             let mut lines = end.unwritten.concat();
             lines.extend_from_slice(&self.pending);
             self.pending = lines;

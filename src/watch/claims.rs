@@ -104,8 +104,8 @@ fn this_machine_tag() -> Option<String> {
 
 /// Deletes the temporary files that one-shot runs of this machine ([`one_shot_owner`]) left in `dir` and whose
 /// process is gone (killed mid-run: a run that ends, even on an error, removes its own). Files of runs still
-/// going, of other machines, boots or pid namespaces, and files without an owner are left alone. Returns how
-/// many were deleted.
+/// going, of other machines, boots or pid namespaces, and files without an owner are left alone. Says how many
+/// it deleted (when any) in the log, and returns that number.
 pub fn remove_temp_files_of_dead_runs(dir: &Path) -> usize {
     let Some(machine) = this_machine_tag() else { return 0 };
     let marker = format!(".@{ONE_SHOT}-{machine}-");
@@ -122,10 +122,15 @@ pub fn remove_temp_files_of_dead_runs(dir: &Path) -> usize {
             pids.insert(pid);
         }
     }
-    pids.into_iter()
+    let removed = pids
+        .into_iter()
         .filter(|&pid| pid != std::process::id() && no_such_process(pid))
         .map(|pid| crate::outbox::remove_temp_files_of(dir, &format!("{ONE_SHOT}-{machine}-{pid}")))
-        .sum()
+        .sum();
+    if removed > 0 {
+        tracing::info!("deleted {removed} temporary files that killed runs left in {}", dir.display());
+    }
+    removed
 }
 
 /// This machine's name, as far as we can tell without extra dependencies ("" when unknown).

@@ -136,13 +136,7 @@ pub fn run(config: Config, options: WatchOptions) -> Result<WatchEnd, CriticalEr
     })?;
     // Temporary files of `enrich` runs on this machine that were killed mid-run (the instances' own are deleted
     // by whoever recovers them).
-    let removed = claims::remove_temp_files_of_dead_runs(&settings.outbox);
-    if removed > 0 {
-        tracing::info!(
-            "deleted {removed} temporary files that killed runs left in {}",
-            settings.outbox.display()
-        );
-    }
+    claims::remove_temp_files_of_dead_runs(&settings.outbox);
     tracing::info!(
         "watching {} (instance {}, {}); outputs to {}",
         settings.inbox.display(),
