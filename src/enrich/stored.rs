@@ -7,8 +7,9 @@
 //! drops it when the answer is replaced or expires) and on what the program digests it with, which the
 //! [`derivation`] number covers: the digest format, this program's version, the Seclytic log switches and the
 //! watch lists' content. Anything else that changes what [`super::digest`] computes must bump
-//! [`DIGEST_VERSION`]. A stored digest that does not decode is a miss (the body is digested again), never an
-//! error: the cache file is not trusted more than any other input.
+//! [`DIGEST_VERSION`] (a test fails when the digests of the sample answers change under the same version). A
+//! stored digest that does not decode is a miss (the body is digested again), never an error: the cache file
+//! is not trusted more than any other input.
 //!
 //! Failed lookups and offline answers are never stored (only cached answers have digests).
 
@@ -206,6 +207,82 @@ mod tests {
         let mut huge = vec![FORMAT, 0];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode(&huge).is_none());
+    }
+
+    /// `DIGEST_VERSION` and the fingerprint of what [`super::super::digest`] made of the sample answers under
+    /// it (see the test below).
+    const SAMPLE_DIGESTS: (u32, &str) = (1, "1b1fa73e614f2fb5");
+
+    /// A change-detector for the hazard the derivation number cannot see: a change of what `digest` computes
+    /// within one version of the program (a development build, or a release whose version was not raised)
+    /// would let digests made by the old code fill cells. Every sample answer of `samples/seclytics` (and a
+    /// not-found answer) is digested with fixed watch lists and encoded; the fingerprint of the encodings must
+    /// be the one recorded for the current `DIGEST_VERSION`.
+    #[test]
+    fn digests_of_the_sample_answers_change_only_with_the_digest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        // The watch lists of `config/` as they were when the fingerprint was recorded (kept here: editing
+        // those files changes the derivation number, not what this test guards).
+        for (name, text) in [
+            (
+                "KWordwatchlist.txt",
+                "systembc\ntelnet\nvpn\nproxy\nrdp\nrdpbrute\nrdp-brute\nssh\nsshbrute\nssh-brute\nformbook\nphishing\n",
+            ),
+            ("URLwatchlist.txt", "/wp-content/upd/\n.exe\n/gate.php\n"),
+            (
+                "IPDwatchlist.txt",
+                "203.0.113.45|Example C2 list\nupdate-check.example.com|Example loader domain\n198.51.100.23\n",
+            ),
+            (
+                "DNwatchlist.txt",
+                "formbook\nagenttesla\ntrojan:win32/formbook!ml\ntrojan:win32/agenttesla!ml\nbackdoor:win32/systembc\n",
+            ),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let lists = WatchLists::load(dir.path(), false).0;
+        let switches = LogSwitches { ips: true, hashes: true, urls: true, reference_urls: true };
+        let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/seclytics");
+        let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for endpoint in ["ips", "hosts", "files"] {
+            for entry in std::fs::read_dir(samples.join(endpoint)).unwrap() {
+                let path = entry.unwrap().path();
+                let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+                let value = if endpoint == "ips" { stem.replace('_', ":") } else { stem };
+                files.push((value, path));
+            }
+        }
+        files.sort();
+        assert!(files.len() >= 10, "the sample answers are missing: {files:?}");
+        let mut hasher = Sha256::new();
+        let mut digest_one = |value: &str, answer: crate::seclytics::client::Answer| {
+            let indicator = crate::vttl::Indicator::classify(value).expect("a sample indicator");
+            let digested = super::super::digest(&lists, switches, &indicator, answer, None);
+            let bytes = encode(&digested).expect("a found or not-found answer is stored");
+            hasher.update(value.as_bytes());
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+        };
+        for (value, path) in &files {
+            // As committed (a checkout that turns line ends into CRLF must not change the fingerprint).
+            let body: std::sync::Arc<str> =
+                std::fs::read_to_string(path).unwrap().replace("\r\n", "\n").into();
+            digest_one(value, crate::seclytics::client::Answer::Found { body, source: AnswerSource::Api });
+        }
+        digest_one("192.0.2.200", crate::seclytics::client::Answer::NotFound { source: AnswerSource::Api });
+        let hash = hasher.finalize();
+        let fingerprint: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let (version, recorded) = SAMPLE_DIGESTS;
+        assert_eq!(
+            version, DIGEST_VERSION,
+            "DIGEST_VERSION is now {DIGEST_VERSION}: record ({DIGEST_VERSION}, \"{fingerprint}\") in SAMPLE_DIGESTS"
+        );
+        assert_eq!(
+            fingerprint, recorded,
+            "what `digest` makes of the sample answers changed: bump DIGEST_VERSION (digests kept in caches by the \
+             old code must not be used) and record the new fingerprint in SAMPLE_DIGESTS (when only the files of samples/seclytics changed, \
+             record the new fingerprint, no bump needed)"
+        );
     }
 
     #[test]
