@@ -46,6 +46,7 @@ use super::{
     count_headers, csv_patches, file_error, file_stamp, plan, progress_bar,
 };
 use crate::error::CriticalError;
+use crate::outbox;
 use crate::seclytics::client::FatalError;
 use crate::vttl::{ColumnMap, Indicator, IndicatorKind, Mode};
 use crate::workbook::WorkbookError;
@@ -207,7 +208,8 @@ fn write_pass(
     reader.rewind().map_err(read_err)?;
     let temp = job.output_temp_file(name)?;
     let write_err = |e: std::io::Error| file_error("write", WorkbookError::io(input, "write the output", e));
-    let mut writer = CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp), reader.dialect())
+    let output = outbox::FlushingBehind::new(temp);
+    let mut writer = CsvWriter::new(std::io::BufWriter::with_capacity(1 << 20, output), reader.dialect())
         .map_err(write_err)?;
     if !reader.read_into(record).map_err(read_err)? {
         return Err(file_changed(input));
@@ -340,7 +342,7 @@ fn write_pass(
         writer.write_new_row(plan.width(), &cells).map_err(write_err)?;
     }
     let buffered = writer.finish().map_err(write_err)?;
-    buffered.into_inner().map_err(|e| write_err(e.into_error()))
+    Ok(buffered.into_inner().map_err(|e| write_err(e.into_error()))?.into_inner())
 }
 
 /// Pass 1: the header, the plan, and the indicator of every row.

@@ -23,6 +23,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use super::{EnrichError, Enricher, Job, ModelRow, NO_INDICATOR, TableScan, file_error};
+use crate::outbox;
 use crate::vttl::ColumnMap;
 use crate::workbook::{Cell, Sheet, Workbook, WorkbookError, xlsx};
 
@@ -94,7 +95,11 @@ pub(super) fn enrich_xlsx(
             for message in from_filler {
                 match message {
                     ToWriter::Rows { sheet, rows } => writer.write_rows(sheet, &rows)?,
-                    ToWriter::Complete => return writer.finish(temp),
+                    ToWriter::Complete => {
+                        return writer
+                            .finish(outbox::FlushingBehind::new(temp))
+                            .map(outbox::FlushingBehind::into_inner);
+                    }
                 }
             }
             // The filler stopped without completing (a critical error, reported by it): nothing to pack.
