@@ -53,11 +53,15 @@ pub fn owned_temp_file(
         Some(owner) => format!(".{hint}.@{}.", temp_owner_tag(owner)),
         None => format!(".{hint}."),
     };
-    tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(TEMP_SUFFIX)
-        .rand_bytes(TEMP_RANDOM_CHARS)
-        .tempfile_in(dir)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(TEMP_SUFFIX).rand_bytes(TEMP_RANDOM_CHARS);
+    // The file becomes an output under its final name by a rename or a link, keeping its mode: create it with
+    // the mode of any new file (0666 less the umask, usually 0644), not the owner-only 0600 of a temporary
+    // file — another account (the next module reading this outbox, an analyst opening the workbook) must be
+    // able to read it. Windows files take their folder's access rules either way.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir)
 }
 
 /// `owner` as it appears in temporary file names: letters, digits, `-` and `_` only.

@@ -602,6 +602,41 @@ fn header_gains_missing_columns_in_order() {
     );
 }
 
+/// Every file `enrich` publishes — workbook, Seclytic logs, report, error log — has the mode of any new file
+/// (0666 less the umask), not the owner-only mode of the temporary file it was written as: the next module
+/// reading the outbox, or an analyst, may be another account. Run with umask 022: 0644 expected.
+#[cfg(unix)]
+#[test]
+fn published_files_are_readable_like_any_new_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let scenario = Scenario::new();
+    let input = scenario.path("book.csv");
+    std::fs::write(&input, ip_csv_bytes()).unwrap();
+    let outbox = scenario.outbox();
+    let mut command = scenario.enrich_command(&[&input], &[], &outbox);
+    // SAFETY: `umask` is async-signal-safe and touches only the child's own mask.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let published: Vec<PathBuf> = walk(&outbox);
+    let names: Vec<String> =
+        published.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for wanted in ["book.csv", "book.csv.report.json", "VTTL_Error.log"] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} missing: {names:?}");
+    }
+    assert!(names.iter().any(|n| n.contains("_Seclytic_")), "no log: {names:?}");
+    for path in &published {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{path:?} has mode {mode:o}");
+    }
+}
+
 fn read_log(outbox: &Path, prefix: &str) -> Vec<String> {
     let entry = std::fs::read_dir(outbox)
         .unwrap()

@@ -65,6 +65,11 @@ fn copy_then_remove(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathB
     let mut temp = outbox::temp_file_for(dir, name)?;
     let mut source = std::fs::File::open(src)?;
     std::io::copy(&mut source, temp.as_file_mut())?;
+    // The moved file keeps its mode, as a rename would (Unix; Windows files take their folder's rules).
+    #[cfg(unix)]
+    if let Ok(meta) = source.metadata() {
+        let _ = temp.as_file().set_permissions(meta.permissions());
+    }
     let target = outbox::persist_no_clobber(temp, dir, name)?;
     std::fs::remove_file(src)?;
     Ok(target)
@@ -109,6 +114,26 @@ mod tests {
         std::fs::create_dir(dir.path().join("d.csv")).unwrap();
         assert!(move_no_clobber(&dir.path().join("d.csv"), &dest, "d.csv").is_err());
         assert!(dir.path().join("d.csv").is_dir());
+    }
+
+    /// The copy made when a move crosses volumes keeps the file's mode, as a rename does (a copy through a
+    /// temporary file would otherwise make it owner-only).
+    #[cfg(unix)]
+    #[test]
+    fn a_move_across_volumes_keeps_the_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        for mode in [0o640, 0o664, 0o600] {
+            let source = dir.path().join("book.csv");
+            std::fs::write(&source, b"rows").unwrap();
+            std::fs::set_permissions(&source, std::fs::Permissions::from_mode(mode)).unwrap();
+            let moved = copy_then_remove(&source, &dest, "book.csv").unwrap();
+            assert_eq!(std::fs::read(&moved).unwrap(), b"rows");
+            assert_eq!(std::fs::metadata(&moved).unwrap().permissions().mode() & 0o777, mode, "{moved:?}");
+            assert!(!source.exists());
+        }
     }
 
     #[test]
