@@ -748,6 +748,12 @@ fn report_numbers() {
     let (code, stderr) = scenario.enrich(&[&scenario.path("book.csv")], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(scenario.api.request_count(), before + 2, "only the failed lookup is asked again");
+    // The summary line counts in words a reader can take as they are.
+    assert!(
+        stderr.contains(": 12 rows, 14 indicators (2 API requests, 13 from cache, 0 offline,"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" filled, 3 rows appended, "), "{stderr}");
     let second: Value =
         serde_json::from_slice(&std::fs::read(scenario.outbox().join("book_1.csv.report.json")).unwrap())
             .unwrap();

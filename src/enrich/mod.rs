@@ -371,6 +371,11 @@ fn publish(
     Ok(published)
 }
 
+/// `n` and `noun`, plural unless `n` is 1: "1 row", "2 rows", "0 API requests".
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 fn file_error(step: &'static str, error: WorkbookError) -> EnrichError {
     EnrichError::File { step, error }
 }
@@ -866,19 +871,18 @@ impl<'a> Job<'a> {
         outbox::write_new_owned_file(outbox, &report_name, &json, self.temp_owner.as_deref())
             .map_err(outbox_error)?;
         let summary = format!(
-            "{} -> {}: {} rows, {} indicators ({} API requests, {} from cache, {} offline, {} not found, {} failed), \
-             {} cells filled, {} rows appended, {} ms",
+            "{} -> {}: {}, {} ({}, {} from cache, {} offline, {} not found, {} failed), {} filled, {} appended, {} ms",
             self.report.input.display(),
             output.display(),
-            self.report.rows,
-            self.report.indicators.values().sum::<usize>(),
-            self.report.api_requests,
+            counted(self.report.rows as u64, "row"),
+            counted(self.report.indicators.values().sum::<usize>() as u64, "indicator"),
+            counted(self.report.api_requests, "API request"),
             self.report.cache_hits,
             self.report.offline_answers,
             self.report.not_found,
             self.report.failed_lookups,
-            self.report.cells_filled.values().sum::<usize>(),
-            self.report.rows_appended,
+            counted(self.report.cells_filled.values().sum::<usize>() as u64, "cell"),
+            counted(self.report.rows_appended as u64, "row"),
             self.report.duration_ms,
         );
         tracing::info!("{summary}");
@@ -1055,6 +1059,15 @@ fn progress_bar(input: &Path, len: u64) -> indicatif::ProgressBar {
 
 #[cfg(test)]
 mod tests {
+    use super::counted;
+
+    #[test]
+    fn counts_are_singular_only_for_one() {
+        assert_eq!(counted(1, "row"), "1 row");
+        assert_eq!(counted(0, "API request"), "0 API requests");
+        assert_eq!(counted(12, "indicator"), "12 indicators");
+    }
+
     use super::*;
 
     #[test]
