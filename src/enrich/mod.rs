@@ -1059,7 +1059,7 @@ fn progress_bar(input: &Path, len: u64) -> indicatif::ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use super::counted;
+    use super::*;
 
     #[test]
     fn counts_are_singular_only_for_one() {
@@ -1067,8 +1067,6 @@ mod tests {
         assert_eq!(counted(0, "API request"), "0 API requests");
         assert_eq!(counted(12, "indicator"), "12 indicators");
     }
-
-    use super::*;
 
     #[test]
     fn csv_date_time_is_chrono_format() {
