@@ -936,6 +936,41 @@ fn an_indicator_written_several_ways_is_looked_up_once() {
     assert!(reputations[2] == reputations[3] && reputations[3] == reputations[4], "{reputations:?}");
 }
 
+/// A workbook larger than the flush step (16 MiB) is flushed to disk while it is written, so that the flush
+/// before its publication has little left to do; it comes out as a small one would.
+#[test]
+fn a_large_csv_workbook_is_flushed_to_disk_while_it_is_written() {
+    let scenario = Scenario::new();
+    let input = scenario.path("large.csv");
+    let other_vendor = "x".repeat(2_000);
+    let mut text = csv_line(&["Scanned Item", "Other Vendor", "Seclytics Reputation and Reason"]);
+    let mut rows = 0;
+    while text.len() < 18 << 20 {
+        let item = if rows % 2 == 0 { "203.0.113.45" } else { "cdn.example.co.uk" };
+        text.push_str(&csv_line(&[item, &other_vendor, ""]));
+        rows += 1;
+    }
+    std::fs::write(&input, &text).unwrap();
+    let output = scenario
+        .enrich_command(&[&input], &[], &scenario.outbox())
+        .env("VTTL_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let flushes: u64 = stderr
+        .lines()
+        .find(|line| line.contains("times the workbook was flushed to disk while it was written"))
+        .and_then(|line| line.split("flushes=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no flush count in {stderr}"));
+    assert!(flushes >= 1, "{stderr}");
+    let table =
+        read_csv_table(&std::fs::read(scenario.outbox().join("large.csv")).unwrap(), encoding_rs::UTF_8);
+    assert_eq!(table.rows.len(), rows);
+    assert!(table.rows.iter().all(|row| row[1] == other_vendor && !row[2].is_empty()));
+    assert!(table.rows[0][2].contains("AgentTesla") && table.rows[1][2].contains("formbook"));
+}
+
 /// An `enrich` killed mid-run leaves its hidden temporary files in the outbox, named with its run
 /// (`.@enrich-<machine>-<pid>.`); the next `enrich` on this machine deletes them, and nothing else, first.
 #[cfg(target_os = "linux")]

@@ -342,7 +342,9 @@ fn write_pass(
         writer.write_new_row(plan.width(), &cells).map_err(write_err)?;
     }
     let buffered = writer.finish().map_err(write_err)?;
-    Ok(buffered.into_inner().map_err(|e| write_err(e.into_error()))?.into_inner())
+    let (temp, flushes) = buffered.into_inner().map_err(|e| write_err(e.into_error()))?.finish();
+    tracing::debug!(flushes, "times the workbook was flushed to disk while it was written");
+    Ok(temp)
 }
 
 /// Pass 1: the header, the plan, and the indicator of every row.
