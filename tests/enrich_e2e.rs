@@ -236,6 +236,13 @@ impl Scenario {
         let output = self.enrich_command(inputs, extra, &self.outbox()).output().unwrap();
         (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
     }
+
+    /// Runs `enrich` on `input` into `outbox` with `VTTL_LOG=debug` (the figures of each phase, read with
+    /// [`logged_count`]); returns (exit code, stderr).
+    fn enrich_logged(&self, input: &Path, outbox: &Path) -> (i32, String) {
+        let output = self.enrich_command(&[input], &[], outbox).env("VTTL_LOG", "debug").output().unwrap();
+        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }
 
 fn csv_line(cells: &[&str]) -> String {
@@ -951,19 +958,9 @@ fn a_large_csv_workbook_is_flushed_to_disk_while_it_is_written() {
         rows += 1;
     }
     std::fs::write(&input, &text).unwrap();
-    let output = scenario
-        .enrich_command(&[&input], &[], &scenario.outbox())
-        .env("VTTL_LOG", "debug")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let flushes: u64 = stderr
-        .lines()
-        .find(|line| line.contains("times the workbook was flushed to disk while it was written"))
-        .and_then(|line| line.split("flushes=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no flush count in {stderr}"));
-    assert!(flushes >= 1, "{stderr}");
+    let (code, stderr) = scenario.enrich_logged(&input, &scenario.outbox());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(logged_count(&stderr, "flushes") >= 1, "{stderr}");
     let table =
         read_csv_table(&std::fs::read(scenario.outbox().join("large.csv")).unwrap(), encoding_rs::UTF_8);
     assert_eq!(table.rows.len(), rows);
@@ -1210,13 +1207,8 @@ fn csv_of_several_lookup_chunks_against_xlsx(reverse_dns: bool) {
     add_sheet_rows(&mut book, "Sheet1", &header, &rows);
     book.save(&xlsx_input).unwrap();
 
-    let output = scenario
-        .enrich_command(&[&csv_input], &[], &scenario.outbox())
-        .env("VTTL_LOG", "debug")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (code, stderr) = scenario.enrich_logged(&csv_input, &scenario.outbox());
+    assert_eq!(code, 0, "{stderr}");
     match reused_fill_rows(&stderr) {
         // Every row of a repeated indicator after its first, but those whose blank cells differ.
         Some(reused) => assert!(!reverse_dns && reused > 1000, "{reused} rows reused fills"),
@@ -1286,7 +1278,7 @@ fn turn_reverse_dns(scenario: &Scenario, on: bool) {
 /// The number in the `FIELD=N` field of the XLSX pipeline's debug line in `stderr`: `rows_before_last_lookup`
 /// (rows written before the last chunk of lookups was merged) or `rows_while_looking_up` (also those written
 /// when it was).
-fn pipeline_rows(stderr: &str, field: &str) -> usize {
+fn logged_count(stderr: &str, field: &str) -> usize {
     // A piped log is plain text (no colour codes): see logs_are_coloured_only_at_a_terminal_without_no_color.
     let key = format!("{field}=");
     let at = stderr.find(&key).unwrap_or_else(|| panic!("no {key} in: {stderr}"));
@@ -1328,12 +1320,10 @@ fn an_xlsx_written_while_it_is_looked_up_fills_each_table_like_its_rows_alone() 
     add_sheet_rows(&mut book, "Second", &header, &second);
     book.save(&input).unwrap();
     let xlsx_outbox = scenario.path("out-xlsx");
-    let output =
-        scenario.enrich_command(&[&input], &[], &xlsx_outbox).env("VTTL_LOG", "debug").output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (code, stderr) = scenario.enrich_logged(&input, &xlsx_outbox);
+    assert_eq!(code, 0, "{stderr}");
     assert_eq!(scenario.api.request_count(), requests, "served from the cache");
-    let early = pipeline_rows(&stderr, "rows_before_last_lookup");
+    let early = logged_count(&stderr, "rows_before_last_lookup");
     assert!(early > 0, "no row was written before the last lookup");
 
     let output_path = xlsx_outbox.join("two-tables.xlsx");
@@ -1359,12 +1349,10 @@ fn an_xlsx_written_while_it_is_looked_up_fills_each_table_like_its_rows_alone() 
 
     turn_reverse_dns(&scenario, true);
     let rdns_outbox = scenario.path("out-rdns");
-    let output =
-        scenario.enrich_command(&[&input], &[], &rdns_outbox).env("VTTL_LOG", "debug").output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (code, stderr) = scenario.enrich_logged(&input, &rdns_outbox);
+    assert_eq!(code, 0, "{stderr}");
     assert_eq!(
-        pipeline_rows(&stderr, "rows_while_looking_up"),
+        logged_count(&stderr, "rows_while_looking_up"),
         0,
         "with reverse DNS on, rows wait for the names"
     );
@@ -1390,14 +1378,9 @@ fn an_xlsx_whose_lookups_stop_half_way_leaves_nothing_in_the_outbox() {
     let mut book = rust_xlsxwriter::Workbook::new();
     add_sheet_rows(&mut book, "Sheet1", &CHUNKED_HEADER, &rows);
     book.save(&input).unwrap();
-    let output = scenario
-        .enrich_command(&[&input], &[], &scenario.outbox())
-        .env("VTTL_LOG", "debug")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(pipeline_rows(&stderr, "rows_while_looking_up") > 0, "rows were written before the refusal");
+    let (code, stderr) = scenario.enrich_logged(&input, &scenario.outbox());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(logged_count(&stderr, "rows_while_looking_up") > 0, "rows were written before the refusal");
     let left: Vec<PathBuf> = if scenario.outbox().exists() { walk(&scenario.outbox()) } else { Vec::new() };
     assert!(
         left.iter().all(|p| !p.to_string_lossy().contains("stopped.xlsx")
