@@ -769,12 +769,8 @@ pub struct FlushBehind {
 }
 
 impl FlushBehind {
-    /// For `file`, written from now on.
-    pub fn new(file: &std::fs::File) -> FlushBehind {
-        FlushBehind::every(file, FLUSH_BEHIND_BYTES)
-    }
-
-    /// [`FlushBehind::new`] with another step between flushes.
+    /// For `file`, written from now on, flushed each time `bytes` more have been written
+    /// ([`FLUSH_BEHIND_BYTES`] but in tests).
     pub fn every(file: &std::fs::File, bytes: u64) -> FlushBehind {
         FlushBehind {
             file: file.try_clone().ok(),
@@ -835,7 +831,7 @@ impl Drop for FlushBehind {
     }
 }
 
-/// A temporary output file written through a [`FlushBehind`]: what the enricher writes a CSV workbook into.
+/// A temporary output file written through a [`FlushBehind`]: what the enricher writes a workbook into.
 pub struct FlushingBehind {
     temp: tempfile::NamedTempFile,
     behind: FlushBehind,

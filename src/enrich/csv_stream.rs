@@ -739,7 +739,8 @@ impl FoundIps {
     }
 }
 
-/// The IP passive-DNS rows may append, as [`FoundIps::new_ips`] wants them: the sheet's IP indicators, sorted.
+/// The IPs passive-DNS rows must not append, as [`FoundIps::new_ips`] wants them: the sheet's IP indicators,
+/// sorted.
 fn sheet_ips(indicators: &[Indicator]) -> (Vec<u32>, Vec<u128>) {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for ip in indicators.iter().filter_map(Indicator::ip) {
