@@ -848,11 +848,6 @@ impl FlushingBehind {
         FlushingBehind { temp, behind }
     }
 
-    /// The file, once the flushing thread has stopped.
-    pub fn into_inner(self) -> tempfile::NamedTempFile {
-        self.finish().0
-    }
-
     /// The file, once the flushing thread has stopped, and the number of flushes it made.
     pub fn finish(mut self) -> (tempfile::NamedTempFile, u64) {
         let flushes = self.behind.finish();

@@ -745,3 +745,42 @@ fn unicode_names_markup_and_control_characters_round_trip() {
     let back = read_workbook(&output).unwrap();
     assert_eq!(back, workbook);
 }
+
+/// The enricher packs its XLSX output through `outbox::FlushingBehind`, which asks for the file to be flushed to
+/// disk each step while rust_xlsxwriter writes the zip: the packed workbook is flushed on the way (here every
+/// 64 KiB of a ~1 MB workbook of text that does not compress) and reads back cell for cell.
+#[test]
+fn a_workbook_packed_through_flush_behind_is_flushed_while_written_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("flushed.xlsx");
+    let mut sheet = Sheet { name: "Results".into(), ..Sheet::default() };
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for row in 0..2_000 {
+        let cells = (0..4)
+            .map(|_| {
+                let noise: String = (0..16)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        format!("{:016x}", state)
+                    })
+                    .collect();
+                text(&noise)
+            })
+            .chain([Cell::Float(f64::from(row))])
+            .collect();
+        sheet.push_row(cells);
+    }
+    let workbook = Workbook { sheets: vec![sheet] };
+    let mut writer = WorkbookWriter::new(&workbook.sheets, &output, &WriteOptions::default()).unwrap();
+    writer.write_rows(0, &workbook.sheets[0].rows).unwrap();
+    let temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+    let flushing = vttl_seclytics::outbox::FlushingBehind::every(temp, 64 << 10);
+    let (temp, flushes) = writer.finish(flushing).unwrap().finish();
+    let size = temp.as_file().metadata().unwrap().len();
+    assert!(size > 512 << 10, "the workbook should not compress below 512 KiB: {size} bytes");
+    assert!(flushes >= 1, "a {size}-byte workbook was never flushed while written");
+    temp.persist(&output).unwrap();
+    assert_eq!(read_workbook(&output).unwrap(), workbook);
+}

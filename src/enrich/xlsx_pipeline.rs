@@ -96,9 +96,12 @@ pub(super) fn enrich_xlsx(
                 match message {
                     ToWriter::Rows { sheet, rows } => writer.write_rows(sheet, &rows)?,
                     ToWriter::Complete => {
-                        return writer
-                            .finish(outbox::FlushingBehind::new(temp))
-                            .map(outbox::FlushingBehind::into_inner);
+                        let (temp, flushes) = writer.finish(outbox::FlushingBehind::new(temp))?.finish();
+                        tracing::debug!(
+                            flushes,
+                            "times the workbook was flushed to disk while it was written"
+                        );
+                        return Ok(temp);
                     }
                 }
             }
