@@ -211,13 +211,13 @@ mod tests {
 
     /// `DIGEST_VERSION` and the fingerprint of what [`super::super::digest`] made of the sample answers under
     /// it (see the test below).
-    const SAMPLE_DIGESTS: (u32, &str) = (1, "1b1fa73e614f2fb5");
+    const SAMPLE_DIGESTS: (u32, &str) = (1, "d669e3f2ac1b0577");
 
     /// A change-detector for the hazard the derivation number cannot see: a change of what `digest` computes
     /// within one version of the program (a development build, or a release whose version was not raised)
-    /// would let digests made by the old code fill cells. Every sample answer of `samples/seclytics` (and a
-    /// not-found answer) is digested with fixed watch lists and encoded; the fingerprint of the encodings must
-    /// be the one recorded for the current `DIGEST_VERSION`.
+    /// would let digests made by the old code fill cells. Every sample answer of `samples/seclytics`, a
+    /// not-found answer and an answer with several passive-DNS entries are digested with fixed watch lists and
+    /// encoded; the fingerprint of the encodings must be the one recorded for the current `DIGEST_VERSION`.
     #[test]
     fn digests_of_the_sample_answers_change_only_with_the_digest_version() {
         let dir = tempfile::tempdir().unwrap();
@@ -270,6 +270,19 @@ mod tests {
             digest_one(value, crate::seclytics::client::Answer::Found { body, source: AnswerSource::Api });
         }
         digest_one("192.0.2.200", crate::seclytics::client::Answer::NotFound { source: AnswerSource::Api });
+        // Every sample has at most one passive-DNS entry: this answer has several (a CNAME without an IP, an
+        // IPv6, a private and a public IPv4), so which of them `digest` takes is guarded too.
+        let several: std::sync::Arc<str> = r#"{"id": "multi-answer.example.com", "passive_dns": [
+            {"answer_type": "CNAME", "answer_text": "edge.example.net", "hostname": "multi-answer.example.com"},
+            {"answer_ip": "2001:db8::7", "answer_type": "AAAA", "hostname": "multi-answer.example.com"},
+            {"answer_ip": "10.1.2.3", "answer_type": "A", "hostname": "multi-answer.example.com"},
+            {"answer_ip": "198.51.100.99", "answer_type": "A", "hostname": "multi-answer.example.com",
+             "first_seen_at": "2024-02-01T10:00:00", "last_seen_at": "2024-03-01T10:00:00"}]}"#
+            .into();
+        digest_one(
+            "multi-answer.example.com",
+            crate::seclytics::client::Answer::Found { body: several, source: AnswerSource::Api },
+        );
         let hash = hasher.finalize();
         let fingerprint: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
         let (version, recorded) = SAMPLE_DIGESTS;
