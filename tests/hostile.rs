@@ -519,6 +519,71 @@ fn api_formula_and_control_strings_stay_inert_text() {
     }
 }
 
+/// A `first_seen_at` with a signed or five-digit year (chrono reads `-0001-…` and `+20000-…`) would have
+/// written a CSV `Date First Seen` cell starting with `-` or `+`, which Excel takes for a formula, and an XLSX
+/// date before 1900 that Excel cannot show: such a date is no date, the cell stays empty (its row's other
+/// fills are made), and a year in range still fills it.
+#[test]
+fn api_dates_with_signed_or_out_of_range_years_fill_nothing() {
+    let env = Env::new();
+    let odd = [
+        ("192.0.2.31", "-0001-12-31T00:00:00"),
+        ("192.0.2.32", "+20000-01-01T00:00:00"),
+        ("192.0.2.33", "1899-12-31"),
+    ];
+    for (ip, date) in odd {
+        env.api.set_document(
+            &format!("/ips/{ip}"),
+            json!({"asn": {"description": "ODD-AS"}, "id": ip, "type": "ip", "history": {"first_seen_at": date}}),
+        );
+    }
+    env.api.set_document(
+        &format!("/ips/{GOOD_IP}"),
+        json!({"asn": {"description": "GOOD-AS"}, "id": GOOD_IP, "type": "ip",
+               "history": {"first_seen_at": "2024-03-02T10:20:30"}}),
+    );
+    let ips: Vec<&str> = odd.iter().map(|(ip, _)| *ip).chain([GOOD_IP]).collect();
+    let mut text = csv_line(HEADER);
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet().set_name("TI").unwrap();
+    for (c, h) in HEADER.iter().enumerate() {
+        sheet.write_string(0, c as u16, *h).unwrap();
+    }
+    for (r, ip) in ips.iter().enumerate() {
+        let mut cells = vec![""; HEADER.len()];
+        cells[0] = ip;
+        text.push_str(&csv_line(&cells));
+        sheet.write_string(r as u32 + 1, 0, *ip).unwrap();
+    }
+    let (csv_in, xlsx_in) = (env.path("in/dates.csv"), env.path("in/dates.xlsx"));
+    std::fs::write(&csv_in, text).unwrap();
+    book.save(&xlsx_in).unwrap();
+    let run = env.enrich(&[csv_in, xlsx_in]);
+    env.assert_invariants(&run);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let rows = read_csv(&std::fs::read(env.outbox().join("dates.csv")).unwrap());
+    let (whois, date) = (1, 3);
+    for (ip, _) in odd {
+        let cells = row(&rows, ip);
+        assert_eq!(cells[whois], "ODD-AS", "the row of {ip} was not enriched: {cells:?}");
+        assert_eq!(cells[date], "", "{ip}: an out-of-range date filled the cell");
+    }
+    assert_eq!(row(&rows, GOOD_IP)[date], "2024-03-02 10:20:30");
+
+    let (rows, formulas) = xlsx_rows(&env.outbox().join("dates.xlsx"));
+    assert_eq!(formulas, 0);
+    for cells in &rows[1..] {
+        let Data::String(ip) = &cells[0] else { panic!("{cells:?}") };
+        assert!(matches!(&cells[whois], Data::String(s) if s.ends_with("-AS")), "{cells:?}");
+        if ip == GOOD_IP {
+            assert!(matches!(cells[date], Data::DateTime(_)), "{cells:?}");
+        } else {
+            assert_eq!(cells.get(date).unwrap_or(&Data::Empty), &Data::Empty, "{ip}: {cells:?}");
+        }
+    }
+}
+
 /// The API echoes the token inside a document (a self-link with `access_token=`): it must not reach a cell,
 /// a log, the report or the cache.
 #[test]

@@ -400,7 +400,15 @@ fn csv_text(value: FillValue<'_>) -> Cow<'_, str> {
         FillValue::Text(Cow::Borrowed(text)) => csvio::neutralize_formula(text),
         FillValue::Text(Cow::Owned(text)) => Cow::Owned(csvio::neutralize_formula(&text).into_owned()),
         FillValue::Count(n) => Cow::Owned(decimal(n)),
-        FillValue::DateTime(when) => Cow::Owned(csv_date_time(when)),
+        FillValue::DateTime(when) => {
+            // `parse_timestamp` keeps years to 1900–9999, so this never changes anything: a second guard.
+            let text = csv_date_time(when);
+            let neutralized = match csvio::neutralize_formula(&text) {
+                Cow::Owned(safe) => Some(safe),
+                Cow::Borrowed(_) => None,
+            };
+            Cow::Owned(neutralized.unwrap_or(text))
+        }
     }
 }
 
@@ -1095,5 +1103,19 @@ mod tests {
             .and_hms_milli_opt(23, 59, 59, 1500)
             .unwrap();
         assert_eq!(csv_date_time(leap), leap.format("%Y-%m-%d %H:%M:%S").to_string());
+    }
+
+    /// The second guard behind `parse_timestamp`'s year range: a date chrono writes with a sign becomes inert
+    /// text in a CSV cell; an ordinary date is written as it is.
+    #[test]
+    fn a_csv_date_never_starts_a_formula() {
+        let signed = [(-1, 12, 31), (20_000, 1, 1)]
+            .map(|(y, m, d)| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(0, 0, 0).unwrap());
+        for when in signed {
+            let text = csv_text(FillValue::DateTime(when));
+            assert!(text.starts_with('\''), "{text}");
+        }
+        let plain = chrono::NaiveDate::from_ymd_opt(2024, 3, 2).unwrap().and_hms_opt(10, 20, 30).unwrap();
+        assert_eq!(csv_text(FillValue::DateTime(plain)), "2024-03-02 10:20:30");
     }
 }

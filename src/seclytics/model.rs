@@ -37,7 +37,9 @@
 //!   kind or feed are skipped.
 //! * **Timestamps** (`start_at`, `first_seen_at`): the API's `YYYY-MM-DDTHH:MM:SS` (treated as UTC), also with
 //!   a space instead of `T`, fractional seconds (dropped), or an RFC 3339 zone (converted to UTC); a bare
-//!   `YYYY-MM-DD` is midnight. Anything else (numbers, garbage, `null`) is absent.
+//!   `YYYY-MM-DD` is midnight. Anything else (numbers, garbage, `null`) is absent, and so is a year outside
+//!   [`TIMESTAMP_YEARS`]: chrono reads a signed or five-digit year (`-0001-…`, `+20000-…`), which would write a
+//!   CSV cell starting with `-` or `+` (a formula to Excel), and a spreadsheet cannot show a date before 1900.
 
 use chrono::{NaiveDate, NaiveDateTime, Timelike};
 use serde::{Deserialize, Deserializer};
@@ -369,7 +371,15 @@ pub fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
     if text.is_empty() {
         return None;
     }
-    plain_timestamp(text).or_else(|| parse_timestamp_forms(text))
+    plain_timestamp(text).or_else(|| parse_timestamp_forms(text)).filter(within_timestamp_years)
+}
+
+/// The years a timestamp from the API may have; any other is treated as absent (see the module comment).
+pub const TIMESTAMP_YEARS: std::ops::RangeInclusive<i32> = 1900..=9999;
+
+fn within_timestamp_years(when: &NaiveDateTime) -> bool {
+    use chrono::Datelike;
+    TIMESTAMP_YEARS.contains(&when.year())
 }
 
 /// The API's own `YYYY-MM-DDTHH:MM:SS` (or with a space), read without chrono's format parser (which
@@ -1410,6 +1420,19 @@ mod tests {
         for bad in ["", "garbage", "2019-13-01T00:00:00", "2019-02-30T00:00:00", "13/11/2019", "1573612998"] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
+        // Years a spreadsheet cannot show, or that chrono writes with a sign (a formula to Excel in a CSV).
+        for out_of_range in [
+            "-0001-12-31T00:00:00",
+            "+20000-01-01T00:00:00",
+            "0000-01-01T00:00:00",
+            "1899-12-31T23:59:59",
+            "10000-01-01",
+            "-2019-11-13",
+        ] {
+            assert_eq!(parse_timestamp(out_of_range), None, "{out_of_range}");
+        }
+        assert_eq!(parse_timestamp("1900-01-01T00:00:00"), Some(datetime("1900-01-01 00:00:00")));
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59"), Some(datetime("9999-12-31 23:59:59")));
     }
 
     /// The direct reading either gives up or returns exactly what the reference reading returns.
@@ -1563,7 +1586,8 @@ mod tests {
                         assert_eq!(Some(plain), parse_timestamp_forms(&text), "{text}");
                         checked += 1;
                     }
-                    assert_eq!(parse_timestamp(&text), parse_timestamp_forms(&text), "{text}");
+                    let forms = parse_timestamp_forms(&text).filter(within_timestamp_years);
+                    assert_eq!(parse_timestamp(&text), forms, "{text}");
                 }
             }
         }
