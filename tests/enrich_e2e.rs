@@ -824,6 +824,44 @@ fn bad_files_fail_alone_with_exit_1() {
     assert_eq!(std::fs::read(&not_vttl).unwrap(), b"\"Name\",\"Value\"\r\n\"a\",\"b\"\r\n");
 }
 
+/// A quote never closed makes the last field run to the end of the file: fills written into that record
+/// would land inside the open field (changing the analyst's cell), and appended passive-DNS rows after it
+/// would vanish into it. Such a file (most likely cut short) is refused with a reason naming the record,
+/// whether the open quote is in a row to fill or in a later one; nothing is published for it.
+#[test]
+fn a_csv_whose_last_quote_never_closes_is_refused() {
+    let scenario = Scenario::new();
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("open_fill.csv", b"\"Scanned Item\",\"Note\"\r\n\"198.51.100.53\",\"abc", "record 2"),
+        (
+            "open_after.csv",
+            b"\"Scanned Item\",\"Note\"\r\n\"login-portal.example.net\",\"\"\r\n\"\",\"unclosed note",
+            "record 3",
+        ),
+        ("open_header.csv", b"\"Scanned Item\",\"Note\r\n198.51.100.53,x\r\n", "record 1"),
+    ];
+    let mut inputs = Vec::new();
+    for (name, bytes, _) in &cases {
+        let path = scenario.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        inputs.push(path);
+    }
+    let good = scenario.path("good.csv");
+    std::fs::write(&good, "\"Scanned Item\"\r\n\"198.51.100.53\"\r\n").unwrap();
+    inputs.push(good);
+    let refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let (code, stderr) = scenario.enrich(&refs, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(scenario.outbox().join("good.csv").exists(), "{stderr}");
+    let errors = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
+    for (name, bytes, record) in &cases {
+        assert!(!scenario.outbox().join(name).exists(), "{name} was published");
+        let line = errors.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name}: {errors}"));
+        assert!(line.contains("never closed") && line.contains(record), "{line}");
+        assert_eq!(std::fs::read(scenario.path(name)).unwrap(), *bytes, "{name} changed");
+    }
+}
+
 /// Colour (SGR) sequences in `text`: `ESC [ digits/semicolons m`.
 fn colour_codes(text: &str) -> usize {
     regex::Regex::new("\x1b\\[[0-9;]*m").unwrap().find_iter(text).count()

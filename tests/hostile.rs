@@ -773,6 +773,8 @@ const MUST_REFUSE: &[&str] = &[
     "max_dimensions.xlsx",
     "fuzz_cyclic_fat.xls",
     "corrupt_ole2.xls",
+    // Its last quote never closes: fills and appended rows would land inside the open field.
+    "unbalanced_quotes.csv",
 ];
 
 #[test]

@@ -366,6 +366,9 @@ fn scan(
     if !reader.read_into(record).map_err(read_err)? {
         return Err(not_vttl());
     }
+    if record.has_unclosed_quote() {
+        return Err(file_error("read", unclosed_quote(input, record)));
+    }
     let header_texts: Vec<String> = record.fields().map(Cow::into_owned).collect();
     let columns = ColumnMap::from_header(&header_texts).ok_or_else(not_vttl)?;
     let plan = TablePlan::new(columns, &enricher.lists);
@@ -373,7 +376,7 @@ fn scan(
     let (batches, parsed) = mpsc::sync_channel::<Result<ParsedRows, WorkbookError>>(PARSED_BATCHES_AHEAD);
     let numbered = std::thread::scope(|threads| {
         let plan = &plan;
-        threads.spawn(move || parse_rows(reader, record, plan, &batches));
+        threads.spawn(move || parse_rows(input, reader, record, plan, &batches));
         // Dropping `parsed` early (an error here) stops the parsing thread at its next batch.
         number_indicators(input, encoding, parsed, new_indicator)
     })?;
@@ -398,7 +401,22 @@ struct ParsedRows {
 
 /// The parsing thread of the scan: every record after the header, in batches, until the end of the file, an
 /// error (sent, then it stops) or the receiver going away.
+/// A record whose quoted field is never closed runs to the end of the file. Its fills would land inside
+/// that open field (changing a cell the analyst wrote and shifting the fills), and so would any appended
+/// row, so the file is refused: it is most likely cut short.
+fn unclosed_quote(input: &Path, record: &Record) -> WorkbookError {
+    WorkbookError::Corrupt {
+        path: input.to_path_buf(),
+        reason: format!(
+            "record {} opens a quote that is never closed, so it runs to the end of the file (is the file cut \
+             short?)",
+            record.index() + 1
+        ),
+    }
+}
+
 fn parse_rows(
+    input: &Path,
     reader: &mut CsvReader,
     record: &mut Record,
     plan: &TablePlan,
@@ -410,6 +428,10 @@ fn parse_rows(
     let mut batch = new_batch();
     loop {
         match reader.read_into(record) {
+            Ok(true) if record.has_unclosed_quote() => {
+                let _ = batches.send(Err(unclosed_quote(input, record)));
+                return;
+            }
             Ok(true) => {
                 let row = CsvRow(record);
                 let mut row_flags = 0;

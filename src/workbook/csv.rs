@@ -33,7 +33,7 @@
 //!   keep it so it is copied unchanged).
 //! * **Unbalanced quote**: the quoted field runs to the end of the file and is one field of the last record
 //!   (as in the `csv` crate). It is logged as a warning and flagged by [`Record::has_unclosed_quote`]; the copy
-//!   stays lossless. A record larger than the record limit (64 MiB by default) or with more than
+//!   stays lossless (the enricher refuses such a file: its fills would land inside the open field). A record larger than the record limit (64 MiB by default) or with more than
 //!   [`MAX_COLS`] fields is [`WorkbookError::TooLarge`], so a hostile file cannot make us allocate without
 //!   bound. After any read error the reader stops (it never resumes in the middle of a broken record).
 //! * **Dialect sniffing** from the first record: the delimiter is the most frequent of `,` `;` TAB `|` outside
