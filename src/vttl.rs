@@ -160,13 +160,17 @@ pub struct Indicator {
     pub value: String,
 }
 
+/// The longest text (trimmed, in bytes) that can be an indicator: a 253-character host name and its trailing
+/// dot (IPs and hashes are shorter). Longer cells are never classified, whatever they hold.
+pub const LONGEST_INDICATOR: usize = 254;
+
 impl Indicator {
     /// Classifies a `Scanned Item`/`Hash` cell (SPEC §3): trimmed; strict IPv4/IPv6 → `/ips/`; 32, 40 or 64
     /// hex digits → `/files/` (lower case); a host name with a dot → `/hosts/` (lower case). Anything else is
     /// `None` (left alone and counted as skipped).
     pub fn classify(cell: &str) -> Option<Indicator> {
         let text = cell.trim();
-        if text.is_empty() {
+        if text.is_empty() || text.len() > LONGEST_INDICATOR {
             return None;
         }
         if let Ok(ip) = text.parse::<IpAddr>() {
@@ -223,6 +227,18 @@ pub fn is_host_name(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_indicator_is_longer_than_the_longest() {
+        let label = "a".repeat(63);
+        let host = format!("{label}.{label}.{label}.{}.", "b".repeat(61));
+        assert_eq!(host.len(), LONGEST_INDICATOR);
+        assert_eq!(Indicator::classify(&host).map(|i| i.kind), Some(IndicatorKind::Host));
+        assert_eq!(Indicator::classify(&format!("  {host}  ")).map(|i| i.kind), Some(IndicatorKind::Host));
+        assert_eq!(Indicator::classify(&format!("c{host}")), None);
+        let longest_ip = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+        assert!(Indicator::classify(longest_ip).is_some() && longest_ip.len() < LONGEST_INDICATOR);
+    }
 
     #[test]
     fn modes_and_synonyms() {

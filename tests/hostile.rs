@@ -937,6 +937,49 @@ fn many_cells_xlsx(cells: u64) -> PathBuf {
     })
 }
 
+/// Indicator cells padded with thousands of spaces (each a different number) still hold their indicator, but
+/// the scan must not keep their bytes: it used to copy every raw cell into its batches and remember up to
+/// 65 536 of them by their bytes, so memory grew with the file (a 213 MB file of padded cells peaked at 440 MB).
+/// Here a 46 MB CSV must be enriched under 60 MB of peak memory (20 MB measured; 143 MB before the fix) — its padded rows filled, a padded blank cell
+/// and a long cell that is no indicator left alone — and its output must keep every input byte.
+#[test]
+fn padded_indicator_cells_do_not_make_memory_follow_the_file() {
+    let env = Env::new();
+    let input = env.path("in/padded.csv");
+    let mut text = csv_line(HEADER);
+    let rows = 750;
+    for i in 0..rows {
+        let padding = " ".repeat(64_000 + i);
+        let item = match i {
+            0 => padding.clone(),
+            1 => format!("x{}", "y".repeat(64_000)),
+            _ => format!("{GOOD_IP}{padding}"),
+        };
+        let mut cells = vec![""; HEADER.len()];
+        cells[0] = &item;
+        text.push_str(&csv_line(&cells));
+    }
+    std::fs::write(&input, &text).unwrap();
+    let run = env.enrich(std::slice::from_ref(&input));
+    env.assert_invariants(&run);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.peak_rss_kib < 60 << 10,
+        "peak RSS {} KiB for a {} MB file",
+        run.peak_rss_kib,
+        text.len() >> 20
+    );
+    let output = std::fs::read(env.outbox().join("padded.csv")).unwrap();
+    let out_rows = read_csv(&output);
+    assert_eq!(out_rows.len(), rows + 1);
+    assert_eq!(out_rows[1][1], "", "a blank cell was taken for an indicator");
+    assert_eq!(out_rows[2][1], "", "a long cell was taken for an indicator");
+    for row in &out_rows[3..] {
+        assert!(row[0].trim() == GOOD_IP && row[1] == "GOOD-AS", "{:?}", &row[1..]);
+    }
+    assert!(out_rows.iter().zip(read_csv(text.as_bytes())).all(|(out, inp)| out[0] == inp[0]));
+}
+
 #[test]
 #[ignore = "generates a 150 MB sheet; measures memory per cell"]
 fn probe_memory_per_cell() {

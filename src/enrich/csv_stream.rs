@@ -48,20 +48,33 @@ use super::{
 use crate::error::CriticalError;
 use crate::outbox;
 use crate::seclytics::client::FatalError;
-use crate::vttl::{ColumnMap, Indicator, IndicatorKind, Mode};
+use crate::vttl::{ColumnMap, Indicator, IndicatorKind, LONGEST_INDICATOR, Mode};
 use crate::workbook::WorkbookError;
 use crate::workbook::csv::{CsvReader, CsvWriter, Record, TextEncoding, field_text};
 
 /// Facts kept in memory for indicators that still have rows to come; beyond this many they move to a file.
 pub(super) const MAX_WAITING_FACTS: usize = 50_000;
 
-/// Most distinct raw indicator cells whose id the scan remembers by their bytes (about 4 MB).
+/// Most distinct raw indicator cells whose id the scan remembers by their bytes (a few MB; never more than
+/// 32 MB, as only cells up to [`LONG_RAW_CELL`] bytes are remembered).
 const RAW_CELL_CACHE: usize = 65_536;
 
 /// The row is a domain row whose `IP Address` is empty (it may take a passive-DNS IP).
 const WANTS_PASSIVE_DNS: u8 = 1;
 /// The row is an IP row with an empty `Reverse DNS` or `Sinkhole` cell.
 const WANTS_IP_NOTES: u8 = 2;
+
+/// An indicator cell longer than this (raw bytes) is read by the parsing thread itself, so that what it
+/// passes on stays small however a hostile file pads its cells: its trimmed text, or one of the two flags
+/// below. Shorter cells are passed on raw and remembered by their bytes ([`RAW_CELL_CACHE`]).
+const LONG_RAW_CELL: usize = 512;
+/// A long indicator cell that is blank once trimmed (no bytes passed on).
+const LONG_CELL_BLANK: u8 = 4;
+/// A long indicator cell whose trimmed text is longer than any indicator (no bytes passed on).
+const LONG_CELL_NOT_INDICATOR: u8 = 8;
+/// A long indicator cell passed on as its trimmed text, in UTF-8.
+const LONG_CELL_TRIMMED: u8 = 16;
+const LONG_CELL: u8 = LONG_CELL_BLANK | LONG_CELL_NOT_INDICATOR | LONG_CELL_TRIMMED;
 
 /// What the first pass learnt.
 struct Scan {
@@ -423,6 +436,7 @@ fn parse_rows(
     batches: &mpsc::SyncSender<Result<ParsedRows, WorkbookError>>,
 ) {
     let column = plan.indicator_column();
+    let encoding = reader.dialect().encoding;
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
     let new_batch = || ParsedRows { cells: Vec::new(), rows: Vec::with_capacity(PARSED_BATCH_ROWS) };
     let mut batch = new_batch();
@@ -441,7 +455,21 @@ fn parse_rows(
                 if plan.wants_ip_notes(&row) {
                     row_flags |= WANTS_IP_NOTES;
                 }
-                batch.cells.extend_from_slice(record.raw_field(column).unwrap_or_default());
+                let raw = record.raw_field(column).unwrap_or_default();
+                if raw.len() > LONG_RAW_CELL {
+                    let text = field_text(raw, encoding);
+                    let text = text.trim();
+                    if text.is_empty() {
+                        row_flags |= LONG_CELL_BLANK;
+                    } else if text.len() > LONGEST_INDICATOR {
+                        row_flags |= LONG_CELL_NOT_INDICATOR;
+                    } else {
+                        batch.cells.extend_from_slice(text.as_bytes());
+                        row_flags |= LONG_CELL_TRIMMED;
+                    }
+                } else {
+                    batch.cells.extend_from_slice(raw);
+                }
                 batch.rows.push((batch.cells.len(), row_flags));
                 if batch.rows.len() == PARSED_BATCH_ROWS
                     && batches.send(Ok(std::mem::replace(&mut batch, new_batch()))).is_err()
@@ -504,10 +532,21 @@ fn number_indicators(
         for &(end, row_flags) in &batch.rows {
             let raw = &batch.cells[start..end];
             start = end;
-            let id = match raw_ids.get(raw) {
+            let long_cell = row_flags & LONG_CELL;
+            let remembered = if long_cell == 0 { raw_ids.get(raw) } else { None };
+            let id = match remembered {
                 Some(&id) => id,
                 None => {
-                    let cell = field_text(raw, encoding);
+                    let cell = match long_cell {
+                        0 => field_text(raw, encoding),
+                        LONG_CELL_TRIMMED => String::from_utf8_lossy(raw),
+                        LONG_CELL_NOT_INDICATOR => {
+                            skipped += 1;
+                            row_ids.push(NO_INDICATOR);
+                            continue;
+                        }
+                        _ => Cow::Borrowed(""),
+                    };
                     if cell.trim().is_empty() {
                         row_ids.push(NO_INDICATOR);
                         continue;
@@ -547,7 +586,7 @@ fn number_indicators(
                             next_id
                         }
                     };
-                    if raw_ids.len() < RAW_CELL_CACHE {
+                    if long_cell == 0 && raw_ids.len() < RAW_CELL_CACHE {
                         raw_ids.insert(raw.into(), id);
                     }
                     id
