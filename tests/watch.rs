@@ -306,21 +306,22 @@ fn polling_mode_picks_up_new_files() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-#[test]
-#[cfg(unix)]
-fn a_file_written_slowly_is_taken_only_when_complete() {
-    let site = Site::new("inbox", "outbox", Answers::Offline, "settle_ms = 700\npoll_ms = 50\n");
+/// Writes `slow.csv` into the inbox of a service run with `settings` in `chunks` chunks 150 ms apart, each
+/// opening the file by name again like a copy over a share (had the watcher taken the file early, the chunk
+/// would find it gone); the file must be taken only once complete, and enriched whole.
+fn a_file_written_slowly_case(settings: &str, chunks: usize) {
+    let site = Site::new("inbox", "outbox", Answers::Offline, settings);
     let service = site.spawn("service.log");
     let path = site.inbox.join("slow.csv");
     let mut content = String::from("\"Scanned Item\",\"Note\",\"WHOIS\"\r\n");
     std::fs::write(&path, &content).unwrap();
-    // 12 chunks, 150 ms apart; each opens the file by name again, like a copy over a share: had the watcher
-    // taken the file early, a chunk would create a new `slow.csv` in the inbox.
-    for i in 0..12 {
+    for i in 0..chunks {
         std::thread::sleep(Duration::from_millis(150));
         let row = format!("\"203.0.113.45\",\"chunk {i}\",\"\"\r\n");
         content.push_str(&row);
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap_or_else(|e| {
+            panic!("slow.csv was taken while still being written (chunk {i}): {e}\n{}", service.stderr())
+        });
         file.write_all(row.as_bytes()).unwrap();
         assert!(names(&site.processed()).is_empty(), "taken while still being written");
     }
@@ -329,12 +330,26 @@ fn a_file_written_slowly_is_taken_only_when_complete() {
     });
     assert_eq!(std::fs::read_to_string(site.processed().join("slow.csv")).unwrap(), content);
     let output = std::fs::read_to_string(site.outbox.join("slow.csv")).unwrap();
-    assert!(output.contains("chunk 11"), "{output}");
-    assert_eq!(output.lines().count(), 13, "{output}");
+    assert!(output.contains(&format!("chunk {}", chunks - 1)), "{output}");
+    assert_eq!(output.lines().count(), chunks + 1, "{output}");
     assert!(names(&site.inbox).is_empty() && names(&site.failed()).is_empty());
     assert_eq!(outputs(&site.outbox), set(&["slow.csv"]));
     let (code, stderr) = service.terminate();
     assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+#[cfg(unix)]
+fn a_file_written_slowly_is_taken_only_when_complete() {
+    a_file_written_slowly_case("settle_ms = 700\npoll_ms = 50\n", 12);
+}
+
+/// Polling less often than the settling time (what the service files advise for shares): the file is seen
+/// once per poll, and must still not be taken `settle_ms` after that one look while it keeps growing.
+#[test]
+#[cfg(unix)]
+fn a_file_written_slowly_is_taken_only_when_complete_when_polling_slower_than_settling() {
+    a_file_written_slowly_case("settle_ms = 700\npoll_ms = 3000\n", 24);
 }
 
 #[test]

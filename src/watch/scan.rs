@@ -110,8 +110,10 @@ impl Settler {
             if !filter.accepts(name) || self.ignored.contains(name) {
                 continue;
             }
-            // DirEntry::metadata does not follow symbolic links.
-            let Ok(meta) = entry.metadata() else { continue };
+            // Not following symbolic links; the same call as `next_ready`'s second look, so both see the same
+            // stamp (on Windows `DirEntry::metadata` comes from the directory listing, whose size of a file
+            // still open for writing can lag behind the file's own).
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
             let kind = meta.file_type();
             if kind.is_symlink() {
                 if self.warned.insert(os_name.clone()) {
@@ -183,6 +185,21 @@ impl Settler {
                 wake = wake.min(settled_at);
                 continue;
             }
+            // The stamp is from the last scan, which may be older than the settling time (`poll_ms` above
+            // `settle_ms`, or a share that sends no events and is only rescanned): look again before taking it.
+            let stamp_now = std::fs::symlink_metadata(inbox.join(name.as_str()))
+                .ok()
+                .filter(|meta| meta.file_type().is_file())
+                .map(|meta| (meta.len(), meta.modified().ok()));
+            if stamp_now != Some(candidate.stamp) {
+                if let Some(stamp) = stamp_now {
+                    candidate.stamp = stamp;
+                }
+                candidate.since = now;
+                candidate.opens = None;
+                wake = wake.min(now + settle);
+                continue;
+            }
             if !name.to_ascii_lowercase().ends_with(".xlsx") {
                 return Readiness::Ready(name.clone());
             }
@@ -234,6 +251,23 @@ mod tests {
         ] {
             assert!(!all.accepts(reserved), "{reserved}");
         }
+    }
+
+    /// The last scan's stamp may be older than the settling time (`poll_ms` above `settle_ms`): a file changed
+    /// since is not taken on its strength, it settles anew from the second look; unchanged, it is taken.
+    #[test]
+    fn a_file_changed_since_the_last_scan_settles_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = filter("*.csv");
+        let settle = Duration::from_millis(500);
+        let t0 = Instant::now();
+        std::fs::write(dir.path().join("a.csv"), b"x").unwrap();
+        let mut s = Settler::default();
+        s.scan(dir.path(), &f, t0).unwrap();
+        std::fs::write(dir.path().join("a.csv"), b"xyz").unwrap();
+        let second_look = t0 + settle;
+        assert_eq!(s.next_ready(dir.path(), settle, second_look), Readiness::WaitUntil(second_look + settle));
+        assert_eq!(s.next_ready(dir.path(), settle, second_look + settle), Readiness::Ready("a.csv".into()));
     }
 
     #[test]
