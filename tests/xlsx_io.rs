@@ -280,6 +280,17 @@ fn minimal_xlsx(path: &Path, sheet_xml: &str) {
 
 /// [`minimal_xlsx`] with a `<workbookPr>`-style fragment in the workbook part and an optional styles part.
 fn minimal_xlsx_with(path: &Path, sheet_xml: &str, workbook_pr: &str, styles: Option<&str>) {
+    minimal_xlsx_parts(path, sheet_xml, workbook_pr, styles, None);
+}
+
+/// [`minimal_xlsx_with`] with an optional shared-strings part too.
+fn minimal_xlsx_parts(
+    path: &Path,
+    sheet_xml: &str,
+    workbook_pr: &str,
+    styles: Option<&str>,
+    shared_strings: Option<&str>,
+) {
     let workbook = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">{workbook_pr}<sheets><sheet name="Data" sheetId="1" r:id="rId1"/></sheets></workbook>"#
     );
@@ -288,6 +299,9 @@ fn minimal_xlsx_with(path: &Path, sheet_xml: &str, workbook_pr: &str, styles: Op
     );
     if styles.is_some() {
         rels.push_str(r#"<Relationship Id="rId2" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/styles" Target="styles.xml"/>"#);
+    }
+    if shared_strings.is_some() {
+        rels.push_str(r#"<Relationship Id="rId3" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings" Target="sharedStrings.xml"/>"#);
     }
     rels.push_str("</Relationships>");
     let mut entries = vec![
@@ -305,6 +319,9 @@ fn minimal_xlsx_with(path: &Path, sheet_xml: &str, workbook_pr: &str, styles: Op
     ];
     if let Some(styles) = styles {
         entries.push(("xl/styles.xml", styles));
+    }
+    if let Some(shared_strings) = shared_strings {
+        entries.push(("xl/sharedStrings.xml", shared_strings));
     }
     write_zip(path, &entries);
 }
@@ -783,4 +800,79 @@ fn a_workbook_packed_through_flush_behind_is_flushed_while_written_and_reads_bac
     assert!(flushes >= 1, "a {size}-byte workbook was never flushed while written");
     temp.persist(&output).unwrap();
     assert_eq!(read_workbook(&output).unwrap(), workbook);
+}
+
+const SST_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main""#;
+
+/// A shared-strings part may not declare more distinct strings than its bytes can hold: calamine reserves room
+/// for the declared count up front, and a failed allocation aborts the process (here: 2.4 EB) — no error, no
+/// quarantine, and the claimed file would abort every restart. Refused as corrupt before calamine runs, also
+/// when the `sst` element is not the root (calamine finds it anywhere); an honest count is read.
+#[test]
+fn shared_strings_declaring_more_strings_than_they_hold_are_refused_before_calamine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("count.xlsx");
+    let sheet = sheet_xml(
+        "A1:A2",
+        r#"<row r="1"><c r="A1" t="s"><v>0</v></c></row><row r="2"><c r="A2" t="s"><v>1</v></c></row>"#,
+    );
+    let strings = "<si><t>Scanned Item</t></si><si><t>203.0.113.45</t></si>";
+    for shared in [
+        format!(r#"{SST_HEAD} count="2" uniqueCount="100000000000000000">{strings}</sst>"#),
+        format!(r#"<?xml version="1.0"?><wrap><sst uniqueCount="100000000000000000">{strings}</sst></wrap>"#),
+    ] {
+        minimal_xlsx_parts(&path, &sheet, "", None, Some(&shared));
+        let error = read_workbook(&path).expect_err("an impossible uniqueCount");
+        assert_corrupt(&error);
+        assert!(error.to_string().contains("distinct shared strings"), "{error}");
+    }
+    // Honest counts, including one used by more cells than there are strings (`count`), are read.
+    let shared = format!(r#"{SST_HEAD} count="2000000" uniqueCount="2">{strings}</sst>"#);
+    minimal_xlsx_parts(&path, &sheet, "", None, Some(&shared));
+    let workbook = read_workbook(&path).unwrap();
+    assert_eq!(workbook.sheets[0].rows[1][0], text("203.0.113.45"));
+}
+
+/// One long shared string used by many cells gives each cell its own copy: the cell count alone does not bound
+/// memory (a 9.7 KB file of one 1 MiB string in 1 500 cells peaked at 1.5 GB). Text bytes are counted too:
+/// 100 cells of one 100 KB string are 10 MB of text, refused under a 5 MB text limit, read under the default.
+#[test]
+fn one_long_shared_string_in_many_cells_counts_against_the_text_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("amplified.xlsx");
+    let rows: String = std::iter::once(r#"<row r="1"><c r="A1" t="s"><v>0</v></c></row>"#.to_string())
+        .chain((2..=101).map(|r| format!(r#"<row r="{r}"><c r="B{r}" t="s"><v>1</v></c></row>"#)))
+        .collect();
+    let shared = format!(
+        r#"{SST_HEAD} uniqueCount="2"><si><t>Scanned Item</t></si><si><t>{}</t></si></sst>"#,
+        "a".repeat(100_000)
+    );
+    minimal_xlsx_parts(&path, &sheet_xml("A1:B101", &rows), "", None, Some(&shared));
+    let limits = Limits { max_text_bytes: 5_000_000, ..Limits::default() };
+    let error = expect_error(&path, &limits);
+    assert_too_large(&error);
+    assert!(error.to_string().contains("bytes of text"), "{error}");
+    assert_eq!(read_workbook(&path).unwrap().sheets[0].rows.len(), 101);
+}
+
+/// calamine loads the styles and shared-strings parts whole, outside the cell budget: each has its own size
+/// limit (a 3.3 MB file of 520 MB of styles peaked at 1.8 GB).
+#[test]
+fn styles_and_shared_strings_parts_have_their_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("parts.xlsx");
+    let styles = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><cellXfs count="200">{}</cellXfs></styleSheet>"#,
+        r#"<xf numFmtId="0" fontId="0" fillId="0" borderId="0"/>"#.repeat(200)
+    );
+    let shared = format!(r#"{SST_HEAD} uniqueCount="1"><si><t>Scanned Item</t></si></sst>"#);
+    let sheet = sheet_xml("A1", r#"<row r="1"><c r="A1" t="s"><v>0</v></c></row>"#);
+    minimal_xlsx_parts(&path, &sheet, "", Some(&styles), Some(&shared));
+    assert_eq!(read_workbook(&path).unwrap().sheets[0].rows[0][0], text("Scanned Item"));
+    let error = expect_error(&path, &Limits { max_styles_bytes: 4096, ..Limits::default() });
+    assert_too_large(&error);
+    assert!(error.to_string().contains("xl/styles.xml"), "{error}");
+    let error = expect_error(&path, &Limits { max_shared_strings_bytes: 64, ..Limits::default() });
+    assert_too_large(&error);
+    assert!(error.to_string().contains("xl/sharedStrings.xml"), "{error}");
 }

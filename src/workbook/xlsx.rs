@@ -15,10 +15,14 @@
 //!    `_rels/.rels` (fallback `xl/workbook.xml`); a zip without one is `Corrupt` with that reason. The same
 //!    step reads each sheet's layout — frozen panes (`<pane state="frozen">` of the first sheet view) and
 //!    explicit column widths (`<cols><col width>`, hidden columns skipped) — from the beginning of the sheet
-//!    XML, stopping at `<sheetData>`, because calamine does not expose them.
+//!    XML, stopping at `<sheetData>`, because calamine does not expose them. The parts calamine loads whole
+//!    have their own, smaller limits ([`Limits::max_shared_strings_bytes`], [`Limits::max_styles_bytes`]), and
+//!    a shared-strings part may not declare (`uniqueCount`) more strings than its bytes can hold, since
+//!    calamine reserves that much room up front and a failed allocation aborts the process.
 //! 2. **Cells** (calamine's streaming `worksheet_cells_reader`): the declared `<dimension>` is checked
 //!    against [`Limits::max_sheet_cells`] and Excel's grid first; then cells are streamed into the model (one
-//!    slot budget for the whole workbook, see [`MAX_WORKBOOK_CELLS`]),
+//!    slot budget for the whole workbook, see [`MAX_WORKBOOK_CELLS`], and one for its bytes of text,
+//!    [`MAX_WORKBOOK_TEXT_BYTES`]: a shared string is copied into every cell that uses it),
 //!    counting every allocated slot (row entries plus cells, including the empty cells padded in front of a
 //!    value), and reading stops with `TooLarge` as soon as the count passes the limit — declared dimensions
 //!    can lie. A new row reserves room for as many cells as the header row has, capped at twice the previous
@@ -111,7 +115,24 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest uncompressed size of all XML parts together (measured).
     pub max_total_xml_bytes: u64,
+    /// Largest number of bytes of text read from one workbook (all text cells and formulas together). One
+    /// long shared string can be used by any number of cells, each getting its own copy: the cell count alone
+    /// does not bound memory.
+    pub max_text_bytes: u64,
+    /// Largest uncompressed size of the shared-strings part, which calamine loads whole (about 2.2 bytes of
+    /// memory per byte of XML for short strings, measured by review).
+    pub max_shared_strings_bytes: u64,
+    /// Largest uncompressed size of the styles part, which calamine loads whole (Excel itself allows 64,000
+    /// cell formats, a few MB of XML).
+    pub max_styles_bytes: u64,
 }
+
+/// [`Limits::max_text_bytes`] by default.
+pub const MAX_WORKBOOK_TEXT_BYTES: u64 = 512 << 20;
+/// [`Limits::max_shared_strings_bytes`] by default.
+pub const MAX_SHARED_STRINGS_BYTES: u64 = 256 << 20;
+/// [`Limits::max_styles_bytes`] by default.
+pub const MAX_STYLES_BYTES: u64 = 32 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -119,6 +140,9 @@ impl Default for Limits {
             max_sheet_cells: MAX_SHEET_CELLS.min(MAX_WORKBOOK_CELLS),
             max_part_bytes: MAX_FILE_BYTES,
             max_total_xml_bytes: 2 * MAX_FILE_BYTES,
+            max_text_bytes: MAX_WORKBOOK_TEXT_BYTES,
+            max_shared_strings_bytes: MAX_SHARED_STRINGS_BYTES,
+            max_styles_bytes: MAX_STYLES_BYTES,
         }
     }
 }
@@ -482,11 +506,13 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
     // sheets): decompress it into a counting sink first, so a zip bomb that lies about its size is stopped
     // here rather than by memory or hours of inflating.
     let mut total_xml = 0u64;
+    let mut measured: HashMap<&str, u64> = HashMap::new();
     for name in &names {
         let lower = name.to_ascii_lowercase();
         if lower.ends_with(".xml") || lower.ends_with(".rels") {
-            total_xml =
-                total_xml.saturating_add(measure_part(path, &mut archive, name, limits.max_part_bytes)?);
+            let size = measure_part(path, &mut archive, name, limits.max_part_bytes)?;
+            measured.insert(name.as_str(), size);
+            total_xml = total_xml.saturating_add(size);
             if total_xml > limits.max_total_xml_bytes {
                 return Err(too_large(
                     path,
@@ -508,6 +534,7 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
         Some(slash) => (&workbook_part[..=slash], &workbook_part[slash + 1..]),
         None => ("", workbook_part.as_str()),
     };
+    check_loaded_whole_parts(path, &mut archive, &measured, limits)?;
     let rels_part = format!("{dir}_rels/{file_name}.rels");
     let targets = parse_relationships(path, &mut archive, &rels_part)?;
 
@@ -522,6 +549,73 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
         layouts.insert(sheet_name, layout);
     }
     Ok(layouts)
+}
+
+/// The parts calamine loads whole — shared strings and styles, in any folder and compared without case (a
+/// superset of the ones it reads) — must be within their own limits, and shared strings may not declare more
+/// strings than their bytes can hold: calamine reserves room for the declared `uniqueCount` up front, and an
+/// allocation that fails aborts the process (no error, no quarantine: the claimed file would abort every
+/// restart).
+fn check_loaded_whole_parts(
+    path: &Path,
+    archive: &mut Archive,
+    measured: &HashMap<&str, u64>,
+    limits: &Limits,
+) -> Result<(), WorkbookError> {
+    let mut parts: Vec<(&str, u64)> = measured.iter().map(|(name, size)| (*name, *size)).collect();
+    parts.sort_unstable();
+    for (name, size) in parts {
+        let file_name = name.rsplit('/').next().unwrap_or(name);
+        let (part, limit) = if file_name.eq_ignore_ascii_case("styles.xml") {
+            ("styles.xml", limits.max_styles_bytes)
+        } else if file_name.eq_ignore_ascii_case("sharedStrings.xml") {
+            ("sharedStrings.xml", limits.max_shared_strings_bytes)
+        } else {
+            continue;
+        };
+        if size > limit {
+            return Err(too_large(
+                path,
+                format!(
+                    "zip entry `{name}` decompresses to {size} bytes; the limit for that part is {limit}"
+                ),
+            ));
+        }
+        if part != "sharedStrings.xml" {
+            continue;
+        }
+        // The shortest shared string, `<si/>`, takes 5 bytes.
+        let most = size / 5;
+        let entry = archive
+            .by_name(name)
+            .map_err(|e| corrupt(path, format!("unreadable zip entry `{name}`: {e}")))?;
+        let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
+        let mut buf = Vec::new();
+        loop {
+            match reader.read_event_into(&mut buf) {
+                // calamine reads the first `sst` start tag, wherever it is.
+                Ok(Event::Start(e)) if e.local_name().as_ref() == "sst" => {
+                    let declared =
+                        attribute(&e, "uniqueCount").and_then(|text| text.trim().parse::<u64>().ok());
+                    if let Some(declared) = declared.filter(|&declared| declared > most) {
+                        return Err(corrupt(
+                            path,
+                            format!(
+                                "`{name}` declares {declared} distinct shared strings, more than its {size} bytes \
+                                 can hold"
+                            ),
+                        ));
+                    }
+                    break;
+                }
+                Ok(Event::Eof) => break,
+                Err(e) => return Err(corrupt(path, format!("malformed XML in `{name}`: {e}"))),
+                _ => {}
+            }
+            buf.clear();
+        }
+    }
+    Ok(())
 }
 
 /// Decompresses one entry into a counting sink and returns its real size; `TooLarge` above `cap` bytes.
@@ -739,7 +833,7 @@ fn read_xlsx_cells(
     let metadata = book.sheets_metadata().to_vec();
     let mut workbook = Workbook::default();
     // One budget for the whole workbook: memory is what it bounds.
-    let mut budget = CellBudget::new(limits.max_sheet_cells);
+    let mut budget = CellBudget::new(limits);
     for meta in metadata {
         let mut sheet = Sheet { name: meta.name.clone(), ..Sheet::default() };
         if meta.typ == SheetType::WorkSheet {
@@ -843,15 +937,27 @@ fn check_dimensions(
     Ok(())
 }
 
-/// Counts the slots the model allocates for one sheet (row entries and cells, padding included).
+/// Counts the slots the model allocates for one workbook (row entries and cells, padding included), and the
+/// bytes of its text.
 struct CellBudget {
     used: u64,
     limit: u64,
+    text_used: u64,
+    text_limit: u64,
 }
 
 impl CellBudget {
-    fn new(limit: u64) -> Self {
-        CellBudget { used: 0, limit }
+    fn new(limits: &Limits) -> Self {
+        CellBudget { used: 0, limit: limits.max_sheet_cells, text_used: 0, text_limit: limits.max_text_bytes }
+    }
+}
+
+/// Bytes of text a cell holds (its formula and cached text for a formula).
+fn text_bytes(cell: &Cell) -> usize {
+    match cell {
+        Cell::Text(text) | Cell::IsoDateTime(text) | Cell::Error(text) => text.len(),
+        Cell::Formula { formula, cached } => formula.len() + text_bytes(cached),
+        _ => 0,
     }
 }
 
@@ -872,6 +978,16 @@ fn place(
     let row_len = sheet.rows.get(row).map_or(0, Vec::len);
     let new_cells = (col + 1).saturating_sub(row_len);
     budget.used = budget.used.saturating_add((new_rows + new_cells) as u64);
+    budget.text_used = budget.text_used.saturating_add(text_bytes(&cell) as u64);
+    if budget.text_used > budget.text_limit {
+        return Err(too_large(
+            path,
+            format!(
+                "sheet `{}` brings the workbook past {} bytes of text (a shared string counts in every cell using it)",
+                sheet.name, budget.text_limit
+            ),
+        ));
+    }
     if budget.used > budget.limit {
         return Err(too_large(
             path,
@@ -1066,7 +1182,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
     let is_1904 = book.has_1904_epoch();
     let metadata = book.sheets_metadata().to_vec();
     let mut workbook = Workbook::default();
-    let mut budget = CellBudget::new(limits.max_sheet_cells);
+    let mut budget = CellBudget::new(limits);
     for meta in metadata {
         let mut sheet = Sheet { name: meta.name.clone(), ..Sheet::default() };
         if meta.typ == SheetType::WorkSheet {
