@@ -118,9 +118,24 @@ pub fn candidate_name(name: &str, attempt: u32) -> String {
 
 /// Flushes `temp` to disk and renames it into `dir` as `name` (or `_1`, `_2`, … when taken). Returns the path.
 pub fn persist_no_clobber(temp: tempfile::NamedTempFile, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    persist_trying(temp, dir, name, 10_000)
+}
+
+/// [`persist_no_clobber`] under `name` only: `AlreadyExists` when it is taken.
+pub fn persist_exactly(temp: tempfile::NamedTempFile, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    persist_trying(temp, dir, name, 1)
+}
+
+/// [`persist_no_clobber`] trying `name` and its numbered variants, `attempts` names in all.
+pub fn persist_trying(
+    temp: tempfile::NamedTempFile,
+    dir: &Path,
+    name: &str,
+    attempts: u32,
+) -> std::io::Result<PathBuf> {
     temp.as_file().sync_all()?;
     let mut temp = temp;
-    for attempt in 0..10_000 {
+    for attempt in 0..attempts {
         let target = dir.join(candidate_name(name, attempt));
         match temp.persist_noclobber(&target) {
             Ok(_) => {
@@ -150,6 +165,13 @@ pub fn sync_dir(dir: &Path) {
 /// Writes `bytes` to `dir/name` atomically, never replacing an existing file. Returns the final path.
 pub fn write_new_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     write_new_owned_file(dir, name, bytes, None)
+}
+
+/// Writes `bytes` to `dir/name` atomically under that name only: `AlreadyExists` when it is taken.
+pub fn write_new_file_exactly(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let mut temp = owned_temp_file(dir, name, None)?;
+    temp.write_all(bytes)?;
+    persist_exactly(temp, dir, name)
 }
 
 /// [`write_new_file`] through a temporary file of `owner` (see [`owned_temp_file`]).

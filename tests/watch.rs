@@ -517,6 +517,25 @@ fn corrupt_files_go_to_failed_with_their_reason_while_the_others_go_through() {
     );
 }
 
+/// An analyst moved an earlier failed `bad.csv` away to fix it and left its note: a new `bad.csv` that fails
+/// must not sit beside a note that is not its own. Its note is written first, under a name that is free, and
+/// the input takes the matching name; the old note is left as it was.
+#[test]
+fn a_note_in_failed_always_belongs_to_the_file_beside_it() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::create_dir_all(site.failed()).unwrap();
+    let old_note = "file: bad.csv\r\nreason: OLD REASON from last month\r\n";
+    std::fs::write(site.failed().join("bad.csv.error.txt"), old_note).unwrap();
+    std::fs::write(site.inbox.join("bad.csv"), "\"Name\",\"Value\"\r\n\"a\",\"b\"\r\n").unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&site.failed()), set(&["bad.csv.error.txt", "bad_1.csv", "bad_1.csv.error.txt"]));
+    assert_eq!(std::fs::read_to_string(site.failed().join("bad.csv.error.txt")).unwrap(), old_note);
+    let note = std::fs::read_to_string(site.failed().join("bad_1.csv.error.txt")).unwrap();
+    assert!(note.contains("file: bad.csv") && note.to_lowercase().contains("vttl"), "{note}");
+    assert!(temp_files(&site.failed()).is_empty(), "{:?}", temp_files(&site.failed()));
+}
+
 #[test]
 fn a_refused_token_leaves_every_input_in_the_inbox_and_exits_2() {
     let server = ApiServer::start();

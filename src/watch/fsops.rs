@@ -15,7 +15,16 @@ use crate::outbox;
 
 /// Moves `src` into `dir` as `name` (or `_1`, `_2`, … when taken). Returns the new path.
 pub fn move_no_clobber(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
-    for attempt in 0..10_000 {
+    move_trying(src, dir, name, 10_000)
+}
+
+/// [`move_no_clobber`] under `name` only: `AlreadyExists` when it is taken.
+pub fn move_exactly(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    move_trying(src, dir, name, 1)
+}
+
+fn move_trying(src: &Path, dir: &Path, name: &str, attempts: u32) -> std::io::Result<PathBuf> {
+    for attempt in 0..attempts {
         let target = dir.join(outbox::candidate_name(name, attempt));
         match rename_no_replace(src, &target) {
             Ok(()) => {
@@ -23,7 +32,7 @@ pub fn move_no_clobber(src: &Path, dir: &Path, name: &str) -> std::io::Result<Pa
                 return Ok(target);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) if is_cross_device(&e) => return copy_then_remove(src, dir, name),
+            Err(e) if is_cross_device(&e) => return copy_then_remove(src, dir, name, attempts),
             Err(e) => return Err(e),
         }
     }
@@ -61,7 +70,7 @@ fn is_cross_device(e: &std::io::Error) -> bool {
 }
 
 /// The move across volumes: a complete copy appears in `dir` before the source goes away.
-fn copy_then_remove(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+fn copy_then_remove(src: &Path, dir: &Path, name: &str, attempts: u32) -> std::io::Result<PathBuf> {
     let mut temp = outbox::temp_file_for(dir, name)?;
     let mut source = std::fs::File::open(src)?;
     std::io::copy(&mut source, temp.as_file_mut())?;
@@ -70,7 +79,7 @@ fn copy_then_remove(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathB
     if let Ok(meta) = source.metadata() {
         let _ = temp.as_file().set_permissions(meta.permissions());
     }
-    let target = outbox::persist_no_clobber(temp, dir, name)?;
+    let target = outbox::persist_trying(temp, dir, name, attempts)?;
     std::fs::remove_file(src)?;
     Ok(target)
 }
@@ -129,7 +138,7 @@ mod tests {
             let source = dir.path().join("book.csv");
             std::fs::write(&source, b"rows").unwrap();
             std::fs::set_permissions(&source, std::fs::Permissions::from_mode(mode)).unwrap();
-            let moved = copy_then_remove(&source, &dest, "book.csv").unwrap();
+            let moved = copy_then_remove(&source, &dest, "book.csv", 10_000).unwrap();
             assert_eq!(std::fs::read(&moved).unwrap(), b"rows");
             assert_eq!(std::fs::metadata(&moved).unwrap().permissions().mode() & 0o777, mode, "{moved:?}");
             assert!(!source.exists());

@@ -648,14 +648,6 @@ impl Watcher<'_> {
         if crate::outbox::ensure_writable_by(&self.settings.outbox, Some(&self.work.id)).is_ok() {
             crate::outbox::append_error_log(&self.settings.outbox, &message);
         }
-        let moved = match fsops::move_no_clobber(&job.claimed, failed, &job.name) {
-            Ok(moved) => moved,
-            Err(e) => {
-                tracing::error!("cannot move {} to {} ({e}); it stays claimed", job.name, failed.display());
-                return;
-            }
-        };
-        let moved_name = moved.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let note = format!(
             "file: {}\r\ntime: {time}\r\nstep: {step}\r\nreason: {}\r\ninstance: {}\r\n",
@@ -663,10 +655,49 @@ impl Watcher<'_> {
             reason.replace(['\r', '\n'], " "),
             self.work.id
         );
-        if let Err(e) =
-            crate::outbox::write_new_file(failed, &format!("{moved_name}.error.txt"), note.as_bytes())
-        {
-            tracing::error!("cannot write the error note for {moved_name} in {}: {e}", failed.display());
+        // The note is written first, under the name the input will take, and the input then moved to exactly
+        // that name: the note beside a file in `failed` is always its own (an older note of the same name is
+        // never taken for it), and a crash between the two steps cannot leave an input there without a reason.
+        let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists;
+        for attempt in 0..10_000 {
+            let name = crate::outbox::candidate_name(&job.name, attempt);
+            if failed.join(&name).exists() {
+                continue;
+            }
+            let note_path = match crate::outbox::write_new_file_exactly(
+                failed,
+                &format!("{name}.error.txt"),
+                note.as_bytes(),
+            ) {
+                Ok(path) => path,
+                Err(e) if exists(&e) => continue,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot write the error note for {} in {}: {e}",
+                        job.name,
+                        failed.display()
+                    );
+                    break;
+                }
+            };
+            match fsops::move_exactly(&job.claimed, failed, &name) {
+                Ok(_) => return,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&note_path);
+                    if !exists(&e) {
+                        tracing::error!(
+                            "cannot move {} to {} ({e}); it stays claimed",
+                            job.name,
+                            failed.display()
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        // No note could be written: the input still goes to `failed` (the reason is in the error log).
+        if let Err(e) = fsops::move_no_clobber(&job.claimed, failed, &job.name) {
+            tracing::error!("cannot move {} to {} ({e}); it stays claimed", job.name, failed.display());
         }
     }
 

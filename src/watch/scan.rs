@@ -56,10 +56,25 @@ fn glob_set(globs: &[String]) -> Result<GlobSet, globset::Error> {
 pub fn is_reserved_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower.starts_with('.')
-        || lower.ends_with(".report.json")
-        || lower.ends_with(".error.txt")
+        || ends_with_maybe_numbered(&lower, ".report", ".json")
+        || ends_with_maybe_numbered(&lower, ".error", ".txt")
         || lower == crate::outbox::ERROR_LOG.to_ascii_lowercase()
         || (lower.ends_with(".log") && lower.contains("_seclytic_"))
+}
+
+/// True when `name` ends with `stem` + `ext`, or with `stem` + `_<digits>` + `ext`: the names a report or an
+/// error note gets when its usual name is taken (`book.csv.report_1.json`, see `outbox::candidate_name`).
+fn ends_with_maybe_numbered(name: &str, stem: &str, ext: &str) -> bool {
+    let Some(rest) = name.strip_suffix(ext) else { return false };
+    if rest.ends_with(stem) {
+        return true;
+    }
+    match rest.rsplit_once('_') {
+        Some((before, digits)) => {
+            before.ends_with(stem) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
 }
 
 /// Size and modification time.
@@ -242,6 +257,9 @@ mod tests {
         assert!(all.accepts("notes.txt"));
         for reserved in [
             "book.csv.report.json",
+            "book.csv.report_1.json",
+            "BOOK.CSV.REPORT_12.JSON",
+            "book_1.csv.error_3.txt",
             "IPs_Seclytic_1700000000.log",
             "references_Seclytic_17.log",
             "VTTL_Error.log",
@@ -250,6 +268,12 @@ mod tests {
             ".book.csv.abc.tmp",
         ] {
             assert!(!all.accepts(reserved), "{reserved}");
+        }
+        // Only a number makes a variant: other inputs that merely look similar are taken.
+        for input in
+            ["book.csv.report_x.json", "book.report.json.csv", "report_1.json", "book.csv.error_.txt"]
+        {
+            assert!(all.accepts(input), "{input}");
         }
     }
 
