@@ -876,3 +876,55 @@ fn styles_and_shared_strings_parts_have_their_own_limits() {
     assert_too_large(&error);
     assert!(error.to_string().contains("xl/sharedStrings.xml"), "{error}");
 }
+
+/// Sheet names other programs write but Excel (and rust_xlsxwriter) refuse — longer than 31 characters, with
+/// `/` or `:`, between apostrophes, empty, the same but for case — used to fail the whole workbook at the
+/// write step. They are written under the nearest name Excel accepts; valid names are kept, even one a
+/// renamed sheet would otherwise have taken, and every sheet keeps its cells.
+#[test]
+fn sheet_names_excel_refuses_are_written_under_the_nearest_accepted_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "Results exported from VTTL 2024-01-01",
+        "a/b",
+        "a_b",
+        "'quoted'",
+        "",
+        "RESULTS EXPORTED FROM VTTL 2024-01-01 (copy)",
+        "Ünïcödé 名前 — thirty-two characters!",
+    ];
+    let sheets: Vec<Sheet> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut sheet = Sheet { name: name.to_string(), ..Sheet::default() };
+            sheet.push_row(vec![text(&format!("sheet {i}"))]);
+            sheet
+        })
+        .collect();
+    let output = dir.path().join("names.xlsx");
+    write_workbook_with_options(
+        &Workbook { sheets },
+        std::fs::File::create(&output).unwrap(),
+        &output,
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let back = read_workbook(&output).unwrap();
+    let written: Vec<&str> = back.sheets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        written,
+        [
+            "Results exported from VTTL 2024",
+            "a_b (2)",
+            "a_b",
+            "quoted",
+            "Sheet",
+            "RESULTS EXPORTED FROM VTTL (2)",
+            "Ünïcödé 名前 — thirty-two charact",
+        ]
+    );
+    for (i, sheet) in back.sheets.iter().enumerate() {
+        assert_eq!(sheet.rows[0][0], text(&format!("sheet {i}")), "{}", sheet.name);
+    }
+}

@@ -68,6 +68,10 @@
 //! * Writing uses rust_xlsxwriter's constant-memory mode: rows are flushed to a temp file one by one, so a
 //!   100,000 × 43 sheet costs almost no writer memory. Text is always written with `write_string`, never as
 //!   a formula, even when it starts with `=` (formula-injection defence).
+//! * A sheet name Excel refuses (other programs write names longer than 31 characters, or with `/`, `:` …) is
+//!   written under the nearest name it accepts ([`writable_sheet_names`]), with a warning, instead of failing
+//!   the workbook. Each sheet is written through a temporary file of rust_xlsxwriter's, all open until the
+//!   workbook is packed: a workbook of about a thousand sheets needs a higher open-file limit than 1 024.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -316,9 +320,16 @@ impl WorkbookWriter {
             if let Some(vba_project) = &options.vba_project {
                 book.add_vba_project(vba_project).map_err(written)?;
             }
-            for sheet in sheets {
+            for (sheet, name) in sheets.iter().zip(writable_sheet_names(sheets)) {
                 let worksheet = book.add_worksheet_with_constant_memory().map_err(written)?;
-                worksheet.set_name(&sheet.name).map_err(written)?;
+                if name != sheet.name {
+                    tracing::warn!(
+                        "{}: sheet name {:?} is not one Excel accepts; written as {name:?}",
+                        path.display(),
+                        sheet.name
+                    );
+                }
+                worksheet.set_name(&name).map_err(written)?;
                 if let Some((rows, cols)) = sheet.freeze {
                     worksheet.set_freeze_panes(rows, cols).map_err(written)?;
                 }
@@ -397,6 +408,49 @@ impl WorkbookWriter {
         }
         Ok(())
     }
+}
+
+/// The sheet names to write: each sheet's own when Excel accepts it, else the nearest one it does. Readers
+/// accept names Excel (and rust_xlsxwriter) refuse — longer than 31 characters (pandas and openpyxl write them
+/// with a warning), with `[ ] : * ? / \`, starting or ending with an apostrophe, empty — and refusing the
+/// whole workbook for its name would fail a good file. Forbidden characters become `_`, apostrophes at the
+/// ends are dropped, the name is cut to 31 UTF-16 units, and a name that then repeats another (Excel compares
+/// without case) gets ` (2)`, ` (3)`, … within the 31 units.
+pub fn writable_sheet_names(sheets: &[Sheet]) -> Vec<String> {
+    fn cut_to_units(text: &str, units: usize) -> String {
+        let mut used = 0;
+        text.chars()
+            .take_while(|c| {
+                used += c.len_utf16();
+                used <= units
+            })
+            .collect()
+    }
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Names Excel accepts are kept first, so a renamed sheet never takes the name of a later one.
+    let mut names: Vec<Option<String>> = sheets
+        .iter()
+        .map(|sheet| {
+            let valid = rust_xlsxwriter::utility::check_sheet_name(&sheet.name).is_ok();
+            (valid && taken.insert(sheet.name.to_lowercase())).then(|| sheet.name.clone())
+        })
+        .collect();
+    for (sheet, name) in sheets.iter().zip(names.iter_mut()).filter(|(_, name)| name.is_none()) {
+        let replaced: String =
+            sheet.name.chars().map(|c| if "[]:*?/\\".contains(c) { '_' } else { c }).collect();
+        let trimmed = replaced.trim_matches('\'');
+        let base = if trimmed.is_empty() { "Sheet".to_string() } else { cut_to_units(trimmed, 31) };
+        let base = base.trim_end_matches('\'').to_string();
+        let mut candidate = base.clone();
+        let mut number = 1;
+        while !taken.insert(candidate.to_lowercase()) {
+            number += 1;
+            let suffix = format!(" ({number})");
+            candidate = format!("{}{suffix}", cut_to_units(&base, 31 - suffix.len()).trim_end());
+        }
+        *name = Some(candidate);
+    }
+    names.into_iter().map(Option::unwrap_or_default).collect()
 }
 
 /// Runs one step of the writer, turning a panic of rust_xlsxwriter into an `Io` error.
