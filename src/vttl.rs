@@ -120,6 +120,13 @@ impl ColumnMap {
         self.header_len
     }
 
+    /// Makes the table `width` columns wide when its rows are wider than its header: columns appended to the
+    /// header then start after every cell of the table, never over data an analyst left in a column without
+    /// a header (that cell would look like a SecLytics fill, and stop the real one).
+    pub fn widen_to(&mut self, width: usize) {
+        self.header_len = self.header_len.max(width);
+    }
+
     /// Registers a column appended to the header; returns its index.
     pub fn append(&mut self, header: &str) -> usize {
         let index = self.header_len;

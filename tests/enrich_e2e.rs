@@ -613,6 +613,45 @@ fn header_gains_missing_columns_in_order() {
 /// (0666 less the umask), not the owner-only mode of the temporary file it was written as: the next module
 /// reading the outbox, or an analyst, may be another account. Run with umask 022: 0644 expected.
 #[cfg(unix)]
+/// An analyst's note in a column without a header (right of the last header cell) is data: the columns the
+/// enricher appends start after the widest row, so the note never sits under `Seclytics Reputation and
+/// Reason` (where it would read as SecLytics' verdict and stop the real fill). CSV and XLSX alike.
+#[test]
+fn appended_columns_start_after_data_in_columns_without_a_header() {
+    let scenario = Scenario::new();
+    let csv_in = scenario.path("notes.csv");
+    std::fs::write(
+        &csv_in,
+        b"\"Scanned Item\",\"WHOIS\"\r\n\"203.0.113.45\",\"\",\"analyst: ticket 4711\"\r\n\"203.0.113.45\",\"\"\r\n",
+    )
+    .unwrap();
+    let xlsx_in = scenario.path("notes.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet().set_name("Intel").unwrap();
+    sheet.write_string(0, 0, "Scanned Item").unwrap();
+    sheet.write_string(0, 1, "WHOIS").unwrap();
+    sheet.write_string(1, 0, "203.0.113.45").unwrap();
+    sheet.write_string(1, 2, "analyst: ticket 4711").unwrap();
+    sheet.write_string(2, 0, "203.0.113.45").unwrap();
+    book.save(&xlsx_in).unwrap();
+    let (code, stderr) = scenario.enrich(&[&csv_in, &xlsx_in], &[]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let csv_out = std::fs::read(scenario.outbox().join("notes.csv")).unwrap();
+    let table = read_csv_table(&csv_out, encoding_rs::UTF_8);
+    let (xlsx_table, _) = read_xlsx_sheet(&scenario.outbox().join("notes.xlsx"), "Intel");
+    for (format, table) in [("CSV", &table), ("XLSX", &xlsx_table)] {
+        let reputation = table.column("Seclytics Reputation and Reason");
+        assert!(reputation > 2, "{format}: appended at column {reputation}, over the note's column");
+        assert_eq!(table.header[2], "", "{format}: the note's column got a header");
+        for row in &table.rows {
+            assert!(row[reputation].starts_with("scanner^malicious"), "{format}: {row:?}");
+        }
+        assert_eq!(table.rows[0][2], "analyst: ticket 4711", "{format}");
+    }
+    assert!(csv_out.starts_with(b"\"Scanned Item\",\"WHOIS\",\"\",\"Seclytics Reputation and Reason\""));
+}
+
 #[test]
 fn published_files_are_readable_like_any_new_file() {
     use std::os::unix::fs::PermissionsExt;

@@ -383,8 +383,10 @@ fn scan(
         return Err(file_error("read", unclosed_quote(input, record)));
     }
     let header_texts: Vec<String> = record.fields().map(Cow::into_owned).collect();
-    let columns = ColumnMap::from_header(&header_texts).ok_or_else(not_vttl)?;
-    let plan = TablePlan::new(columns, &enricher.lists);
+    let mut columns = ColumnMap::from_header(&header_texts).ok_or_else(not_vttl)?;
+    // Where appended columns go is only known once every record has been seen (after the widest); nothing the
+    // scan asks of the plan involves them (the passive-DNS and IP-note columns are never appended).
+    let plan = TablePlan::new(columns.clone(), &enricher.lists);
     let encoding = reader.dialect().encoding;
     let (batches, parsed) = mpsc::sync_channel::<Result<ParsedRows, WorkbookError>>(PARSED_BATCHES_AHEAD);
     let numbered = std::thread::scope(|threads| {
@@ -393,7 +395,13 @@ fn scan(
         // Dropping `parsed` early (an error here) stops the parsing thread at its next batch.
         number_indicators(input, encoding, parsed, new_indicator)
     })?;
-    let Numbered { skipped, indicators, uses, flags, row_ids } = numbered;
+    let Numbered { skipped, indicators, uses, flags, row_ids, widest } = numbered;
+    let plan = if widest > columns.header_len() {
+        columns.widen_to(widest);
+        TablePlan::new(columns, &enricher.lists)
+    } else {
+        plan
+    };
     Ok(Scan { plan, skipped, indicators: Arc::new(indicators), uses, flags, row_ids })
 }
 
@@ -410,6 +418,8 @@ struct ParsedRows {
     cells: Vec<u8>,
     /// Where each row's cell ends in `cells`, and its flags.
     rows: Vec<(usize, u8)>,
+    /// Most fields in a record of the batch.
+    widest: usize,
 }
 
 /// The parsing thread of the scan: every record after the header, in batches, until the end of the file, an
@@ -438,7 +448,8 @@ fn parse_rows(
     let column = plan.indicator_column();
     let encoding = reader.dialect().encoding;
     let passive_dns_mode = plan.mode() == Mode::IpDomain;
-    let new_batch = || ParsedRows { cells: Vec::new(), rows: Vec::with_capacity(PARSED_BATCH_ROWS) };
+    let new_batch =
+        || ParsedRows { cells: Vec::new(), rows: Vec::with_capacity(PARSED_BATCH_ROWS), widest: 0 };
     let mut batch = new_batch();
     loop {
         match reader.read_into(record) {
@@ -471,6 +482,7 @@ fn parse_rows(
                     batch.cells.extend_from_slice(raw);
                 }
                 batch.rows.push((batch.cells.len(), row_flags));
+                batch.widest = batch.widest.max(record.len());
                 if batch.rows.len() == PARSED_BATCH_ROWS
                     && batches.send(Ok(std::mem::replace(&mut batch, new_batch()))).is_err()
                 {
@@ -494,6 +506,7 @@ fn parse_rows(
 
 /// What numbering the indicators of the scan learnt (see [`Scan`]).
 struct Numbered {
+    widest: usize,
     skipped: usize,
     indicators: Vec<Indicator>,
     uses: Vec<u32>,
@@ -526,8 +539,10 @@ fn number_indicators(
     let mut row_ids: Vec<u32> = Vec::new();
     let mut skipped = 0usize;
     let mut kinds: Vec<IndicatorKind> = Vec::new();
+    let mut widest = 0;
     for batch in parsed {
         let batch = batch.map_err(|e| file_error("read", e))?;
+        widest = widest.max(batch.widest);
         let mut start = 0;
         for &(end, row_flags) in &batch.rows {
             let raw = &batch.cells[start..end];
@@ -603,7 +618,7 @@ fn number_indicators(
             row_ids.push(id);
         }
     }
-    Ok(Numbered { skipped, indicators, uses, flags, row_ids })
+    Ok(Numbered { widest, skipped, indicators, uses, flags, row_ids })
 }
 
 /// A slot of the scan's table of indicator ids: the id, and the low half of its indicator's hash, from which

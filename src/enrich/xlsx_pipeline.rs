@@ -53,7 +53,8 @@ pub(super) fn enrich_xlsx(
     for (index, sheet) in book.sheets.iter().enumerate() {
         let Some(header) = sheet.rows.first() else { continue };
         let texts: Vec<String> = header.iter().map(|c| c.to_text().into_owned()).collect();
-        let Some(columns) = ColumnMap::from_header(&texts) else { continue };
+        let Some(mut columns) = ColumnMap::from_header(&texts) else { continue };
+        columns.widen_to(sheet.rows.iter().map(Vec::len).max().unwrap_or(0));
         let mut table = TableScan::new(TablePlan::new(columns, &enricher.lists));
         for row in sheet.rows.iter().skip(1) {
             table.observe(&ModelRow(row));
