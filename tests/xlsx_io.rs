@@ -928,3 +928,53 @@ fn sheet_names_excel_refuses_are_written_under_the_nearest_accepted_name() {
         assert_eq!(sheet.rows[0][0], text(&format!("sheet {i}")), "{}", sheet.name);
     }
 }
+
+/// Dates in Excel's built-in formats keep them: id 14 (the reader's locale short date: 3/15/2023 in the US,
+/// 15/03/2023 in the UK) used to be written as the fixed code `mm-dd-yy`, and the East Asian date formats
+/// (ids 27–36, 50–58), whose codes calamine does not know, as `General` — the cell came back a plain number.
+/// Written by id, each stays a date with its own built-in format.
+#[test]
+fn dates_in_builtin_formats_keep_their_format_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("builtin.xlsx");
+    let styles = r#"<?xml version="1.0" encoding="UTF-8"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><fonts count="1"><font><sz val="11"/><name val="Calibri"/></font></fonts><fills count="1"><fill><patternFill patternType="none"/></fill></fills><borders count="1"><border/></borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs><cellXfs count="5"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/><xf numFmtId="14" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/><xf numFmtId="31" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/><xf numFmtId="57" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/><xf numFmtId="22" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/></cellXfs></styleSheet>"#;
+    let rows = r#"<row r="1"><c r="A1" t="inlineStr"><is><t>Scanned Item</t></is></c></row><row r="2"><c r="A2" s="1"><v>45000</v></c><c r="B2" s="2"><v>45000</v></c><c r="C2" s="3"><v>45000</v></c><c r="D2" s="4"><v>45000.5</v></c></row>"#;
+    minimal_xlsx_with(&input, &sheet_xml("A1:D2", rows), "", Some(styles));
+    let output = dir.path().join("out.xlsx");
+    let (first, second) = round_trip(&input, &output);
+    assert_eq!(first, second);
+    for col in 0..4 {
+        assert!(
+            matches!(second.sheets[0].rows[1][col], Cell::DateTime { .. }),
+            "column {col}: {:?}",
+            second.sheets[0].rows[1][col]
+        );
+    }
+    let written = zip_entry_text(&output, "xl/styles.xml");
+    for id in [14, 31, 57, 22] {
+        assert!(written.contains(&format!(r#"numFmtId="{id}""#)), "built-in format {id} not kept: {written}");
+    }
+    assert!(!written.contains("mm-dd-yy"), "{written}");
+}
+
+/// A date cell stored as ISO text (`t="d"`, as LibreOffice and openpyxl can write) is a date to Excel: it
+/// comes back a date cell with its style's format (here built-in 14), at the right serial, not a text cell.
+#[test]
+fn iso_date_cells_stay_dates() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("iso.xlsx");
+    let styles = r#"<?xml version="1.0" encoding="UTF-8"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><fonts count="1"><font><sz val="11"/><name val="Calibri"/></font></fonts><fills count="1"><fill><patternFill patternType="none"/></fill></fills><borders count="1"><border/></borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs><cellXfs count="2"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/><xf numFmtId="14" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/></cellXfs></styleSheet>"#;
+    let rows = r#"<row r="1"><c r="A1" t="inlineStr"><is><t>Scanned Item</t></is></c></row><row r="2"><c r="A2" t="d" s="1"><v>2023-03-15T00:00:00</v></c><c r="B2" t="d"><v>2024-03-01T10:00:00</v></c><c r="C2" t="d"><v>2024-03-01</v></c></row>"#;
+    minimal_xlsx_with(&input, &sheet_xml("A1:C2", rows), "", Some(styles));
+    let output = dir.path().join("out.xlsx");
+    let (first, second) = round_trip(&input, &output);
+    assert_eq!(first, second);
+    let row = &second.sheets[0].rows[1];
+    assert!(matches!(&row[0], Cell::DateTime { serial, .. } if *serial == 45000.0), "{:?}", row[0]);
+    assert!(
+        matches!(&row[1], Cell::DateTime { serial, .. } if (*serial - 45352.416_666).abs() < 1e-5),
+        "{:?}",
+        row[1]
+    );
+    assert!(matches!(&row[2], Cell::DateTime { serial, .. } if *serial == 45352.0), "{:?}", row[2]);
+}

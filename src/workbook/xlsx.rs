@@ -68,6 +68,9 @@
 //! * Writing uses rust_xlsxwriter's constant-memory mode: rows are flushed to a temp file one by one, so a
 //!   100,000 × 43 sheet costs almost no writer memory. Text is always written with `write_string`, never as
 //!   a formula, even when it starts with `=` (formula-injection defence).
+//! * Dates keep their number format: a custom one by its code, a built-in one (id below 164) by its id, since
+//!   several of those display by the reader's locale or are East Asian formats calamine has no code for
+//!   ([`builtin_format`]). Date cells stored as ISO text (`t="d"`) are read as dates.
 //! * A sheet name Excel refuses (other programs write names longer than 31 characters, or with `/`, `:` …) is
 //!   written under the nearest name it accepts ([`writable_sheet_names`]), with a warning, instead of failing
 //!   the workbook. Each sheet is written through a temporary file of rust_xlsxwriter's, all open until the
@@ -469,6 +472,29 @@ fn catch_writer_panic<T>(
 
 /// A Date First Seen value: `Cell::DateTime` with the 1900-epoch serial of `ndt` (Excel's fictitious
 /// 1900-02-29 included, so dates before 1900-03-01 count one day less) and the format [`DATETIME_FORMAT`].
+/// A date cell stored as ISO 8601 text (`t="d"`, written by LibreOffice, openpyxl and strict OOXML): a date
+/// to Excel, so a date cell of the model (serial and format; the cell's own format is applied later, like any
+/// date's) — written back as text it would have become a text cell. A value that is not a plain date or
+/// date-time of years 1900–9999 stays [`Cell::IsoDateTime`] (written as its text).
+fn iso_date_cell(text: String) -> Cell {
+    use chrono::{Datelike, NaiveDate, NaiveDateTime};
+    let trimmed = text.trim();
+    let parsed = NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|when| (when, DATETIME_FORMAT))
+        .or_else(|| {
+            let date = NaiveDate::parse_from_str(trimmed, "%Y-%m-%d").ok()?;
+            Some((date.and_hms_opt(0, 0, 0)?, DATE_FORMAT))
+        });
+    match parsed {
+        Some((when, format)) if (1900..=9999).contains(&when.year()) => match datetime_cell(when) {
+            Cell::DateTime { serial, .. } => Cell::DateTime { serial, format: format.into() },
+            other => other,
+        },
+        _ => Cell::IsoDateTime(text),
+    }
+}
+
 pub fn datetime_cell(ndt: chrono::NaiveDateTime) -> Cell {
     let epoch = chrono::NaiveDate::from_ymd_opt(1899, 12, 30)
         .and_then(|d| d.and_hms_opt(0, 0, 0))
@@ -933,7 +959,12 @@ fn read_xlsx_sheet<RS: Read + Seek>(
         let format_codes: Vec<Option<String>> = reader
             .styles()
             .iter()
-            .map(|style| style.number_format.as_ref().map(|n| n.format_code.clone()))
+            .map(|style| {
+                style.number_format.as_ref().map(|n| match n.format_id {
+                    Some(id) if id < FIRST_CUSTOM_FORMAT_ID => builtin_format(id),
+                    _ => n.format_code.clone(),
+                })
+            })
             .collect();
         while let Some((row, col, style_id)) =
             reader.next_style_id().map_err(|e| sheet_error(e, &sheet.name))?
@@ -1098,7 +1129,8 @@ fn cell_from_data_ref(value: DataRef<'_>, is_1904: bool) -> Cell {
         DataRef::SharedString(s) => Cell::Text(s.to_string()),
         DataRef::Bool(b) => Cell::Bool(b),
         DataRef::DateTime(dt) => datetime_from_serial(dt.as_f64(), dt.is_duration(), is_1904),
-        DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => Cell::IsoDateTime(s),
+        DataRef::DateTimeIso(s) => iso_date_cell(s),
+        DataRef::DurationIso(s) => Cell::IsoDateTime(s),
         DataRef::Error(e) => Cell::Error(e.to_string()),
     }
 }
@@ -1111,7 +1143,8 @@ fn cell_from_data(value: &Data, is_1904: bool) -> Cell {
         Data::String(s) => Cell::Text(s.clone()),
         Data::Bool(b) => Cell::Bool(*b),
         Data::DateTime(dt) => datetime_from_serial(dt.as_f64(), dt.is_duration(), is_1904),
-        Data::DateTimeIso(s) | Data::DurationIso(s) => Cell::IsoDateTime(s.clone()),
+        Data::DateTimeIso(s) => iso_date_cell(s.clone()),
+        Data::DurationIso(s) => Cell::IsoDateTime(s.clone()),
         Data::Error(e) => Cell::Error(e.to_string()),
     }
 }
@@ -1276,7 +1309,21 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
 // ---------------------------------------------------------------------------------------------------------
 // Writing
 
-/// One rust_xlsxwriter format per number format code.
+/// Number format ids below this are Excel's built-in formats (their codes are not stored in the file).
+const FIRST_CUSTOM_FORMAT_ID: u32 = 164;
+
+/// What a date cell's `format` holds for built-in format `id`: the id, not a code. Several built-in date
+/// formats display by the reader's locale (id 14 is `3/15/2023` in the US, `15/03/2023` in the UK, and ids
+/// 27–36 and 50–58 are East Asian date formats whose codes calamine does not know, giving `General`); writing
+/// any code in their place would change how the date shows, or lose that it is a date.
+pub fn builtin_format(id: u32) -> String {
+    format!("{BUILTIN_FORMAT_MARK}{id}")
+}
+
+/// Starts a [`builtin_format`]; never the start of a real format code.
+const BUILTIN_FORMAT_MARK: &str = "\u{0}builtin:";
+
+/// One rust_xlsxwriter format per number format code (or built-in format id).
 #[derive(Default)]
 struct FormatCache {
     by_code: HashMap<String, CellFormat>,
@@ -1286,7 +1333,12 @@ impl FormatCache {
     fn get(&mut self, code: &str) -> &CellFormat {
         // Looked up by `&str` first: the entry API would copy `code` into a new String for every date cell.
         if !self.by_code.contains_key(code) {
-            self.by_code.insert(code.to_string(), CellFormat::new().set_num_format(code));
+            let builtin = code.strip_prefix(BUILTIN_FORMAT_MARK).and_then(|id| id.parse::<u8>().ok());
+            let format = match builtin {
+                Some(id) => CellFormat::new().set_num_format_index(id),
+                None => CellFormat::new().set_num_format(code),
+            };
+            self.by_code.insert(code.to_string(), format);
         }
         &self.by_code[code]
     }
