@@ -972,7 +972,7 @@ fn iso_date_cells_stay_dates() {
     let row = &second.sheets[0].rows[1];
     assert!(matches!(&row[0], Cell::DateTime { serial, .. } if *serial == 45000.0), "{:?}", row[0]);
     assert!(
-        matches!(&row[1], Cell::DateTime { serial, .. } if (*serial - 45352.416_666).abs() < 1e-5),
+        matches!(&row[1], Cell::DateTime { serial, .. } if (*serial - 45_352.416_666).abs() < 1e-5),
         "{:?}",
         row[1]
     );
