@@ -978,3 +978,20 @@ fn iso_date_cells_stay_dates() {
     );
     assert!(matches!(&row[2], Cell::DateTime { serial, .. } if *serial == 45352.0), "{:?}", row[2]);
 }
+
+/// calamine cannot read the error results of newer Excel versions (`#SPILL!`, `#CALC!`, …): such a workbook
+/// is refused (left unchanged, quarantined) with a reason that says what it is and what to do — not just
+/// "corrupt". Reading them is a known limit (docs/decisions.md).
+#[test]
+fn newer_excel_error_values_are_refused_with_a_reason_that_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spill.xlsx");
+    for error in ["#SPILL!", "#CALC!"] {
+        let rows = format!(
+            r#"<row r="1"><c r="A1" t="inlineStr"><is><t>Scanned Item</t></is></c></row><row r="2"><c r="A2" t="inlineStr"><is><t>198.51.100.7</t></is></c><c r="B2" t="e"><f>_xlfn._xlws.FILTER(A1:A2,A1:A2&lt;&gt;"")</f><v>{error}</v></c></row>"#
+        );
+        minimal_xlsx(&path, &sheet_xml("A1:B2", &rows));
+        let error_text = read_workbook(&path).expect_err(error).to_string();
+        assert!(error_text.contains(error) && error_text.contains("newer Excel"), "{error_text}");
+    }
+}

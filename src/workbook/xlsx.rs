@@ -936,7 +936,17 @@ fn read_xlsx_sheet<RS: Read + Seek>(
     is_1904: bool,
     budget: &mut CellBudget,
 ) -> Result<(), WorkbookError> {
-    let sheet_error = |e: calamine::XlsxError, name: &str| corrupt(path, format!("sheet `{name}`: {e}"));
+    let sheet_error = |e: calamine::XlsxError, name: &str| {
+        let text = e.to_string();
+        // calamine knows the seven classic error values only; newer Excel versions write more.
+        let hint = if text.contains("error value") {
+            " (an error result of newer Excel versions, such as #SPILL! or #CALC!, which the XLSX reader cannot \
+             read: paste that formula's results as values, or fix the formula, and drop the file again)"
+        } else {
+            ""
+        };
+        corrupt(path, format!("sheet `{name}`: {text}{hint}"))
+    };
     let mut has_dates = false;
     {
         let mut reader = book.worksheet_cells_reader(&sheet.name).map_err(|e| sheet_error(e, &sheet.name))?;
