@@ -144,6 +144,18 @@ impl Service {
         }
     }
 
+    /// Waits (at most 30 s) for the process to end by itself.
+    fn wait(mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.stderr());
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn kill_9(mut self) -> String {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -534,6 +546,48 @@ fn a_note_in_failed_always_belongs_to_the_file_beside_it() {
     let note = std::fs::read_to_string(site.failed().join("bad_1.csv.error.txt")).unwrap();
     assert!(note.contains("file: bad.csv") && note.to_lowercase().contains("vttl"), "{note}");
     assert!(temp_files(&site.failed()).is_empty(), "{:?}", temp_files(&site.failed()));
+}
+
+/// The hot folder's own journal (in the inbox's work folder) cannot be written when an output is to be
+/// published — a full or unreachable inbox volume, here a file put in place of the journal folder while the
+/// lookups run. That is no fault of the workbook: the input goes back to the inbox (not to `failed`), nothing is
+/// published, and `--once` stops with status 2; once the folder is usable again the file goes through.
+#[test]
+#[cfg(unix)]
+fn a_journal_that_cannot_be_written_hands_the_input_back_instead_of_failing_it() {
+    let server = ApiServer::start();
+    server.set_latency(Duration::from_millis(1500));
+    let url = server.base_url();
+    let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "");
+    let content = ip_csv("journal", 0, 1);
+    std::fs::write(site.inbox.join("good.csv"), &content).unwrap();
+    let log = site.root.join("once.log");
+    let child = site
+        .command(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let service = Service { child, log };
+    wait_until(Duration::from_secs(10), "the file is claimed", || !claimed_files(&site.inbox).is_empty());
+    let claimed = claimed_files(&site.inbox).remove(0);
+    let journal = claimed.parent().unwrap().parent().unwrap().join("journal");
+    std::fs::remove_dir_all(&journal).unwrap();
+    std::fs::write(&journal, "in the way").unwrap();
+    let (code, stderr) = service.wait();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot record the publication"), "{stderr}");
+    assert_eq!(names(&site.inbox), set(&["good.csv"]), "{stderr}");
+    assert_eq!(std::fs::read_to_string(site.inbox.join("good.csv")).unwrap(), content);
+    assert!(names(&site.failed()).is_empty(), "a sound input was failed: {stderr}");
+    assert!(outputs(&site.outbox).is_empty());
+
+    let _ = std::fs::remove_file(&journal); // the instance removed its work folder when it stopped
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&site.processed()), set(&["good.csv"]));
+    assert_eq!(outputs(&site.outbox), set(&["good.csv"]));
 }
 
 #[test]

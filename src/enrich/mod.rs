@@ -363,8 +363,12 @@ fn publish(
 ) -> Result<PathBuf, EnrichError> {
     let outbox_error =
         |source| EnrichError::from(CriticalError::Outbox { path: outbox.to_path_buf(), source });
+    // Not the file's fault (the hot folder's journal, in the inbox's work folder, cannot be written — a full or
+    // unreachable volume — or the run is shutting down): critical, so the input is handed back, not failed.
     hooks.before_publish(temp.path(), name).map_err(|e| {
-        file_error("publish", WorkbookError::io(temp.path(), "prepare the publication of", e))
+        EnrichError::from(CriticalError::Other(format!(
+            "cannot record the publication of {name} in the work folder (the output was not published): {e}"
+        )))
     })?;
     let published = outbox::persist_no_clobber(temp, outbox, name).map_err(outbox_error)?;
     hooks.after_publish(&published);
