@@ -286,9 +286,14 @@ impl IniFile {
         }
     }
 
+    /// A comma-separated list; empty (or only commas) means the default, as for every other key — an empty
+    /// `include` would otherwise silently take no file at all.
     fn list(&self, section: &str, key: &str, default: &str) -> Vec<String> {
-        let raw = self.get(section, key).unwrap_or(default);
-        raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        let split = |raw: &str| -> Vec<String> {
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        };
+        let given = self.get(section, key).map(split).unwrap_or_default();
+        if given.is_empty() { split(default) } else { given }
     }
 }
 
@@ -458,6 +463,19 @@ mod tests {
         assert_eq!(config.watch.exclude.len(), 5);
         assert!(config.watch.poll.is_none());
         assert!(config.reverse_dns && config.logs.ips && !config.url_watchlist_regex);
+    }
+
+    /// An empty `include` (or one of commas only) used to take no file at all, silently: empty means the
+    /// default, as for every other key.
+    #[test]
+    fn empty_name_lists_mean_the_default() {
+        for text in ["[watch]\ninclude =\nexclude =\n", "[watch]\ninclude = ,\nexclude = , ,\n"] {
+            let config = parse(text).unwrap();
+            assert_eq!(config.watch.include, vec!["*.csv", "*.xlsx", "*.xls"], "{text}");
+            assert_eq!(config.watch.exclude.len(), 5, "{text}");
+        }
+        let config = parse("[watch]\ninclude = *.csv\n").unwrap();
+        assert_eq!(config.watch.include, vec!["*.csv"]);
     }
 
     #[test]
