@@ -601,16 +601,30 @@ pub fn recover(work: &WorkArea, id: &str, processed_dir: &Path, outbox: &Path) -
         Err(e) => return Err(e),
     }
     tracing::warn!("recovering the claims of instance {id}, which is no longer alive");
+    settle_adopted(work, processed_dir, outbox)
+}
+
+/// Settles every folder in our `adopted/` folder: the one just adopted, and any left by an earlier recovery
+/// that could not settle all its inputs (`processed` briefly unusable, say) — called on every liveness check,
+/// so such inputs are not stranded until this instance dies. Then deletes the temporary files the settled
+/// instances left in `outbox`.
+pub fn settle_adopted(work: &WorkArea, processed_dir: &Path, outbox: &Path) -> std::io::Result<Recovered> {
     let mut done = Recovered::default();
     let mut settled = Vec::new();
-    settle_folder(work, &adopted, processed_dir, &mut done, &mut settled)?;
+    let Ok(adopted) = std::fs::read_dir(work.dir.join(ADOPTED)) else { return Ok(done) };
+    for entry in adopted.flatten() {
+        if let Err(e) = settle_folder(work, &entry.path(), processed_dir, &mut done, &mut settled) {
+            tracing::error!("cannot settle {} yet ({e}); trying again", entry.path().display());
+        }
+    }
     for dead in &settled {
         done.temp_files_removed += crate::outbox::remove_temp_files_of(outbox, dead);
     }
     if done.temp_files_removed > 0 {
         tracing::info!(
-            "deleted {} temporary file(s) that instance {id} left in {}",
+            "deleted {} temporary file(s) that instance(s) {} left in {}",
             done.temp_files_removed,
+            settled.join(", "),
             outbox.display()
         );
     }
@@ -642,20 +656,35 @@ fn settle_folder(
             let entry_path = journal.join(journal_file_name(&name));
             let verdict =
                 if entry_path.exists() { judge_journal(&entry_path) } else { JournalVerdict::NotPublished };
+            // One input that cannot be settled now does not stop the others; it is tried again at the next
+            // liveness check (`settle_adopted`).
             match verdict {
-                JournalVerdict::Published => {
-                    let to = fsops::move_no_clobber(&path, processed_dir, &name)?;
-                    tracing::info!(
-                        "recovered {name}: its output was published; input moved to {}",
-                        to.display()
-                    );
-                    done.processed += 1;
-                }
-                JournalVerdict::NotPublished => {
-                    let to = work.hand_back(&path, &name)?;
-                    tracing::info!("recovered {name}: handed back to the inbox as {}", to.display());
-                    done.handed_back += 1;
-                }
+                JournalVerdict::Published => match fsops::move_no_clobber(&path, processed_dir, &name) {
+                    Ok(to) => {
+                        tracing::info!(
+                            "recovered {name}: its output was published; input moved to {}",
+                            to.display()
+                        );
+                        done.processed += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "cannot move {name} to {} yet ({e}); trying again",
+                            processed_dir.display()
+                        );
+                        continue;
+                    }
+                },
+                JournalVerdict::NotPublished => match work.hand_back(&path, &name) {
+                    Ok(to) => {
+                        tracing::info!("recovered {name}: handed back to the inbox as {}", to.display());
+                        done.handed_back += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot hand {name} back to the inbox yet ({e}); trying again");
+                        continue;
+                    }
+                },
             }
             let _ = std::fs::remove_file(&entry_path);
         }
@@ -705,6 +734,50 @@ mod tests {
         assert_eq!(std::fs::read(inbox.path().join("book.csv")).unwrap(), b"SECOND");
         std::fs::remove_file(&first).unwrap();
         assert!(work.claim("book.csv").unwrap().is_some());
+    }
+
+    /// A recovery that cannot settle an input now (here `processed` is a file, as when it is briefly unusable)
+    /// leaves it in our `adopted/` folder, goes on with the other inputs, and the next call — every liveness
+    /// check makes one — settles it; the dead instance's temporary files go once its folder is empty.
+    #[test]
+    fn inputs_a_recovery_could_not_settle_are_settled_by_a_later_call() {
+        let inbox = tempfile::tempdir().unwrap();
+        let outbox = inbox.path().join("outbox");
+        std::fs::create_dir(&outbox).unwrap();
+        let work = WorkArea::create(inbox.path(), Duration::from_secs(60)).unwrap();
+        let dead_id = "otherhost-77-1-abcd";
+        let dead = work.root.join(dead_id);
+        std::fs::create_dir_all(dead.join(FILES)).unwrap();
+        std::fs::create_dir_all(dead.join(JOURNAL)).unwrap();
+        std::fs::write(dead.join(FILES).join("published.csv"), b"published input").unwrap();
+        std::fs::write(dead.join(FILES).join("pending.csv"), b"pending input").unwrap();
+        let record = JournalRecord {
+            state: "published".into(),
+            temp: outbox.join(".published.tmp"),
+            final_name: "published.csv".into(),
+            outbox: outbox.clone(),
+            file_id: None,
+            published: Some(outbox.join("published.csv")),
+        };
+        let journal_entry = dead.join(JOURNAL).join(journal_file_name("published.csv"));
+        std::fs::write(&journal_entry, serde_json::to_vec(&record).unwrap()).unwrap();
+        let (_, leftover) =
+            crate::outbox::owned_temp_file(&outbox, "book.csv", Some(dead_id)).unwrap().keep().unwrap();
+
+        let unusable = inbox.path().join("processed-is-a-file");
+        std::fs::write(&unusable, b"").unwrap();
+        let first = recover(&work, dead_id, &unusable, &outbox).unwrap();
+        assert_eq!((first.handed_back, first.processed), (1, 0));
+        assert_eq!(std::fs::read(inbox.path().join("pending.csv")).unwrap(), b"pending input");
+        assert!(leftover.exists(), "deleted before the dead instance's inputs were all settled");
+
+        let processed = inbox.path().join("processed");
+        std::fs::create_dir(&processed).unwrap();
+        let second = settle_adopted(&work, &processed, &outbox).unwrap();
+        assert_eq!((second.handed_back, second.processed, second.temp_files_removed), (0, 1, 1));
+        assert_eq!(std::fs::read(processed.join("published.csv")).unwrap(), b"published input");
+        assert!(!leftover.exists());
+        assert!(std::fs::read_dir(work.dir.join(ADOPTED)).map(|mut d| d.next().is_none()).unwrap_or(true));
     }
 
     #[test]

@@ -710,6 +710,11 @@ impl Watcher<'_> {
                 Err(e) => tracing::error!("cannot recover the claims of {id}: {e}"),
             }
         }
+        // Inputs an earlier recovery could not settle yet.
+        match claims::settle_adopted(self.work, &self.settings.processed, &self.settings.outbox) {
+            Ok(done) => total += done.handed_back + done.processed,
+            Err(e) => tracing::error!("cannot settle the claims adopted from dead instances: {e}"),
+        }
         total
     }
 }
