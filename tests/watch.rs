@@ -518,6 +518,9 @@ fn corrupt_files_go_to_failed_with_their_reason_while_the_others_go_through() {
     );
     let note = std::fs::read_to_string(site.failed().join("not-vttl.csv.error.txt")).unwrap();
     assert!(note.contains("step: read"), "{note}");
+    // The reason names the file by its place in the inbox, not in the instance's work folder.
+    assert!(!note.contains(".vttl-work"), "{note}");
+    assert!(note.contains(&site.inbox.join("not-vttl.csv").display().to_string()), "{note}");
     assert!(note.to_lowercase().contains("vttl"), "{note}");
     let time = note.lines().find_map(|l| l.strip_prefix("time: ")).unwrap();
     assert!(chrono::DateTime::parse_from_rfc3339(time.trim()).is_ok(), "{note}");

@@ -606,7 +606,12 @@ impl Watcher<'_> {
             Ok(_) => None,
             Err(EnrichError::Critical(e)) => Some(e),
             Err(EnrichError::File { step, error }) if !published => {
-                let reason = self.secret.redact(&error.to_string());
+                // The error names the file where it was read, in our work folder; the analyst knows it by its
+                // place in the inbox.
+                let reason = self.secret.redact(&error.to_string()).replace(
+                    &job.claimed.display().to_string(),
+                    &self.settings.inbox.join(&job.name).display().to_string(),
+                );
                 self.quarantine(&job, step, &reason);
                 counts.failed += 1;
                 let _ = std::fs::remove_file(&job.entry);
