@@ -281,6 +281,12 @@ impl IniFile {
             Some(v) => match v.parse::<T>() {
                 Ok(n) if n >= min && n <= max => Ok(n),
                 Ok(_) => Err(self.invalid(section, key, v, format!("must be between {min} and {max}"))),
+                Err(_)
+                    if v.trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit())
+                        && !v.is_empty() =>
+                {
+                    Err(self.invalid(section, key, v, format!("must be between {min} and {max}")))
+                }
                 Err(_) => Err(self.invalid(section, key, v, "expected a whole number")),
             },
         }
@@ -343,6 +349,10 @@ impl Config {
         let base_url = ini.value(S, "base_url").unwrap_or("https://api.seclytics.com").trim_end_matches('/');
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) || base_url.len() < 10 {
             return Err(ini.invalid(S, "base_url", base_url, "expected an http:// or https:// URL"));
+        }
+        // Checked here as the client will read it, so the message names the file and the key.
+        if let Err(e) = reqwest::Url::parse(base_url) {
+            return Err(ini.invalid(S, "base_url", base_url, format!("not a valid URL ({e})")));
         }
         let token = token_env.or_else(|| ini.value(S, "access_token").map(String::from)).unwrap_or_default();
         let auth = match ini.value(S, "auth").map(str::to_ascii_lowercase).as_deref() {
@@ -463,6 +473,24 @@ mod tests {
         assert_eq!(config.watch.exclude.len(), 5);
         assert!(config.watch.poll.is_none());
         assert!(config.reverse_dns && config.logs.ips && !config.url_watchlist_regex);
+    }
+
+    /// A URL the client could not use, and a number too large for its type, are named with file and key and
+    /// said for what they are.
+    #[test]
+    fn unusable_urls_and_numbers_out_of_range_are_named() {
+        for url in ["http://exa mple.com", "http://example.com:99999"] {
+            let error = parse(&format!("[seclytics]\nbase_url = {url}\n")).expect_err(url).to_string();
+            assert!(
+                error.contains("base_url") && error.contains("vttl.ini") && error.contains("not a valid URL"),
+                "{error}"
+            );
+        }
+        let error =
+            parse("[seclytics]\nrequests_per_minute = 99999999999999999999\n").unwrap_err().to_string();
+        assert!(error.contains("must be between"), "{error}");
+        let error = parse("[seclytics]\nrequests_per_minute = lots\n").unwrap_err().to_string();
+        assert!(error.contains("whole number"), "{error}");
     }
 
     /// An empty `include` (or one of commas only) used to take no file at all, silently: empty means the
