@@ -676,6 +676,41 @@ fn the_token_appears_nowhere() {
     assert!(!logs.contains(token), "token in the logs");
 }
 
+/// An answer that echoes the token with JSON's optional escapes — every `/` written `\/` (PHP's default), or
+/// the token's characters as `\uXXXX` — must not carry it into the parsed answer or the cache: only a plain
+/// search was made before, which neither form matches.
+#[test]
+fn a_token_echoed_with_json_escapes_is_redacted_too() {
+    let token = "tok/Secret+1";
+    let server = ApiServer::start();
+    let slashes = format!(
+        r#"{{"id": "192.0.2.1", "context": {{"source_urls": {{"feed": ["https:\/\/evil.example\/ips\/192.0.2.1?access_token={}"]}}}}}}"#,
+        token.replace('/', "\\/")
+    );
+    let unicode: String = token.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+    let escaped = format!(r#"{{"id": "192.0.2.2", "context": {{"names": {{"feed": ["{unicode}"]}}}}}}"#);
+    for (path, body) in [("/ips/192.0.2.1", slashes), ("/ips/192.0.2.2", escaped)] {
+        server.set(path, Behaviour::Respond { status: 200, headers: Vec::new(), body: body.into_bytes() });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache_path = dir.path().join("cache.sqlite");
+    let mut settings = settings(&server, token);
+    settings.cache = Some(cache_path.clone());
+    let client = client(&settings);
+    let answers = lookup(&client, &[indicator("192.0.2.1"), indicator("192.0.2.2")], false).unwrap();
+    for answer in &answers {
+        let Answer::Found { body, .. } = answer else { panic!("{answer:?}") };
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(!body.contains(token) && !value.to_string().contains(token), "{body}");
+        assert!(body.contains("[redacted]"), "{body}");
+    }
+    drop(client);
+    for file in [cache_path.clone(), dir.path().join("cache.sqlite-wal")] {
+        assert!(!file_contains(&file, token.as_bytes()), "token in {}", file.display());
+        assert!(!file_contains(&file, b"tok\\/Secret"), "escaped token in {}", file.display());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // More edge cases
 

@@ -192,11 +192,13 @@ impl Counters {
     }
 }
 
-/// The token in the forms it can take in text: raw, and URL-encoded as it appears in a query string.
+/// The token in the forms it can take in text: raw, URL-encoded as it appears in a query string, and as JSON
+/// writes it inside a string (a `"` or `\\` in the token escaped).
 #[derive(Clone)]
 struct Redactor {
     raw: Secret,
     encoded: Secret,
+    json: Secret,
 }
 
 impl Redactor {
@@ -204,19 +206,24 @@ impl Redactor {
         let mut probe = reqwest::Url::parse("http://localhost/").expect("static URL parses");
         probe.query_pairs_mut().append_pair("t", token.expose());
         let encoded = probe.query().and_then(|q| q.strip_prefix("t=")).unwrap_or_default().to_string();
-        let encoded = if encoded == token.expose() { Secret::default() } else { Secret::new(encoded) };
-        Redactor { raw: token.clone(), encoded }
+        let other_form =
+            |form: String| if form == token.expose() { Secret::default() } else { Secret::new(form) };
+        let json = serde_json::to_string(token.expose()).unwrap_or_default();
+        let json = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')).unwrap_or_default().to_string();
+        Redactor { raw: token.clone(), encoded: other_form(encoded), json: other_form(json) }
     }
 
     fn redact(&self, text: &str) -> String {
-        self.encoded.redact(&self.raw.redact(text))
+        self.json.redact(&self.encoded.redact(&self.raw.redact(text)))
     }
 
     /// A response body with every echo of the token replaced by `[redacted]` (JSON-safe text), so an API that
     /// reflects the token (a self-link with `access_token=…`) cannot carry it into a cell, a log or the cache.
-    /// `\uXXXX` escapes are decoded first (by re-serialising the JSON), so an escaped echo is caught too.
+    /// A body with any escape (`\uXXXX`, `\/` — PHP writes every `/` so —, `\"`) is first written again in
+    /// serde_json's own form, where a string holds the token only raw or with its `"` and `\\` escaped, so an
+    /// escaped echo is caught too.
     fn redact_body(&self, body: String) -> String {
-        let body = if body.contains("\\u") {
+        let body = if body.contains('\\') {
             serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|value| serde_json::to_string(&value).ok())
@@ -225,7 +232,11 @@ impl Redactor {
             body
         };
         let echoes = |secret: &Secret| !secret.is_empty() && body.contains(secret.expose());
-        if echoes(&self.raw) || echoes(&self.encoded) { self.redact(&body) } else { body }
+        if echoes(&self.raw) || echoes(&self.encoded) || echoes(&self.json) {
+            self.redact(&body)
+        } else {
+            body
+        }
     }
 
     /// Server-provided (attacker-controlled) text: redacted, control characters replaced, length capped.
@@ -1064,6 +1075,38 @@ mod tests {
         let redactor = Redactor::new(&Secret::new("a b+c/d"));
         let text = redactor.redact("x a b+c/d y a+b%2Bc%2Fd z");
         assert!(!text.contains("a b+c/d") && !text.contains("a+b%2Bc%2Fd"), "{text}");
+    }
+
+    fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(text) => out.push(text.clone()),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| json_strings(v, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| json_strings(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Every way JSON can write an echo of the token hides it from a plain search: `\/` for `/` (PHP's default),
+    /// `\uXXXX` for any character, `\"` and `\\\\` for the token's own quotes and backslashes. The parsed body
+    /// must hold no copy of it.
+    #[test]
+    fn redacted_bodies_hold_no_echo_of_the_token_however_json_escapes_it() {
+        for token in ["tok/Secret+1", "a\"quoted\\token/x", "plain-token-42"] {
+            let redactor = Redactor::new(&Secret::new(token));
+            let escaped_slashes = serde_json::to_string(token).unwrap().replace('/', "\\/");
+            let unicode: String = token.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+            for echo in [escaped_slashes, format!("\"{unicode}\"")] {
+                let body = format!(
+                    r#"{{"context": {{"source_urls": {{"feed": ["https://x.example/?access_token=" , {echo}]}}}}}}"#
+                );
+                let redacted = redactor.redact_body(body.clone());
+                let value: serde_json::Value =
+                    serde_json::from_str(&redacted).unwrap_or_else(|e| panic!("{e}: {redacted}"));
+                let mut texts = Vec::new();
+                json_strings(&value, &mut texts);
+                assert!(texts.iter().all(|t| !t.contains(token)), "{token}: {body} -> {redacted}");
+            }
+        }
     }
 
     #[test]
