@@ -609,10 +609,6 @@ fn header_gains_missing_columns_in_order() {
     );
 }
 
-/// Every file `enrich` publishes — workbook, Seclytic logs, report, error log — has the mode of any new file
-/// (0666 less the umask), not the owner-only mode of the temporary file it was written as: the next module
-/// reading the outbox, or an analyst, may be another account. Run with umask 022: 0644 expected.
-#[cfg(unix)]
 /// An analyst's note in a column without a header (right of the last header cell) is data: the columns the
 /// enricher appends start after the widest row, so the note never sits under `Seclytics Reputation and
 /// Reason` (where it would read as SecLytics' verdict and stop the real fill). CSV and XLSX alike.
@@ -652,6 +648,10 @@ fn appended_columns_start_after_data_in_columns_without_a_header() {
     assert!(csv_out.starts_with(b"\"Scanned Item\",\"WHOIS\",\"\",\"Seclytics Reputation and Reason\""));
 }
 
+/// Every file `enrich` publishes — workbook, Seclytic logs, report, error log — has the mode of any new file
+/// (0666 less the umask), not the owner-only mode of the temporary file it was written as: the next module
+/// reading the outbox, or an analyst, may be another account. Run with umask 022: 0644 expected.
+#[cfg(unix)]
 #[test]
 fn published_files_are_readable_like_any_new_file() {
     use std::os::unix::fs::PermissionsExt;

@@ -940,8 +940,9 @@ fn many_cells_xlsx(cells: u64) -> PathBuf {
 /// Indicator cells padded with thousands of spaces (each a different number) still hold their indicator, but
 /// the scan must not keep their bytes: it used to copy every raw cell into its batches and remember up to
 /// 65 536 of them by their bytes, so memory grew with the file (a 213 MB file of padded cells peaked at 440 MB).
-/// Here a 46 MB CSV must be enriched under 60 MB of peak memory (20 MB measured; 143 MB before the fix) — its padded rows filled, a padded blank cell
-/// and a long cell that is no indicator left alone — and its output must keep every input byte.
+/// Here a 46 MB CSV must be enriched under 60 MB of peak memory (20 MB measured; 143 MB before the fix) — its
+/// padded rows filled, a padded blank cell and a long cell that is no indicator left alone — and its output
+/// must keep every input byte.
 #[test]
 fn padded_indicator_cells_do_not_make_memory_follow_the_file() {
     let env = Env::new();
