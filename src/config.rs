@@ -369,11 +369,23 @@ impl Config {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| ini.invalid(S, "dns_server", v, "expected ip:port"))?),
         };
+        // A folder that is not there would answer every lookup "not found", silently, and `0` file counts filled
+        // from that would never be corrected by a later run (a filled cell is never changed).
+        let offline_dir = match ini.value(S, "offline_dir") {
+            None => None,
+            Some(v) => {
+                let dir = resolve(v);
+                if !dir.is_dir() {
+                    return Err(ini.invalid(S, "offline_dir", v, "is not an existing folder"));
+                }
+                Some(dir)
+            }
+        };
         let seclytics = SeclyticsSettings {
             base_url: base_url.to_string(),
             access_token: Secret::new(token.trim()),
             auth,
-            offline_dir: ini.value(S, "offline_dir").map(resolve),
+            offline_dir,
             requests_per_minute: ini.number(S, "requests_per_minute", 120u32, 1, 1_000_000)?,
             concurrency: ini.number(S, "concurrency", 4usize, 1, 256)?,
             timeout,
@@ -510,7 +522,7 @@ mod tests {
     fn vttl_sections_are_case_insensitive_and_lenient() {
         let config = parse(
             "[Main]\nREVERSEDNS=false\ntime_between_lookups=15000\n[vendor]\nlogurls=False\nuseSeclytics=True\n\
-             [virustotal]\nUseRegexForURL=True\n[SecLytics]\nAUTH=query\ncache=\noffline_dir=C:\\data\\x\n",
+             [virustotal]\nUseRegexForURL=True\n[SecLytics]\nAUTH=query\ncache=\n",
         )
         .unwrap();
         assert!(!config.reverse_dns);
@@ -518,6 +530,17 @@ mod tests {
         assert!(config.url_watchlist_regex);
         assert_eq!(config.seclytics.auth, AuthMode::Query);
         assert!(config.seclytics.cache.is_none());
+    }
+
+    #[test]
+    fn offline_dir_must_be_an_existing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(&format!("[seclytics]\noffline_dir = {}\n", dir.path().display())).unwrap();
+        assert_eq!(config.seclytics.offline_dir.as_deref(), Some(dir.path()));
+        let missing = dir.path().join("does-not-exist");
+        let error =
+            parse(&format!("[seclytics]\noffline_dir = {}\n", missing.display())).unwrap_err().to_string();
+        assert!(error.contains("offline_dir") && error.contains("not an existing folder"), "{error}");
     }
 
     #[test]
