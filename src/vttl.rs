@@ -173,8 +173,8 @@ pub const LONGEST_INDICATOR: usize = 254;
 
 impl Indicator {
     /// Classifies a `Scanned Item`/`Hash` cell (SPEC §3): trimmed; strict IPv4/IPv6 → `/ips/`; 32, 40 or 64
-    /// hex digits → `/files/` (lower case); a host name with a dot → `/hosts/` (lower case). Anything else is
-    /// `None` (left alone and counted as skipped).
+    /// hex digits → `/files/` (lower case); a host name with a dot → `/hosts/` (lower case, without the
+    /// trailing dot of a fully qualified name). Anything else is `None` (left alone and counted as skipped).
     pub fn classify(cell: &str) -> Option<Indicator> {
         let text = cell.trim();
         if text.is_empty() || text.len() > LONGEST_INDICATOR {
@@ -187,7 +187,9 @@ impl Indicator {
             return Some(Indicator { kind: IndicatorKind::File, value: text.to_ascii_lowercase() });
         }
         if is_host_name(text) {
-            return Some(Indicator { kind: IndicatorKind::Host, value: text.to_ascii_lowercase() });
+            // `example.com.` (the fully qualified form) is the same host as `example.com`: one lookup.
+            let name = text.strip_suffix('.').unwrap_or(text);
+            return Some(Indicator { kind: IndicatorKind::Host, value: name.to_ascii_lowercase() });
         }
         None
     }
@@ -234,6 +236,13 @@ pub fn is_host_name(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_with_its_trailing_dot_is_the_same_host() {
+        assert_eq!(Indicator::classify("Evil.Example.com."), Indicator::classify("evil.example.com"));
+        assert_eq!(Indicator::classify(" cdn.example.co.uk. ").unwrap().value, "cdn.example.co.uk");
+        assert_eq!(Indicator::classify("example.com.."), None);
+    }
 
     #[test]
     fn no_indicator_is_longer_than_the_longest() {

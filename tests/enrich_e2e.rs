@@ -996,7 +996,7 @@ fn an_indicator_written_several_ways_is_looked_up_once() {
     let scenario = Scenario::new();
     let input = scenario.path("spellings.csv");
     let spellings =
-        ["203.0.113.45", " 203.0.113.45 ", "cdn.example.co.uk", "CDN.Example.CO.UK", " cdn.EXAMPLE.co.uk"];
+        ["203.0.113.45", " 203.0.113.45 ", "cdn.example.co.uk", "CDN.Example.CO.UK", " cdn.EXAMPLE.co.uk."];
     let mut text = csv_line(&["Scanned Item", "Seclytics Reputation and Reason"]);
     for spelling in spellings {
         text.push_str(&csv_line(&[spelling, ""]));
