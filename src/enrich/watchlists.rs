@@ -177,8 +177,15 @@ impl WatchLists {
     }
 
     /// Adds URL entries from the text of a `URLwatchlist.txt` (`file` only names it in warnings).
+    /// An entry listed twice (as in hand-kept lists; in substring mode also when only its case differs, since it
+    /// matches the same URLs) is one entry: the first line's.
     pub fn add_urls(&mut self, file: &Path, text: &str, regex_mode: bool, warnings: &mut Vec<ListWarning>) {
+        let same_rule = |entry: &str| if regex_mode { entry.to_string() } else { entry.to_lowercase() };
+        let mut listed: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (line, entry) in numbered_entries(text) {
+            if !listed.insert(same_rule(entry)) {
+                continue;
+            }
             let matcher = if regex_mode {
                 let built = RegexBuilder::new(entry)
                     .case_insensitive(true)
@@ -421,6 +428,30 @@ mod tests {
         lists.add_urls(Path::new("URLwatchlist.txt"), "gate\\.php|panel\\.php\n", true, &mut warnings);
         assert!(warnings.is_empty());
         assert_eq!(lists.url_matches(["http://x.test/panel.php"]), vec!["gate\\.php^or^panel\\.php"]);
+    }
+
+    /// A URL entry listed twice — or, in substring mode, in another case (it matches the same URLs) — shows
+    /// once, as its first line wrote it; regex patterns differing in case are different patterns.
+    #[test]
+    fn url_entries_listed_twice_show_once() {
+        let mut lists = WatchLists::empty();
+        let mut warnings = Vec::new();
+        lists.add_urls(
+            Path::new("URLwatchlist.txt"),
+            "/gate.php\n.exe\n/gate.php\n/GATE.PHP\n",
+            false,
+            &mut warnings,
+        );
+        assert_eq!(lists.url_matches(["http://evil.example/gate.php?x=1.exe"]), vec!["/gate.php", ".exe"]);
+        let mut lists = WatchLists::empty();
+        lists.add_urls(
+            Path::new("URLwatchlist.txt"),
+            "gate\\.php\ngate\\.php\nGATE\\.PHP\n",
+            true,
+            &mut warnings,
+        );
+        assert_eq!(lists.url_matches(["http://evil.example/gate.php"]), vec!["gate\\.php", "GATE\\.PHP"]);
+        assert!(warnings.is_empty());
     }
 
     #[test]
