@@ -23,7 +23,7 @@ use crate::outbox::SeclyticLog;
 use crate::seclytics::client::AnswerSource;
 
 /// Bump when what `digest` computes from an answer changes without this program's version changing.
-pub const DIGEST_VERSION: u32 = 2;
+pub const DIGEST_VERSION: u32 = 3;
 
 /// First byte of every stored digest (the layout below).
 const FORMAT: u8 = 1;
@@ -211,7 +211,7 @@ mod tests {
 
     /// `DIGEST_VERSION` and the fingerprint of what [`super::super::digest`] made of the sample answers under
     /// it (see the test below).
-    const SAMPLE_DIGESTS: (u32, &str) = (2, "6b8eaf6e2e533bea");
+    const SAMPLE_DIGESTS: (u32, &str) = (3, "14c8b0d5dfacde0f");
 
     /// A change-detector for the hazard the derivation number cannot see: a change of what `digest` computes
     /// within one version of the program (a development build, or a release whose version was not raised)
@@ -282,6 +282,13 @@ mod tests {
         digest_one(
             "multi-answer.example.com",
             crate::seclytics::client::Answer::Found { body: several, source: AnswerSource::Api },
+        );
+        // An IPv4-mapped passive-DNS answer is its IPv4 address (version 3: version 2 kept the IPv6 form).
+        let mapped: std::sync::Arc<str> =
+            r#"{"id": "mapped.example.com", "passive_dns": [{"answer_ip": "::ffff:198.51.100.98"}]}"#.into();
+        digest_one(
+            "mapped.example.com",
+            crate::seclytics::client::Answer::Found { body: mapped, source: AnswerSource::Api },
         );
         // A first-seen date with a signed year is no date (version 2: version 1 kept it).
         let signed: std::sync::Arc<str> =

@@ -351,7 +351,9 @@ pub fn extract(item: &Indicator, doc: &Document) -> Findings {
     let mut passive_dns_ips = FirstSeen::default();
     for entry in &doc.passive_dns {
         if let Some(ip) = entry.answer_ip.as_deref().and_then(|ip| ip.trim().parse::<IpAddr>().ok()) {
-            passive_dns_ips.push(ip);
+            // `::ffff:203.0.113.45` is the IPv4 address: one form, so the sheet's own IPv4 rows are recognised
+            // and the address is not appended (and looked up) a second time.
+            passive_dns_ips.push(ip.to_canonical());
         }
     }
 
@@ -1000,10 +1002,12 @@ mod tests {
     fn passive_dns_answers_in_order_valid_and_unique() {
         let body = r#"{"passive_dns": [
             {"answer_ip": "198.51.100.2"}, {"answer_host": "edge.example.net"}, {"answer_ip": "1.2"},
-            {"answer_ip": " 2001:DB8::5 "}, {"answer_ip": "198.51.100.1"}, {"answer_ip": "198.51.100.2"}]}"#;
+            {"answer_ip": " 2001:DB8::5 "}, {"answer_ip": "198.51.100.1"}, {"answer_ip": "198.51.100.2"},
+            {"answer_ip": "::ffff:198.51.100.1"}, {"answer_ip": "::ffff:198.51.100.3"}]}"#;
         let findings = extract(&item(HOST), &parse_document(body).unwrap());
         let expected: Vec<IpAddr> =
-            ["198.51.100.2", "2001:db8::5", "198.51.100.1"].iter().map(|ip| ip.parse().unwrap()).collect();
+            // An IPv4-mapped IPv6 answer is its IPv4 address (the same one again is no new answer).
+            ["198.51.100.2", "2001:db8::5", "198.51.100.1", "198.51.100.3"].iter().map(|ip| ip.parse().unwrap()).collect();
         assert_eq!(findings.passive_dns_ips, expected);
     }
 
