@@ -203,7 +203,6 @@ fn claimed_files(inbox: &Path) -> Vec<PathBuf> {
 }
 
 /// Hidden temporary files in `dir` (`.*.tmp`).
-#[cfg(unix)]
 fn temp_files(dir: &Path) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
     entries
@@ -321,6 +320,7 @@ fn polling_mode_picks_up_new_files() {
 /// Writes `slow.csv` into the inbox of a service run with `settings` in `chunks` chunks 150 ms apart, each
 /// opening the file by name again like a copy over a share (had the watcher taken the file early, the chunk
 /// would find it gone); the file must be taken only once complete, and enriched whole.
+#[cfg(unix)]
 fn a_file_written_slowly_case(settings: &str, chunks: usize) {
     let site = Site::new("inbox", "outbox", Answers::Offline, settings);
     let service = site.spawn("service.log");
