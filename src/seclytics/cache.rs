@@ -218,9 +218,27 @@ impl Cache {
         }
         let connection = Connection::open(path).map_err(open_error)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
-        // `journal_mode` answers with the mode in force; reading it is what detects a corrupt file early.
-        let _mode: String =
-            connection.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)).map_err(open_error)?;
+        // Before anything is written (the switch to WAL rewrites the file's header): a file of a newer version,
+        // or an SQLite database that is not a cache, is left exactly as it is. Reading is also what detects a
+        // corrupt file early. One statement, so one snapshot: another process may be creating the tables now.
+        let (version, tables): (i64, i64) = connection
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_master)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(open_error)?;
+        if !(0..=SCHEMA_VERSION).contains(&version) {
+            return Err(CacheError::Schema { path: path.to_path_buf(), found: version });
+        }
+        // Every cache file has its version set in the transaction that creates its tables.
+        if version == 0 && tables > 0 {
+            return Err(CacheError::Open {
+                path: path.to_path_buf(),
+                reason: "an SQLite database that is not a vttl-seclytics cache (left unchanged)".into(),
+            });
+        }
+        Self::use_wal(&connection).map_err(open_error)?;
         connection.execute_batch("PRAGMA synchronous=NORMAL;").map_err(open_error)?;
         Self::create_or_upgrade(&connection).map_err(|e| match e {
             SchemaError::Sqlite(e) => open_error(e),
@@ -230,6 +248,36 @@ impl Cache {
             Cache { path: path.to_path_buf(), connection: Mutex::new(connection), ttl, warned: false.into() };
         cache.purge_expired();
         Ok(cache)
+    }
+
+    /// Puts the file in WAL mode (several processes may read and write it). Switching needs the file to
+    /// itself, and SQLite does not wait for that as it waits for locks otherwise: two processes opening a new
+    /// file at once had one of them fail, and run without a cache. So a busy answer is tried again, for as
+    /// long as any lock is waited for.
+    fn use_wal(connection: &Connection) -> rusqlite::Result<()> {
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode: rusqlite::Result<String> =
+                connection.query_row("PRAGMA journal_mode", [], |row| row.get(0)).and_then(|mode: String| {
+                    if mode.eq_ignore_ascii_case("wal") {
+                        Ok(mode)
+                    } else {
+                        connection.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+                    }
+                });
+            match mode {
+                Ok(_) => return Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Brings the file to [`SCHEMA_VERSION`] inside one write transaction, so two processes opening the same
@@ -644,6 +692,52 @@ mod tests {
 
     /// Writes at `path` what version 1 or 2 of the schema created, holding one answer (`ips/192.0.2.1`, token
     /// fingerprint `fp`) and, for version 2, its digest (derivation 5, data `01 02`).
+    /// Processes (here threads, each with its own connection) opening one new cache file at the same moment
+    /// all get the cache: switching a new file to WAL needs it to itself and SQLite does not wait for that, so
+    /// one in every few dozen opens failed and that run (or that whole service) went on without a cache.
+    #[test]
+    fn opening_a_new_file_from_many_places_at_once_always_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..60 {
+            let path = dir.path().join(format!("new-{round}.sqlite"));
+            let start = std::sync::Barrier::new(8);
+            let failures: Vec<String> = std::thread::scope(|threads| {
+                let opened: Vec<_> = (0..8)
+                    .map(|_| {
+                        threads.spawn(|| {
+                            start.wait();
+                            Cache::open(&path, Duration::from_secs(3600)).err().map(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                opened.into_iter().filter_map(|t| t.join().unwrap()).collect()
+            });
+            assert!(failures.is_empty(), "round {round}: {failures:?}");
+        }
+    }
+
+    /// A file the cache refuses — of a newer version, or an SQLite database of something else — is left
+    /// exactly as it was: not switched to WAL (which rewrites the header), no tables added.
+    #[test]
+    fn a_refused_file_is_left_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = dir.path().join("newer.sqlite");
+        {
+            let connection = Connection::open(&newer).unwrap();
+            connection.execute_batch("CREATE TABLE responses (x); PRAGMA user_version = 9;").unwrap();
+        }
+        let foreign = dir.path().join("notes.sqlite");
+        Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE notes (text TEXT);").unwrap();
+        for path in [&newer, &foreign] {
+            let before = std::fs::read(path).unwrap();
+            let error = Cache::open(path, Duration::from_secs(3600)).unwrap_err();
+            assert_eq!(std::fs::read(path).unwrap(), before, "{} changed ({error})", path.display());
+            assert!(!path.with_extension("sqlite-wal").exists());
+        }
+        let error = Cache::open(&foreign, Duration::from_secs(3600)).unwrap_err().to_string();
+        assert!(error.contains("not a vttl-seclytics cache"), "{error}");
+    }
+
     fn older_file(path: &Path, version: i64) {
         let connection = Connection::open(path).unwrap();
         let responses = "CREATE TABLE responses (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,
