@@ -979,19 +979,49 @@ fn iso_date_cells_stay_dates() {
     assert!(matches!(&row[2], Cell::DateTime { serial, .. } if *serial == 45352.0), "{:?}", row[2]);
 }
 
-/// calamine cannot read the error results of newer Excel versions (`#SPILL!`, `#CALC!`, …): such a workbook
-/// is refused (left unchanged, quarantined) with a reason that says what it is and what to do — not just
-/// "corrupt". Reading them is a known limit (docs/decisions.md).
+/// calamine cannot read the cached error results of newer Excel versions (`#SPILL!`, `#CALC!`, `#BUSY!`…)
+/// and refused the whole workbook. They are read (through a copy in which they are a classic error, put back
+/// by cell reference): each cell keeps its formula and its own error result, the other cells are read as
+/// usual, and the workbook writes and reads back.
 #[test]
-fn newer_excel_error_values_are_refused_with_a_reason_that_says_so() {
+fn newer_excel_error_results_are_read_with_their_cells() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spill.xlsx");
-    for error in ["#SPILL!", "#CALC!"] {
-        let rows = format!(
-            r#"<row r="1"><c r="A1" t="inlineStr"><is><t>Scanned Item</t></is></c></row><row r="2"><c r="A2" t="inlineStr"><is><t>198.51.100.7</t></is></c><c r="B2" t="e"><f>_xlfn._xlws.FILTER(A1:A2,A1:A2&lt;&gt;"")</f><v>{error}</v></c></row>"#
-        );
-        minimal_xlsx(&path, &sheet_xml("A1:B2", &rows));
-        let error_text = read_workbook(&path).expect_err(error).to_string();
-        assert!(error_text.contains(error) && error_text.contains("newer Excel"), "{error_text}");
-    }
+    let rows = r#"<row r="1"><c r="A1" t="inlineStr"><is><t>Scanned Item</t></is></c><c r="B1" t="inlineStr"><is><t>Note</t></is></c></row><row r="2"><c r="A2" t="inlineStr"><is><t>198.51.100.7</t></is></c><c r="B2" t="e"><f>_xlfn._xlws.FILTER(A1:A2,A1:A2&lt;&gt;"")</f><v>#SPILL!</v></c><c r="C2" t="e"><f>1/0</f><v>#DIV/0!</v></c></row><row r="3"><c r="A3" t="inlineStr"><is><t>203.0.113.45</t></is></c><c r="B3" t="e"><f>_xlfn.LAMBDA(1)</f><v>#CALC!</v></c><c r="D3"><v>7</v></c></row>"#;
+    minimal_xlsx(&path, &sheet_xml("A1:D3", rows));
+    let workbook = read_workbook(&path).unwrap();
+    let cells = &workbook.sheets[0].rows;
+    let cached_error = |cell: &Cell| match cell {
+        Cell::Formula { cached, .. } => match cached.as_ref() {
+            Cell::Error(text) => text.clone(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cached_error(&cells[1][1]), "#SPILL!");
+    assert_eq!(cached_error(&cells[1][2]), "#DIV/0!");
+    assert_eq!(cached_error(&cells[2][1]), "#CALC!");
+    assert!(
+        matches!(&cells[1][1], Cell::Formula { formula, .. } if formula.contains("FILTER")),
+        "{:?}",
+        cells[1][1]
+    );
+    assert_eq!(cells[2][0], text("203.0.113.45"));
+    assert!(
+        matches!(cells[2][3], Cell::Float(f) if f == 7.0) || matches!(cells[2][3], Cell::Int(7)),
+        "{:?}",
+        cells[2][3]
+    );
+    let output = dir.path().join("out.xlsx");
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    let back = read_workbook(&output).unwrap();
+    assert!(
+        matches!(&back.sheets[0].rows[1][1], Cell::Formula { formula, .. } if formula.contains("FILTER"))
+    );
+
+    // A newer error result in a cell without a reference cannot be put back: refused, with the reason.
+    let rows = r#"<row r="1"><c r="A1" t="inlineStr"><is><t>Scanned Item</t></is></c></row><row r="2"><c t="e"><f>X()</f><v>#SPILL!</v></c></row>"#;
+    minimal_xlsx(&path, &sheet_xml("A1:A2", rows));
+    let error_text = read_workbook(&path).expect_err("no cell reference").to_string();
+    assert!(error_text.contains("#SPILL!") && error_text.contains("newer Excel"), "{error_text}");
 }

@@ -71,6 +71,9 @@
 //! * Dates keep their number format: a custom one by its code, a built-in one (id below 164) by its id, since
 //!   several of those display by the reader's locale or are East Asian formats calamine has no code for
 //!   ([`builtin_format`]). Date cells stored as ISO text (`t="d"`) are read as dates.
+//! * Cached error results of newer Excel versions (`#SPILL!`, `#CALC!`…), which calamine refuses, are read
+//!   through a temporary copy where they are `#N/A`, then put back by cell reference
+//!   ([`read_xlsx_with_newer_errors`]); only a workbook holding one pays for the copy.
 //! * A sheet name Excel refuses (other programs write names longer than 31 characters, or with `/`, `:` …) is
 //!   written under the nearest name it accepts ([`writable_sheet_names`]), with a warning, instead of failing
 //!   the workbook. Each sheet is written through a temporary file of rust_xlsxwriter's, all open until the
@@ -181,7 +184,14 @@ pub fn read_workbook_with_limits(path: &Path, limits: &Limits) -> Result<Workboo
     };
     if as_xlsx {
         let layouts = guarded(path, || read_xlsx_layouts(path, limits))?;
-        guarded(path, || read_xlsx_cells(path, limits, &layouts))
+        match guarded(path, || read_xlsx_cells(path, limits, &layouts)) {
+            Err(error) if holds_newer_error_values(&error) => {
+                // Read from a copy whose newer error results calamine can read; if that fails too, the first
+                // error (which says what the file holds) is the one to report.
+                guarded(path, || read_xlsx_with_newer_errors(path, limits, &layouts)).map_err(|_| error)
+            }
+            read => read,
+        }
     } else {
         guarded(path, || read_xls(path, limits)).map_err(|error| match (format, error) {
             (Format::Xlsx, WorkbookError::Corrupt { path, reason }) => WorkbookError::Corrupt {
@@ -939,12 +949,7 @@ fn read_xlsx_sheet<RS: Read + Seek>(
     let sheet_error = |e: calamine::XlsxError, name: &str| {
         let text = e.to_string();
         // calamine knows the seven classic error values only; newer Excel versions write more.
-        let hint = if text.contains("error value") {
-            " (an error result of newer Excel versions, such as #SPILL! or #CALC!, which the XLSX reader cannot \
-             read: paste that formula's results as values, or fix the formula, and drop the file again)"
-        } else {
-            ""
-        };
+        let hint = if matches!(e, calamine::XlsxError::CellError(_)) { NEWER_ERROR_VALUES_HINT } else { "" };
         corrupt(path, format!("sheet `{name}`: {text}{hint}"))
     };
     let mut has_dates = false;
@@ -995,6 +1000,164 @@ fn read_xlsx_sheet<RS: Read + Seek>(
         }
     }
     Ok(())
+}
+
+/// Said of a sheet whose cached error results calamine cannot read (it knows the seven classic ones).
+const NEWER_ERROR_VALUES_HINT: &str = " (an error result of newer Excel versions, such as #SPILL! or #CALC!, which \
+     the XLSX reader cannot read: paste that formula's results as values, or fix the formula, and drop the file \
+     again)";
+
+fn holds_newer_error_values(error: &WorkbookError) -> bool {
+    matches!(error, WorkbookError::Corrupt { reason, .. } if reason.ends_with(NEWER_ERROR_VALUES_HINT))
+}
+
+/// Reads a workbook whose sheets hold error results of newer Excel versions (`#SPILL!`, `#CALC!`, `#BUSY!`…),
+/// which calamine refuses: the sheets are copied to a temporary workbook with those results written as `#N/A`
+/// (each remembered by its cell reference), that copy is read, and the remembered results are put back into
+/// the model. Gives up (an error; the caller reports the original one) on any cell without a reference or any
+/// cell the model does not hold as the placeholder error.
+fn read_xlsx_with_newer_errors(
+    path: &Path,
+    limits: &Limits,
+    layouts: &HashMap<String, SheetLayout>,
+) -> Result<Workbook, WorkbookError> {
+    let mut archive = open_archive(path)?;
+    let names: Vec<String> = (0..archive.len())
+        .map(|i| {
+            let entry = archive.by_index_raw(i).ok();
+            entry.and_then(|e| e.name().ok().map(Cow::into_owned)).unwrap_or_else(|| format!("#{i}"))
+        })
+        .collect();
+    let workbook_part = find_workbook_part(path, &mut archive, &names)?
+        .ok_or_else(|| corrupt(path, "the zip archive is not an Excel workbook"))?;
+    let sheets = parse_workbook_sheets(path, &mut archive, &workbook_part)?;
+    let (dir, file_name) = match workbook_part.rfind('/') {
+        Some(slash) => (&workbook_part[..=slash], &workbook_part[slash + 1..]),
+        None => ("", workbook_part.as_str()),
+    };
+    let targets = parse_relationships(path, &mut archive, &format!("{dir}_rels/{file_name}.rels"))?;
+    let sheet_parts: HashMap<String, String> = sheets
+        .into_iter()
+        .filter_map(|(sheet, id)| Some((resolve_target(dir, targets.get(&id)?), sheet)))
+        .collect();
+
+    let io = |e: std::io::Error| WorkbookError::io(path, "copy the workbook for reading", e);
+    let zip_error = |e: zip::result::ZipError| io(std::io::Error::other(e));
+    let copy = tempfile::NamedTempFile::new().map_err(io)?;
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(copy.reopen().map_err(io)?));
+    let mut results: HashMap<String, Vec<ErrorResult>> = HashMap::new();
+    for index in 0..archive.len() {
+        let name = names.get(index).cloned().unwrap_or_default();
+        match sheet_parts.get(&name) {
+            Some(sheet) => {
+                let entry = archive.by_index(index).map_err(zip_error)?;
+                let options = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Deflated)
+                    .large_file(true);
+                zip.start_file(name.as_str(), options).map_err(zip_error)?;
+                let found = replace_newer_error_values(path, BufReader::new(entry), &mut zip, limits)?;
+                results.insert(sheet.clone(), found);
+            }
+            None => {
+                let entry = archive.by_index_raw(index).map_err(zip_error)?;
+                zip.raw_copy_file(entry).map_err(zip_error)?;
+            }
+        }
+    }
+    zip.finish().map_err(zip_error)?.flush().map_err(io)?;
+
+    let mut workbook = read_xlsx_cells(copy.path(), limits, layouts)?;
+    for sheet in &mut workbook.sheets {
+        for ((row, col), original) in results.remove(&sheet.name).unwrap_or_default() {
+            let cell = sheet.rows.get_mut(row as usize).and_then(|r| r.get_mut(col as usize));
+            let placeholder = match cell {
+                Some(Cell::Error(text)) => Some(text),
+                Some(Cell::Formula { cached, .. }) => match cached.as_mut() {
+                    Cell::Error(text) => Some(text),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match placeholder {
+                Some(text) if text == PLACEHOLDER_ERROR => *text = original,
+                _ => return Err(corrupt(path, "an error result could not be put back where it was")),
+            }
+        }
+    }
+    Ok(workbook)
+}
+
+/// A cached error result found in a sheet's XML: its 0-based (row, column) and its text.
+type ErrorResult = ((u32, u32), String);
+
+/// What [`read_xlsx_with_newer_errors`] writes in place of a newer error result (one calamine reads).
+const PLACEHOLDER_ERROR: &str = "#N/A";
+
+/// Copies one sheet's XML from `reader` to `out`, writing every cached error result (`<c t="e"><v>`) that is
+/// not one of the classic seven as [`PLACEHOLDER_ERROR`]; returns those results with their cell positions
+/// (0-based row and column, from the cell's `r` reference — a cell without one is an error).
+fn replace_newer_error_values(
+    path: &Path,
+    reader: impl std::io::BufRead,
+    out: &mut impl Write,
+    limits: &Limits,
+) -> Result<Vec<ErrorResult>, WorkbookError> {
+    let mut reader = quick_xml::Reader::from_reader(reader);
+    let mut writer = quick_xml::Writer::new(out);
+    let mut buf = Vec::new();
+    let mut found = Vec::new();
+    // The reference of the error cell being read (`Some(None)`: an error cell without a reference).
+    let mut error_cell: Option<Option<(u32, u32)>> = None;
+    let mut in_value = false;
+    let write_error = |e: std::io::Error| WorkbookError::io(path, "copy the workbook for reading", e);
+    loop {
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| corrupt(path, format!("malformed sheet XML: {e}")))?;
+        match &event {
+            Event::Eof => break,
+            Event::Start(e) if e.local_name().as_ref() == "c" => {
+                error_cell = (attribute(e, "t").as_deref() == Some("e"))
+                    .then(|| attribute(e, "r").and_then(|r| cell_position(&r)));
+            }
+            Event::End(e) if e.local_name().as_ref() == "c" => error_cell = None,
+            Event::Start(e) if e.local_name().as_ref() == "v" => in_value = error_cell.is_some(),
+            Event::End(e) if e.local_name().as_ref() == "v" => in_value = false,
+            Event::Text(text) if in_value => {
+                let value = text.trim().to_string();
+                if !ERROR_LITERALS.contains(&value.as_str()) {
+                    let position = error_cell
+                        .flatten()
+                        .ok_or_else(|| corrupt(path, "an error cell without a cell reference"))?;
+                    if found.len() as u64 >= limits.max_sheet_cells {
+                        return Err(too_large(path, "more error results than the workbook may have cells"));
+                    }
+                    found.push((position, value));
+                    writer
+                        .write_event(Event::Text(quick_xml::events::BytesText::new(PLACEHOLDER_ERROR)))
+                        .map_err(write_error)?;
+                    buf.clear();
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        writer.write_event(event).map_err(write_error)?;
+        buf.clear();
+    }
+    Ok(found)
+}
+
+/// A cell reference such as `B12` as a 0-based (row, column).
+fn cell_position(reference: &str) -> Option<(u32, u32)> {
+    let letters = reference.bytes().take_while(u8::is_ascii_alphabetic).count();
+    let (column, row) = reference.split_at(letters);
+    if column.is_empty() || column.len() > 3 {
+        return None;
+    }
+    let column = column.bytes().fold(0u32, |n, b| n * 26 + u32::from(b.to_ascii_uppercase() - b'A') + 1);
+    let row: u32 = row.parse().ok()?;
+    Some((row.checked_sub(1)?, column - 1))
 }
 
 fn holds_datetime(cell: &Cell) -> bool {
