@@ -25,8 +25,11 @@ use support::watching::{ip_csv, visible_file_names as names};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vttl-seclytics");
 
+/// This crate's folder, with a drive on Windows: the services run with a temporary folder as their current
+/// one, which may be on another drive than the crate (the Windows tests under Wine: `C:` against `Z:`), and a
+/// path without a drive (`/work/main`) would then name a folder that does not exist.
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::path::absolute(env!("CARGO_MANIFEST_DIR")).expect("an absolute path for the crate's folder")
 }
 
 /// One configured hot folder in a temporary directory.
