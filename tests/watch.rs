@@ -109,6 +109,16 @@ impl Site {
         (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
     }
 
+    /// Starts `watch --once` without waiting for it, its stderr going to `<root>/<log>`.
+    #[cfg(unix)]
+    fn spawn_once(&self, log: &str) -> Service {
+        let log = self.root.join(log);
+        let file = std::fs::File::create(&log).unwrap();
+        let child =
+            self.command(true).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        Service { child, log }
+    }
+
     /// Starts the service, its stderr going to `<root>/<log>`.
     #[cfg(unix)]
     fn spawn(&self, log: &str) -> Service {
@@ -567,15 +577,7 @@ fn a_journal_that_cannot_be_written_hands_the_input_back_instead_of_failing_it()
     let site = Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "");
     let content = ip_csv("journal", 0, 1);
     std::fs::write(site.inbox.join("good.csv"), &content).unwrap();
-    let log = site.root.join("once.log");
-    let child = site
-        .command(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let service = Service { child, log };
+    let service = site.spawn_once("once.log");
     wait_until(Duration::from_secs(10), "the file is claimed", || !claimed_files(&site.inbox).is_empty());
     let claimed = claimed_files(&site.inbox).remove(0);
     let journal = claimed.parent().unwrap().parent().unwrap().join("journal");
@@ -833,15 +835,7 @@ fn once_interrupted_by_sigterm_hands_the_file_back_and_exits_130() {
     let site =
         Site::new("inbox", "outbox", Answers::Server { url: &url, token: "t" }, "shutdown_grace_secs = 1\n");
     std::fs::write(site.inbox.join("big.csv"), ip_csv("big", 0, 20)).unwrap();
-    let log = site.root.join("once.log");
-    let child = site
-        .command(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let service = Service { child, log };
+    let service = site.spawn_once("once.log");
     wait_until(Duration::from_secs(10), "the file is claimed", || !claimed_files(&site.inbox).is_empty());
     let started = Instant::now();
     let (code, stderr) = service.terminate();
