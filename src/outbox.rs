@@ -133,10 +133,39 @@ pub fn persist_trying(
     name: &str,
     attempts: u32,
 ) -> std::io::Result<PathBuf> {
+    persist_skipping(temp, dir, name, attempts, |_| false)
+}
+
+/// The name of the report written next to the output `output_name`.
+pub fn report_name(output_name: &str) -> String {
+    format!("{output_name}{REPORT_SUFFIX}")
+}
+
+/// What follows an output's name in its report's name.
+pub const REPORT_SUFFIX: &str = ".report.json";
+
+/// [`persist_no_clobber`] for a workbook: a name whose report name ([`report_name`]) is taken is skipped too,
+/// so the report written next to it afterwards is its own and under its own name — in a chain the next stage
+/// takes `book.csv` away and leaves `book.csv.report.json`, and a new `book.csv` must not sit beside that.
+pub fn persist_output(temp: tempfile::NamedTempFile, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    persist_skipping(temp, dir, name, 10_000, |candidate| dir.join(report_name(candidate)).exists())
+}
+
+fn persist_skipping(
+    temp: tempfile::NamedTempFile,
+    dir: &Path,
+    name: &str,
+    attempts: u32,
+    skip: impl Fn(&str) -> bool,
+) -> std::io::Result<PathBuf> {
     temp.as_file().sync_all()?;
     let mut temp = temp;
     for attempt in 0..attempts {
-        let target = dir.join(candidate_name(name, attempt));
+        let candidate = candidate_name(name, attempt);
+        if skip(&candidate) {
+            continue;
+        }
+        let target = dir.join(candidate);
         match temp.persist_noclobber(&target) {
             Ok(_) => {
                 sync_dir(dir);

@@ -863,6 +863,41 @@ fn bad_files_fail_alone_with_exit_1() {
     assert_eq!(std::fs::read(&not_vttl).unwrap(), b"\"Name\",\"Value\"\r\n\"a\",\"b\"\r\n");
 }
 
+/// In a chain the next stage takes `book.csv` out of the outbox and leaves `book.csv.report.json` (reports are
+/// never inputs). A new `book.csv` must not then be published beside that report of another run, its own report
+/// pushed to `book.csv.report_1.json`: it takes the next name whose report name is free too, and its report is
+/// `<its name>.report.json`, describing it.
+#[test]
+fn a_workbook_is_never_published_beside_another_runs_report() {
+    let scenario = Scenario::new();
+    let first = scenario.path("book.csv");
+    std::fs::write(&first, ip_csv_bytes()).unwrap();
+    assert_eq!(scenario.enrich(&[&first], &[]).0, 0);
+    std::fs::remove_file(scenario.outbox().join("book.csv")).unwrap();
+    let other = scenario.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let second = other.join("book.csv");
+    std::fs::write(&second, csv_line(&["Scanned Item"]) + &csv_line(&["198.51.100.53"])).unwrap();
+    let (code, stderr) = scenario.enrich(&[&second], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let names: std::collections::BTreeSet<String> = std::fs::read_dir(scenario.outbox())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("book"))
+        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        ["book.csv.report.json", "book_1.csv", "book_1.csv.report.json"].map(String::from).into();
+    assert_eq!(names, expected);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(scenario.outbox().join("book_1.csv.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["input"].as_str().unwrap(), second.to_str().unwrap());
+    let old: Value =
+        serde_json::from_slice(&std::fs::read(scenario.outbox().join("book.csv.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(old["input"].as_str().unwrap(), first.to_str().unwrap());
+}
+
 /// A quote never closed makes the last field run to the end of the file: fills written into that record
 /// would land inside the open field (changing the analyst's cell), and appended passive-DNS rows after it
 /// would vanish into it. Such a file (most likely cut short) is refused with a reason naming the record,

@@ -370,7 +370,7 @@ fn publish(
             "cannot record the publication of {name} in the work folder (the output was not published): {e}"
         )))
     })?;
-    let published = outbox::persist_no_clobber(temp, outbox, name).map_err(outbox_error)?;
+    let published = outbox::persist_output(temp, outbox, name).map_err(outbox_error)?;
     hooks.after_publish(&published);
     Ok(published)
 }
@@ -879,7 +879,7 @@ impl<'a> Job<'a> {
         self.report.output = output.clone();
         self.report.duration_ms = started.elapsed().as_millis() as u64;
         let json = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
-        let report_name = format!("{}.report.json", output.file_name().unwrap_or_default().to_string_lossy());
+        let report_name = outbox::report_name(&output.file_name().unwrap_or_default().to_string_lossy());
         outbox::write_new_owned_file(outbox, &report_name, &json, self.temp_owner.as_deref())
             .map_err(outbox_error)?;
         let summary = format!(

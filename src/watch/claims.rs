@@ -474,10 +474,14 @@ pub fn judge_journal(entry: &Path) -> JournalVerdict {
     }
     if let Some(id) = record.file_id {
         // Unix: a link+unlink rename may have left both names; find the file by its identity.
+        // The names tried in order: each taken, or skipped because its report name was taken.
         let published = (0..10_000u32)
-            .map(|attempt| record.outbox.join(crate::outbox::candidate_name(&record.final_name, attempt)))
-            .take_while(|p| p.exists())
-            .any(|p| file_id(&p) == Some(id));
+            .map(|attempt| crate::outbox::candidate_name(&record.final_name, attempt))
+            .take_while(|name| {
+                record.outbox.join(name).exists()
+                    || record.outbox.join(crate::outbox::report_name(name)).exists()
+            })
+            .any(|name| file_id(&record.outbox.join(name)) == Some(id));
         let _ = std::fs::remove_file(&record.temp);
         return if published { JournalVerdict::Published } else { JournalVerdict::NotPublished };
     }
@@ -816,6 +820,21 @@ mod tests {
             let next_inbox = dir.path().join("next-inbox");
             std::fs::create_dir_all(&next_inbox).unwrap();
             std::fs::rename(&temp, next_inbox.join("book.csv")).unwrap();
+            assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
+        }
+
+        // Unix, a link+unlink rename stopped between its steps, the output under a name after one skipped
+        // because its report name was taken (`book.csv` gone, `book.csv.report.json` left): found → published
+        #[cfg(unix)]
+        {
+            let outbox = dir.path().join("outbox-with-a-report");
+            std::fs::create_dir(&outbox).unwrap();
+            std::fs::write(outbox.join("book.csv.report.json"), b"{}").unwrap();
+            let h = JournalHooks { entry: dir.path().join("linked.json"), ..hooks(dir.path(), &outbox) };
+            let temp = outbox.join(".book.linked.tmp");
+            std::fs::write(&temp, b"complete").unwrap();
+            h.before_publish(&temp, "book.csv").unwrap();
+            std::fs::hard_link(&temp, outbox.join("book_1.csv")).unwrap();
             assert_eq!(judge_journal(&h.entry), JournalVerdict::Published);
         }
 
