@@ -646,6 +646,16 @@ fn appended_columns_start_after_data_in_columns_without_a_header() {
         assert_eq!(table.rows[0][2], "analyst: ticket 4711", "{format}");
     }
     assert!(csv_out.starts_with(b"\"Scanned Item\",\"WHOIS\",\"\",\"Seclytics Reputation and Reason\""));
+
+    // Empty (or blank) trailing fields are no data: they do not push the appended columns out.
+    let trailing = scenario.path("trailing.csv");
+    std::fs::write(&trailing, b"\"Scanned Item\",\"WHOIS\"\r\n\"203.0.113.45\",\"\",\"\",\" \",,\"\"\r\n")
+        .unwrap();
+    let (code, stderr) = scenario.enrich(&[&trailing], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let table =
+        read_csv_table(&std::fs::read(scenario.outbox().join("trailing.csv")).unwrap(), encoding_rs::UTF_8);
+    assert_eq!(table.column("Seclytics Reputation and Reason"), 2, "{:?}", table.header);
 }
 
 /// Every file `enrich` publishes — workbook, Seclytic logs, report, error log — has the mode of any new file

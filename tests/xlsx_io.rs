@@ -820,12 +820,35 @@ fn shared_strings_declaring_more_strings_than_they_hold_are_refused_before_calam
     for shared in [
         format!(r#"{SST_HEAD} count="2" uniqueCount="100000000000000000">{strings}</sst>"#),
         format!(r#"<?xml version="1.0"?><wrap><sst uniqueCount="100000000000000000">{strings}</sst></wrap>"#),
+        // calamine expands an empty element into a start tag
+        format!(r#"{SST_HEAD} count="0" uniqueCount="100000000000000000"/>"#),
+        // calamine reads the attribute named exactly `uniqueCount`, not a prefixed one before it
+        format!(
+            r#"{SST_HEAD} xmlns:x="urn:x" x:uniqueCount="1" uniqueCount="100000000000000000">{strings}</sst>"#
+        ),
+        format!(r#"{SST_HEAD} uniqueCount="+0100000000000000000">{strings}</sst>"#),
     ] {
         minimal_xlsx_parts(&path, &sheet, "", None, Some(&shared));
         let error = read_workbook(&path).expect_err("an impossible uniqueCount");
         assert_corrupt(&error);
         assert!(error.to_string().contains("distinct shared strings"), "{error}");
     }
+    // calamine finds the part under a name written with `\` (and in another case) too
+    let shared = format!(r#"{SST_HEAD} uniqueCount="100000000000000000">{strings}</sst>"#);
+    minimal_xlsx_parts(&path, &sheet, "", None, Some(&shared));
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+        let name = entry.name().unwrap().replace("xl/sharedStrings.xml", "XL\\SharedStrings.XML");
+        entries.push((name, text));
+    }
+    let renamed: Vec<(&str, &str)> = entries.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    write_zip(&path, &renamed);
+    let error = read_workbook(&path).expect_err("an impossible uniqueCount behind a backslash");
+    assert!(error.to_string().contains("distinct shared strings"), "{error}");
     // Honest counts, including one used by more cells than there are strings (`count`), are read.
     let shared = format!(r#"{SST_HEAD} count="2000000" uniqueCount="2">{strings}</sst>"#);
     minimal_xlsx_parts(&path, &sheet, "", None, Some(&shared));

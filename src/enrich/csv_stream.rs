@@ -424,6 +424,17 @@ struct ParsedRows {
 
 /// The parsing thread of the scan: every record after the header, in batches, until the end of the file, an
 /// error (sent, then it stops) or the receiver going away.
+/// The fields of `record` up to its last one that is not blank (empty trailing fields are no data: they must
+/// not push the appended columns out, as they do not in an XLSX sheet).
+fn width_with_data(record: &Record) -> usize {
+    (0..record.len())
+        .rev()
+        .find(|&i| {
+            record.raw_field(i).is_some_and(|raw| raw.iter().any(|b| !matches!(b, b' ' | b'\t' | b'"')))
+        })
+        .map_or(0, |i| i + 1)
+}
+
 /// A record whose quoted field is never closed runs to the end of the file. Its fills would land inside
 /// that open field (changing a cell the analyst wrote and shifting the fills), and so would any appended
 /// row, so the file is refused: it is most likely cut short.
@@ -482,7 +493,7 @@ fn parse_rows(
                     batch.cells.extend_from_slice(raw);
                 }
                 batch.rows.push((batch.cells.len(), row_flags));
-                batch.widest = batch.widest.max(record.len());
+                batch.widest = batch.widest.max(width_with_data(record));
                 if batch.rows.len() == PARSED_BATCH_ROWS
                     && batches.send(Ok(std::mem::replace(&mut batch, new_batch()))).is_err()
                 {

@@ -54,7 +54,9 @@ pub(super) fn enrich_xlsx(
         let Some(header) = sheet.rows.first() else { continue };
         let texts: Vec<String> = header.iter().map(|c| c.to_text().into_owned()).collect();
         let Some(mut columns) = ColumnMap::from_header(&texts) else { continue };
-        columns.widen_to(sheet.rows.iter().map(Vec::len).max().unwrap_or(0));
+        // Up to each row's last cell that is not blank (as in a CSV: blank cells are no data).
+        let with_data = |row: &Vec<Cell>| row.iter().rposition(|cell| !cell.to_text().trim().is_empty());
+        columns.widen_to(sheet.rows.iter().filter_map(with_data).max().map_or(0, |last| last + 1));
         let mut table = TableScan::new(TablePlan::new(columns, &enricher.lists));
         for row in sheet.rows.iter().skip(1) {
             table.observe(&ModelRow(row));

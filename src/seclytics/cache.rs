@@ -690,8 +690,6 @@ mod tests {
         assert_eq!(file_version(&path), 4);
     }
 
-    /// Writes at `path` what version 1 or 2 of the schema created, holding one answer (`ips/192.0.2.1`, token
-    /// fingerprint `fp`) and, for version 2, its digest (derivation 5, data `01 02`).
     /// Processes (here threads, each with its own connection) opening one new cache file at the same moment
     /// all get the cache: switching a new file to WAL needs it to itself and SQLite does not wait for that, so
     /// one in every few dozen opens failed and that run (or that whole service) went on without a cache.
@@ -738,6 +736,8 @@ mod tests {
         assert!(error.contains("not a vttl-seclytics cache"), "{error}");
     }
 
+    /// Writes at `path` what version 1 or 2 of the schema created, holding one answer (`ips/192.0.2.1`, token
+    /// fingerprint `fp`) and, for version 2, its digest (derivation 5, data `01 02`).
     fn older_file(path: &Path, version: i64) {
         let connection = Connection::open(path).unwrap();
         let responses = "CREATE TABLE responses (endpoint TEXT NOT NULL, indicator TEXT NOT NULL,

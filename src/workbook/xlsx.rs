@@ -655,7 +655,8 @@ fn check_loaded_whole_parts(
     let mut parts: Vec<(&str, u64)> = measured.iter().map(|(name, size)| (*name, *size)).collect();
     parts.sort_unstable();
     for (name, size) in parts {
-        let file_name = name.rsplit('/').next().unwrap_or(name);
+        // calamine finds parts by name without case and with `\\` read as `/`.
+        let file_name = name.rsplit(['/', '\\']).next().unwrap_or(name);
         let (part, limit) = if file_name.eq_ignore_ascii_case("styles.xml") {
             ("styles.xml", limits.max_styles_bytes)
         } else if file_name.eq_ignore_ascii_case("sharedStrings.xml") {
@@ -683,18 +684,33 @@ fn check_loaded_whole_parts(
         let mut buf = Vec::new();
         loop {
             match reader.read_event_into(&mut buf) {
-                // calamine reads the first `sst` start tag, wherever it is.
-                Ok(Event::Start(e)) if e.local_name().as_ref() == "sst" => {
-                    let declared =
-                        attribute(&e, "uniqueCount").and_then(|text| text.trim().parse::<u64>().ok());
-                    if let Some(declared) = declared.filter(|&declared| declared > most) {
-                        return Err(corrupt(
-                            path,
-                            format!(
-                                "`{name}` declares {declared} distinct shared strings, more than its {size} bytes \
-                                 can hold"
-                            ),
-                        ));
+                // calamine reads the first `sst` tag, wherever it is (an empty `<sst …/>` too: it expands empty
+                // elements), and its attribute named exactly `uniqueCount`; every attribute of that local name
+                // is checked here, and any leading digits count, so no spelling gets past.
+                Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == "sst" => {
+                    for attribute in e.attributes().flatten() {
+                        if attribute.key.local_name().as_ref() != "uniqueCount" {
+                            continue;
+                        }
+                        let value = attribute.value.to_string();
+                        let digits: String = value
+                            .trim()
+                            .trim_start_matches('+')
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect();
+                        let declared =
+                            if digits.is_empty() { 0 } else { digits.parse::<u64>().unwrap_or(u64::MAX) };
+                        if declared > most {
+                            return Err(corrupt(
+                                path,
+                                format!(
+                                    "`{name}` declares {} distinct shared strings, more than its {size} bytes can \
+                                     hold",
+                                    value.chars().take(40).collect::<String>()
+                                ),
+                            ));
+                        }
                     }
                     break;
                 }
