@@ -22,7 +22,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // Small limits keep each execution fast and bounded (the real limits are tested in tests/hostile.rs).
-    let limits = Limits { max_sheet_cells: 100_000, max_part_bytes: 8 << 20, max_total_xml_bytes: 16 << 20 };
+    let limits = Limits {
+        max_sheet_cells: 100_000,
+        max_part_bytes: 8 << 20,
+        max_total_xml_bytes: 16 << 20,
+        max_text_bytes: 16 << 20,
+        ..Limits::default()
+    };
     if let Ok(book) = read_workbook_with_limits(file.path(), &limits) {
         let _ = write_workbook(&book, std::io::Cursor::new(Vec::new()), file.path());
     }
