@@ -253,10 +253,19 @@ impl IniFile {
     fn check_known(&self, section: &str, known: &[&str]) -> Result<(), ConfigError> {
         for (s, k, _) in &self.entries {
             if s.eq_ignore_ascii_case(section) && !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                // A line without `=` makes the parser read it, and the lines after it up to the next `=`, as one
+                // key: `access_token SECRET` would print the token. Only the first word is shown.
+                let first_word: String =
+                    k.split_whitespace().next().unwrap_or_default().chars().take(40).collect();
+                let key = if first_word == *k {
+                    first_word
+                } else {
+                    format!("{first_word}…` (a line without `=`?) `")
+                };
                 return Err(ConfigError::UnknownKey {
                     path: self.path.clone(),
                     section: section.into(),
-                    key: k.clone(),
+                    key,
                 });
             }
         }
@@ -485,6 +494,20 @@ mod tests {
         assert_eq!(config.watch.exclude.len(), 5);
         assert!(config.watch.poll.is_none());
         assert!(config.reverse_dns && config.logs.ips && !config.url_watchlist_regex);
+    }
+
+    /// A line without `=` is read with the lines after it as one key; the error shows its first word only, never
+    /// what follows (here the token).
+    #[test]
+    fn a_line_without_equals_never_shows_what_follows_it() {
+        for text in [
+            "[seclytics]\naccess_token SEKRIT1\n[watch]\ninbox = x\n",
+            "[seclytics]\naccess_token SEKRIT1 ; note\nconcurrency = 2\n",
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(!error.contains("SEKRIT1"), "{error}");
+            assert!(error.contains("access_token") && error.contains("without `=`"), "{error}");
+        }
     }
 
     /// A URL the client could not use, and a number too large for its type, are named with file and key and
