@@ -298,9 +298,10 @@ impl Enricher {
         let mut job = Job::new(self, hooks.reported_input().unwrap_or(input), outbox, hooks.temp_owner());
         let output = match format {
             // CSV: two streaming passes over the file.
-            Format::Csv => csv_stream::enrich_csv(self, input, &output_name, &mut job)?,
-            Format::Xlsx | Format::Xls => xlsx_pipeline::enrich_xlsx(self, input, &output_name, &mut job)?,
-        };
+            Format::Csv => csv_stream::enrich_csv(self, input, &output_name, &mut job),
+            Format::Xlsx | Format::Xls => xlsx_pipeline::enrich_xlsx(self, input, &output_name, &mut job),
+        }
+        .map_err(no_room_is_critical)?;
         let output = publish(output, outbox, &output_name, hooks)?;
         job.finish(output, unique, started)
     }
@@ -373,6 +374,25 @@ fn publish(
     let published = outbox::persist_output(temp, outbox, name).map_err(outbox_error)?;
     hooks.after_publish(&published);
     Ok(published)
+}
+
+/// A write that failed because its volume is full, over quota or read-only is no fault of the workbook: a
+/// critical error (the input is handed back, not failed; `--once` stops with status 2), like an outbox that
+/// cannot be written at all.
+fn no_room_is_critical(error: EnrichError) -> EnrichError {
+    use std::io::ErrorKind;
+    match error {
+        EnrichError::File { step: "write", error: WorkbookError::Io { path, action, source } }
+            if matches!(
+                source.kind(),
+                ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            let error = WorkbookError::Io { path, action, source };
+            CriticalError::Other(format!("{error} (not a fault of the file: it is kept to be tried again)")).into()
+        }
+        other => other,
+    }
 }
 
 /// `n` and `noun`, plural unless `n` is 1: "1 row", "2 rows", "0 API requests".
@@ -1078,6 +1098,26 @@ mod tests {
         assert_eq!(counted(1, "row"), "1 row");
         assert_eq!(counted(0, "API request"), "0 API requests");
         assert_eq!(counted(12, "indicator"), "12 indicators");
+    }
+
+    /// A full, over-quota or read-only volume under the workbook being written is critical; any other write
+    /// failure stays the file's, and so do read failures of any kind.
+    #[test]
+    fn only_a_volume_without_room_makes_a_write_failure_critical() {
+        use std::io::ErrorKind;
+        let failure = |step, kind: ErrorKind| EnrichError::File {
+            step,
+            error: WorkbookError::io(Path::new("/outbox/.x.tmp"), "write the output", std::io::Error::from(kind)),
+        };
+        for kind in [ErrorKind::StorageFull, ErrorKind::QuotaExceeded, ErrorKind::ReadOnlyFilesystem] {
+            let error = no_room_is_critical(failure("write", kind));
+            assert!(matches!(error, EnrichError::Critical(CriticalError::Other(_))), "{error:?}");
+            assert!(error.to_string().contains("/outbox/.x.tmp"), "{error}");
+        }
+        for (step, kind) in [("write", ErrorKind::InvalidData), ("read", ErrorKind::StorageFull)] {
+            let error = no_room_is_critical(failure(step, kind));
+            assert!(matches!(error, EnrichError::File { .. }), "{error:?}");
+        }
     }
 
     #[test]

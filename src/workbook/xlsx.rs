@@ -531,7 +531,19 @@ fn too_large(path: &Path, reason: impl Into<String>) -> WorkbookError {
 fn write_error(path: &Path, error: rust_xlsxwriter::XlsxError) -> WorkbookError {
     match error {
         rust_xlsxwriter::XlsxError::IoError(source) => WorkbookError::io(path, "write XLSX", source),
-        other => WorkbookError::io(path, "write XLSX", std::io::Error::other(other.to_string())),
+        // An I/O error inside (the zip writer's, say) keeps its kind: a full disk must stay a full disk.
+        other => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&other);
+            let mut kind = std::io::ErrorKind::Other;
+            while let Some(error) = source {
+                if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                    kind = io.kind();
+                    break;
+                }
+                source = error.source();
+            }
+            WorkbookError::io(path, "write XLSX", std::io::Error::new(kind, other.to_string()))
+        }
     }
 }
 
