@@ -908,6 +908,30 @@ fn a_workbook_is_never_published_beside_another_runs_report() {
     assert_eq!(old["input"].as_str().unwrap(), first.to_str().unwrap());
 }
 
+/// When every name for an output is taken in the outbox (`b.csv`, `b_1.csv` … `b_9999.csv` — anyone who can
+/// write there, the next stage of a chain, could do that), that file fails with the reason; the other files
+/// still go through and the run is not stopped as if the outbox could not be written.
+#[test]
+fn an_output_without_a_free_name_fails_alone() {
+    let scenario = Scenario::new();
+    let outbox = scenario.outbox();
+    std::fs::create_dir_all(&outbox).unwrap();
+    std::fs::write(outbox.join("b.csv"), "").unwrap();
+    for n in 1..10_000 {
+        std::fs::write(outbox.join(format!("b_{n}.csv")), "").unwrap();
+    }
+    let (b, c) = (scenario.path("b.csv"), scenario.path("c.csv"));
+    for path in [&b, &c] {
+        std::fs::write(path, csv_line(&["Scanned Item"]) + &csv_line(&["198.51.100.53"])).unwrap();
+    }
+    let (code, stderr) = scenario.enrich(&[&b, &c], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(outbox.join("c.csv").exists(), "{stderr}");
+    let errors = std::fs::read_to_string(outbox.join("VTTL_Error.log")).unwrap();
+    assert!(errors.contains("b.csv") && errors.contains("no free name"), "{errors}");
+    assert_eq!(std::fs::read(outbox.join("b_1.csv")).unwrap(), b"", "an existing output was replaced");
+}
+
 /// A quote never closed makes the last field run to the end of the file: fills written into that record
 /// would land inside the open field (changing the analyst's cell), and appended passive-DNS rows after it
 /// would vanish into it. Such a file (most likely cut short) is refused with a reason naming the record,

@@ -371,7 +371,18 @@ fn publish(
             "cannot record the publication of {name} in the work folder (the output was not published): {e}"
         )))
     })?;
-    let published = outbox::persist_output(temp, outbox, name).map_err(outbox_error)?;
+    // Every name taken (10 000 of them, `book.csv`, `book_1.csv`, …) is this file's problem — others still
+    // have names — not the outbox's: failing the run for it would stop every other file too.
+    let published = outbox::persist_output(temp, outbox, name).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            file_error(
+                "publish",
+                WorkbookError::io(&outbox.join(name), "find a free name in the outbox for", e),
+            )
+        } else {
+            outbox_error(e)
+        }
+    })?;
     hooks.after_publish(&published);
     Ok(published)
 }
@@ -389,7 +400,8 @@ fn no_room_is_critical(error: EnrichError) -> EnrichError {
             ) =>
         {
             let error = WorkbookError::Io { path, action, source };
-            CriticalError::Other(format!("{error} (not a fault of the file: it is kept to be tried again)")).into()
+            CriticalError::Other(format!("{error} (not a fault of the file: it is kept to be tried again)"))
+                .into()
         }
         other => other,
     }
@@ -1107,7 +1119,11 @@ mod tests {
         use std::io::ErrorKind;
         let failure = |step, kind: ErrorKind| EnrichError::File {
             step,
-            error: WorkbookError::io(Path::new("/outbox/.x.tmp"), "write the output", std::io::Error::from(kind)),
+            error: WorkbookError::io(
+                Path::new("/outbox/.x.tmp"),
+                "write the output",
+                std::io::Error::from(kind),
+            ),
         };
         for kind in [ErrorKind::StorageFull, ErrorKind::QuotaExceeded, ErrorKind::ReadOnlyFilesystem] {
             let error = no_room_is_critical(failure("write", kind));
