@@ -192,36 +192,79 @@ impl Counters {
     }
 }
 
-/// The token in the forms it can take in text: raw, URL-encoded as it appears in a query string, and as JSON
-/// writes it inside a string (a `"` or `\\` in the token escaped).
+/// `text` with every occurrence of `token` replaced by `[redacted]`, where each byte of the token may also be
+/// written `%XX` (hex in either case; a space also `+`), as any URL encoder may have written it.
+fn redact_percent_forms(text: &str, token: &str) -> String {
+    fn hex(digit: u8) -> Option<u8> {
+        (digit as char).to_digit(16).map(|d| d as u8)
+    }
+    fn match_at(text: &[u8], mut at: usize, token: &[u8]) -> Option<usize> {
+        for &wanted in token {
+            let &byte = text.get(at)?;
+            if byte == wanted || (wanted == b' ' && byte == b'+') {
+                at += 1;
+            } else if byte == b'%' {
+                let high = hex(*text.get(at + 1)?)?;
+                let low = hex(*text.get(at + 2)?)?;
+                if high << 4 | low != wanted {
+                    return None;
+                }
+                at += 3;
+            } else {
+                return None;
+            }
+        }
+        Some(at)
+    }
+    let (bytes, wanted) = (text.as_bytes(), token.as_bytes());
+    let Some(&first) = wanted.first() else { return text.to_string() };
+    let mut out = Vec::with_capacity(bytes.len());
+    let (mut at, mut copied) = (0, 0);
+    while at < bytes.len() {
+        if (bytes[at] == first || bytes[at] == b'%' || (first == b' ' && bytes[at] == b'+'))
+            && let Some(end) = match_at(bytes, at, wanted)
+        {
+            out.extend_from_slice(&bytes[copied..at]);
+            out.extend_from_slice(b"[redacted]");
+            (at, copied) = (end, end);
+        } else {
+            at += 1;
+        }
+    }
+    if copied == 0 {
+        return text.to_string();
+    }
+    out.extend_from_slice(&bytes[copied..]);
+    // Matches start and end at character boundaries (the token is whole characters; `%XX` is ASCII).
+    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
+}
+
+/// The token in the forms it can take in text: raw or percent-encoded in any mix (every encoder encodes a
+/// different set of characters: `/` is kept by one and written `%2F` by another, and any character may be
+/// written `%XX`), and as JSON writes it inside a string (a `"` or `\\` in the token escaped).
 #[derive(Clone)]
 struct Redactor {
     raw: Secret,
-    encoded: Secret,
     json: Secret,
 }
 
 impl Redactor {
     fn new(token: &Secret) -> Redactor {
-        let mut probe = reqwest::Url::parse("http://localhost/").expect("static URL parses");
-        probe.query_pairs_mut().append_pair("t", token.expose());
-        let encoded = probe.query().and_then(|q| q.strip_prefix("t=")).unwrap_or_default().to_string();
-        let other_form =
-            |form: String| if form == token.expose() { Secret::default() } else { Secret::new(form) };
         let json = serde_json::to_string(token.expose()).unwrap_or_default();
         let json = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')).unwrap_or_default().to_string();
-        Redactor { raw: token.clone(), encoded: other_form(encoded), json: other_form(json) }
+        let json = if json == token.expose() { Secret::default() } else { Secret::new(json) };
+        Redactor { raw: token.clone(), json }
     }
 
     fn redact(&self, text: &str) -> String {
-        self.json.redact(&self.encoded.redact(&self.raw.redact(text)))
+        self.json.redact(&redact_percent_forms(text, self.raw.expose()))
     }
 
     /// A response body with every echo of the token replaced by `[redacted]` (JSON-safe text), so an API that
     /// reflects the token (a self-link with `access_token=…`) cannot carry it into a cell, a log or the cache.
     /// A body with any escape (`\uXXXX`, `\/` — PHP writes every `/` so —, `\"`) is first written again in
-    /// serde_json's own form, where a string holds the token only raw or with its `"` and `\\` escaped, so an
-    /// escaped echo is caught too.
+    /// serde_json's own form, where a string holds the token only raw (or percent-encoded) or with its `"` and
+    /// `\\` escaped, so an escaped echo is caught too.
     fn redact_body(&self, body: String) -> String {
         let body = if body.contains('\\') {
             serde_json::from_str::<serde_json::Value>(&body)
@@ -231,12 +274,8 @@ impl Redactor {
         } else {
             body
         };
-        let echoes = |secret: &Secret| !secret.is_empty() && body.contains(secret.expose());
-        if echoes(&self.raw) || echoes(&self.encoded) || echoes(&self.json) {
-            self.redact(&body)
-        } else {
-            body
-        }
+        let redacted = self.redact(&body);
+        if redacted == body { body } else { redacted }
     }
 
     /// Server-provided (attacker-controlled) text: redacted, control characters replaced, length capped.
@@ -1075,6 +1114,35 @@ mod tests {
         let redactor = Redactor::new(&Secret::new("a b+c/d"));
         let text = redactor.redact("x a b+c/d y a+b%2Bc%2Fd z");
         assert!(!text.contains("a b+c/d") && !text.contains("a+b%2Bc%2Fd"), "{text}");
+        assert_eq!(text, "x [redacted] y [redacted] z");
+    }
+
+    /// Encoders encode different sets of characters (Python's `quote` keeps `/`, a form encoder does not) and
+    /// any character may be written `%XX`: every such spelling of the token is redacted, and nothing else.
+    #[test]
+    fn every_percent_spelling_of_the_token_is_redacted() {
+        let redactor = Redactor::new(&Secret::new("Ab/Cd+Ef9Zx=="));
+        for spelling in [
+            "Ab/Cd+Ef9Zx==",
+            "Ab/Cd%2BEf9Zx%3D%3D",
+            "Ab%2FCd%2BEf9Zx%3D%3D",
+            "Ab%2fCd%2bEf9Zx%3d%3d",
+            "%41%62%2F%43%64%2B%45%66%39%5A%78%3D%3D",
+            "A%62/Cd+Ef9Zx%3D=",
+        ] {
+            let text = format!("https://x.example/?access_token={spelling}&n=1");
+            assert_eq!(
+                redactor.redact(&text),
+                "https://x.example/?access_token=[redacted]&n=1",
+                "{spelling}"
+            );
+        }
+        for other in ["Ab/Cd+Ef9Zx=", "Ab/Cd%2BEf9Zy%3D%3D", "%4", "Ab%2", "é Ab/Cd+Ef9Zx== é"] {
+            let redacted = redactor.redact(other);
+            assert_eq!(redacted == other, !other.contains("Ab/Cd+Ef9Zx=="), "{other} -> {redacted}");
+        }
+        let redactor = Redactor::new(&Secret::new("TOPSECRET123"));
+        assert_eq!(redactor.redact("t=%54OPSECRET123;"), "t=[redacted];");
     }
 
     fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
