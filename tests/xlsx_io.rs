@@ -1048,3 +1048,25 @@ fn newer_excel_error_results_are_read_with_their_cells() {
     let error_text = read_workbook(&path).expect_err("no cell reference").to_string();
     assert!(error_text.contains("#SPILL!") && error_text.contains("newer Excel"), "{error_text}");
 }
+
+/// A macro project larger than `MAX_VBA_PROJECT_BYTES` is refused before anything is written: it would be
+/// held in memory and stored uncompressed (a 1 MB `.xlsm` of a compressed gigabyte became a 1 GB output).
+#[test]
+fn an_oversized_macro_project_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("huge.xlsm");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&input).unwrap());
+    let stored =
+        SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
+    zip.start_file("xl/vbaProject.bin", stored).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..=(vttl_seclytics::workbook::xlsx::MAX_VBA_PROJECT_BYTES >> 20) {
+        zip.write_all(&chunk).unwrap();
+    }
+    zip.finish().unwrap();
+    let error = extract_vba_project(&input, dir.path()).expect_err("over the limit");
+    assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error:?}");
+    assert!(error.to_string().contains("vbaProject.bin"), "{error}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "the partial copy was left: {left:?}");
+}

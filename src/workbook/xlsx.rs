@@ -271,9 +271,14 @@ pub fn write_workbook_with_options<W: Write + Send>(
     writer.finish(out)
 }
 
+/// Largest macro project carried over from an `.xlsm`. Real ones are kilobytes to a few megabytes; the project
+/// is held in memory and stored uncompressed by the writer, so a 1 MB file of a compressed gigabyte of zeros
+/// would otherwise become a 1 GB output (and a 1 GB process), for this outbox and the next stage's inbox.
+pub const MAX_VBA_PROJECT_BYTES: u64 = 64 << 20;
+
 /// Copies the macro project (`xl/vbaProject.bin`) of an `.xlsm`/`.xlsx` input into a temp file in
 /// `dest_dir` (deleted when the returned path is dropped), for [`WriteOptions::vba_project`]. `None` when the
-/// workbook has no macros. The copy is limited to [`MAX_FILE_BYTES`].
+/// workbook has no macros. The copy is limited to [`MAX_VBA_PROJECT_BYTES`].
 pub fn extract_vba_project(
     input: &Path,
     dest_dir: &Path,
@@ -289,10 +294,13 @@ pub fn extract_vba_project(
             .suffix(".bin")
             .tempfile_in(dest_dir)
             .map_err(|e| WorkbookError::io(dest_dir, "create a temp file in", e))?;
-        let copied = std::io::copy(&mut entry.take(MAX_FILE_BYTES + 1), &mut temp)
+        let copied = std::io::copy(&mut entry.take(MAX_VBA_PROJECT_BYTES + 1), &mut temp)
             .map_err(|e| corrupt(input, format!("cannot decompress `xl/vbaProject.bin`: {e}")))?;
-        if copied > MAX_FILE_BYTES {
-            return Err(too_large(input, "`xl/vbaProject.bin` is larger than the file size limit"));
+        if copied > MAX_VBA_PROJECT_BYTES {
+            return Err(too_large(
+                input,
+                format!("`xl/vbaProject.bin` is larger than {} MiB", MAX_VBA_PROJECT_BYTES >> 20),
+            ));
         }
         Ok(Some(temp.into_temp_path()))
     })
