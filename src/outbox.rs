@@ -983,7 +983,10 @@ fn publish_log(dir: &Path, name: &str, lines: &mut LogLines) -> std::io::Result<
 /// Appends one line to `<dir>/VTTL_Error.log`. Failures to log are reported on stderr, never fatal.
 pub fn append_error_log(dir: &Path, message: &str) {
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let line = format!("{time} {}\r\n", message.replace(['\r', '\n'], " "));
+    // Every control character, not only line breaks: a file name can hold ESC sequences, which would act on
+    // the terminal of whoever reads the log with `cat` or `tail`.
+    let one_line: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let line = format!("{time} {one_line}\r\n");
     let result = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -997,6 +1000,17 @@ pub fn append_error_log(dir: &Path, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message with control characters (a file name can hold ESC sequences or line breaks) is one plain line.
+    #[test]
+    fn error_log_lines_hold_no_control_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        append_error_log(dir.path(), "esc\u{1b}[31mRED.csv failed\r\nforged line\u{7}");
+        let text = std::fs::read_to_string(dir.path().join(ERROR_LOG)).unwrap();
+        let line = text.strip_suffix("\r\n").unwrap();
+        assert!(!line.chars().any(char::is_control), "{text:?}");
+        assert!(line.ends_with("esc [31mRED.csv failed  forged line "), "{text:?}");
+    }
 
     /// Only the temporary files of the named owner are deleted: its workbook and report temporaries, its log
     /// spill and that spill's probe link; never another owner's, an unowned one, or a file that merely looks

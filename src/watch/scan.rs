@@ -122,6 +122,14 @@ impl Settler {
                 }
                 continue;
             };
+            if name.chars().any(char::is_control) {
+                // A newline in a name would forge lines in the service's log, an ESC sequence act on a
+                // terminal: such a name is skipped (as one that is not Unicode) and shown escaped.
+                if self.warned.insert(os_name.clone()) {
+                    tracing::warn!("skipping {:?} in the inbox: the name holds control characters", name);
+                }
+                continue;
+            }
             if !filter.accepts(name) || self.ignored.contains(name) {
                 continue;
             }
@@ -328,6 +336,26 @@ mod tests {
         std::fs::remove_file(dir.path().join("b.xlsx")).unwrap();
         s.scan(dir.path(), &f, late).unwrap();
         assert_eq!(s.next_ready(dir.path(), settle, late), Readiness::Empty);
+    }
+
+    /// Names with control characters (Unix allows a newline or an ESC in a name) are never taken: they would
+    /// forge lines in the service's log and act on a terminal reading the error log.
+    #[cfg(unix)]
+    #[test]
+    fn names_with_control_characters_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["bad\n2026-12-05T14:44:45Z all good: evil.csv", "esc\u{1b}[31mRED.csv", "tab\there.csv"]
+        {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("fine.csv"), b"x").unwrap();
+        let mut s = Settler::default();
+        s.scan(dir.path(), &filter("*.csv"), Instant::now()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s.next_ready(dir.path(), Duration::ZERO, Instant::now()),
+            Readiness::Ready("fine.csv".into())
+        );
     }
 
     #[cfg(unix)]
