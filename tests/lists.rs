@@ -227,6 +227,9 @@ fn shipped_sinkhole_file_labels_known_addresses() {
     assert_eq!(label("195.22.26.255").as_deref(), Some("195.22.26.192/26 - AnubisNetworks Sinkhole"));
     assert_eq!(label("195.22.26.100"), None);
     assert_eq!(label("195.22.26.191"), None);
+    // VTTL's rule is "last octet above 192": .192 itself is no sinkhole, though the label names the /26.
+    assert_eq!(label("195.22.26.192"), None);
+    assert_eq!(label("195.22.26.193").as_deref(), Some("195.22.26.192/26 - AnubisNetworks Sinkhole"));
     let lolcat = Some("ET TROJAN AnubisNetworks Sinkhole SSL Cert lolcat - specific IPs");
     assert_eq!(label("195.22.28.193").as_deref(), lolcat);
     assert_eq!(label("195.22.28.222").as_deref(), lolcat);
