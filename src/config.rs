@@ -312,12 +312,44 @@ impl IniFile {
     }
 }
 
+/// The ini parser reads a line without `=` (or `:`) together with the lines after it, up to the next `=`, as
+/// one key: a `[section]` header among those lines disappears, and that section's keys — `[seclytics]` with
+/// its `offline_dir`, say — silently fall into the section before, where nothing checks them. Such a file is
+/// refused, naming the lines (not their text, which may hold the token). A line without `=` that swallows no
+/// header is left to the parser, as before (a strict section then reports an unknown key).
+fn swallowed_section(text: &str) -> Option<String> {
+    let mut pending: Option<usize> = None;
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            if let Some(bare) = pending {
+                return Some(format!(
+                    "line {bare} has no `=`, so the section header on line {} would be read as part of a key \
+                     (and its settings lost)",
+                    index + 1
+                ));
+            }
+        } else if line.contains('=') || line.contains(':') {
+            pending = None;
+        } else {
+            pending = pending.or(Some(index + 1));
+        }
+    }
+    None
+}
+
 fn read_ini(path: &Path) -> Result<IniFile, ConfigError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) => return Err(ConfigError::Read { path: path.to_path_buf(), source: e }),
     };
     let text = crate::workbook::decode_text_file(&bytes);
+    if let Some(reason) = swallowed_section(&text) {
+        return Err(ConfigError::Syntax { path: path.to_path_buf(), reason });
+    }
     let options = ini::ParseOption { enabled_escape: false, enabled_quote: false, ..Default::default() };
     let ini = ini::Ini::load_from_str_opt(&text, options)
         .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -494,6 +526,25 @@ mod tests {
         assert_eq!(config.watch.exclude.len(), 5);
         assert!(config.watch.poll.is_none());
         assert!(config.reverse_dns && config.logs.ips && !config.url_watchlist_regex);
+    }
+
+    /// A line without `=` before a section header would make the parser drop the header: refused, naming the
+    /// lines only; a line without `=` that swallows no header is not (VTTL's own ini files stay readable).
+    #[test]
+    fn a_line_without_equals_before_a_section_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("vttl.ini");
+        for text in [
+            "[main]\nthis line has no equals\n[seclytics]\naccess_token = SEKRIT2\n",
+            "[main]\nfoo\n\n; note\n[seclytics]\nconcurrency = 2\n",
+        ] {
+            std::fs::write(&ini, text).unwrap();
+            let error = Config::load(&ini, false).unwrap_err().to_string();
+            assert!(error.contains("line 2 has no `=`") && error.contains("vttl.ini"), "{error}");
+            assert!(!error.contains("SEKRIT2") && !error.contains("this line"), "{error}");
+        }
+        std::fs::write(&ini, "[main]\nkey = 1\n[seclytics]\nconcurrency = 2\n").unwrap();
+        assert_eq!(Config::load(&ini, false).unwrap().seclytics.concurrency, 2);
     }
 
     /// A line without `=` is read with the lines after it as one key; the error shows its first word only, never
