@@ -932,6 +932,25 @@ fn an_output_without_a_free_name_fails_alone() {
     assert_eq!(std::fs::read(outbox.join("b_1.csv")).unwrap(), b"", "an existing output was replaced");
 }
 
+/// A sheet with data in its last possible column (XFD) leaves no room for the columns to append after it:
+/// refused with that reason before any lookup is spent (it used to fail at the write, after the lookups).
+#[test]
+fn a_sheet_with_data_in_the_last_column_is_refused_before_any_lookup() {
+    let scenario = Scenario::new();
+    let input = scenario.path("wide.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    sheet.write_string(0, 0, "Scanned Item").unwrap();
+    sheet.write_string(1, 0, "203.0.113.45").unwrap();
+    sheet.write_string(1, 16_383, "note in XFD").unwrap();
+    book.save(&input).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let errors = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
+    assert!(errors.contains("wide.xlsx") && errors.contains("no room"), "{errors}");
+    assert_eq!(scenario.api.requests().len(), 0, "lookups were spent");
+}
+
 /// A quote never closed makes the last field run to the end of the file: fills written into that record
 /// would land inside the open field (changing the analyst's cell), and appended passive-DNS rows after it
 /// would vanish into it. Such a file (most likely cut short) is refused with a reason naming the record,

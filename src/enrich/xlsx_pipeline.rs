@@ -57,7 +57,23 @@ pub(super) fn enrich_xlsx(
         // Up to each row's last cell that is not blank (as in a CSV: blank cells are no data).
         let with_data = |row: &Vec<Cell>| row.iter().rposition(|cell| !cell.to_text().trim().is_empty());
         columns.widen_to(sheet.rows.iter().filter_map(with_data).max().map_or(0, |last| last + 1));
-        let mut table = TableScan::new(TablePlan::new(columns, &enricher.lists));
+        let plan = TablePlan::new(columns, &enricher.lists);
+        // Checked before any lookup is spent: the write would fail on the first column past the grid.
+        if plan.width() > crate::workbook::MAX_COLS as usize {
+            return Err(file_error(
+                "read",
+                WorkbookError::TooLarge {
+                    path: input.to_path_buf(),
+                    reason: format!(
+                        "sheet `{}` has data up to the last column Excel allows: no room after it for the {} \
+                         columns to add",
+                        sheet.name,
+                        plan.appended_headers().len()
+                    ),
+                },
+            ));
+        }
+        let mut table = TableScan::new(plan);
         for row in sheet.rows.iter().skip(1) {
             table.observe(&ModelRow(row));
         }
