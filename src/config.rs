@@ -253,15 +253,18 @@ impl IniFile {
     fn check_known(&self, section: &str, known: &[&str]) -> Result<(), ConfigError> {
         for (s, k, _) in &self.entries {
             if s.eq_ignore_ascii_case(section) && !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
-                // A line without `=` makes the parser read it, and the lines after it up to the next `=`, as one
-                // key: `access_token SECRET` would print the token. Only the first word is shown.
-                let first_word: String =
-                    k.split_whitespace().next().unwrap_or_default().chars().take(40).collect();
-                let key = if first_word == *k {
-                    first_word
-                } else {
-                    format!("{first_word}…` (a line without `=`?) `")
-                };
+                // A key read over several lines (a line without `=` and those after it) may hold the token in any
+                // of them, the first too (`access_token =` with the token wrapped onto the next line): none of its
+                // text is shown then. A key on one line is shown (cut, and with its controls escaped).
+                if k.contains(['\n', '\r']) {
+                    return Err(ConfigError::Syntax {
+                        path: self.path.clone(),
+                        reason: format!(
+                            "a line in [{section}] has no `=` (its text is not shown: it may hold the access token)"
+                        ),
+                    });
+                }
+                let key: String = k.chars().take(60).collect::<String>().escape_debug().to_string();
                 return Err(ConfigError::UnknownKey {
                     path: self.path.clone(),
                     section: section.into(),
@@ -347,6 +350,10 @@ fn read_ini(path: &Path) -> Result<IniFile, ConfigError> {
         Err(e) => return Err(ConfigError::Read { path: path.to_path_buf(), source: e }),
     };
     let text = crate::workbook::decode_text_file(&bytes);
+    // The parser reads a `\` at the very end of a line as "continued on the next line" (whatever the escape
+    // option), so a Windows folder ending in `\` in a file with LF line ends would take in the next line — a
+    // `[section]` header too. A space after it keeps the line whole (values are trimmed, so it changes nothing).
+    let text = text.replace("\\\n", "\\ \n");
     if let Some(reason) = swallowed_section(&text) {
         return Err(ConfigError::Syntax { path: path.to_path_buf(), reason });
     }
@@ -547,17 +554,29 @@ mod tests {
         assert_eq!(Config::load(&ini, false).unwrap().seclytics.concurrency, 2);
     }
 
-    /// A line without `=` is read with the lines after it as one key; the error shows its first word only, never
-    /// what follows (here the token).
+    /// A value ending in `\` (a Windows folder) in a file with LF line ends does not take in the next line.
+    #[test]
+    fn a_value_ending_in_a_backslash_does_not_take_in_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("vttl.ini");
+        std::fs::write(&ini, "[main]\nStaticIntelPath = C:\\VTTL\\static\\\n[seclytics]\nconcurrency = 2\n")
+            .unwrap();
+        assert_eq!(Config::load(&ini, false).unwrap().seclytics.concurrency, 2);
+    }
+
+    /// A line without `=` is read with the lines after it as one key; the error shows none of it then — the
+    /// token may be on any of those lines, the first one too.
     #[test]
     fn a_line_without_equals_never_shows_what_follows_it() {
         for text in [
             "[seclytics]\naccess_token SEKRIT1\n[watch]\ninbox = x\n",
             "[seclytics]\naccess_token SEKRIT1 ; note\nconcurrency = 2\n",
+            "[seclytics]\naccess_token =\nSEKRIT1\nconcurrency = 2\n",
+            "[seclytics]\naccess_token = SEK\nRIT1\nconcurrency = 2\n",
         ] {
             let error = parse(text).unwrap_err().to_string();
-            assert!(!error.contains("SEKRIT1"), "{error}");
-            assert!(error.contains("access_token") && error.contains("without `=`"), "{error}");
+            assert!(!error.contains("SEKRIT1") && !error.contains("RIT1"), "{error}");
+            assert!(error.contains("[seclytics]") && error.contains("no `=`"), "{error}");
         }
     }
 

@@ -198,23 +198,21 @@ fn redact_percent_forms(text: &str, token: &str) -> String {
     fn hex(digit: u8) -> Option<u8> {
         (digit as char).to_digit(16).map(|d| d as u8)
     }
-    fn match_at(text: &[u8], mut at: usize, token: &[u8]) -> Option<usize> {
-        for &wanted in token {
-            let &byte = text.get(at)?;
-            if byte == wanted || (wanted == b' ' && byte == b'+') {
-                at += 1;
-            } else if byte == b'%' {
-                let high = hex(*text.get(at + 1)?)?;
-                let low = hex(*text.get(at + 2)?)?;
-                if high << 4 | low != wanted {
-                    return None;
-                }
-                at += 3;
-            } else {
-                return None;
-            }
-        }
-        Some(at)
+    /// Where a spelling of `token` starting at `at` ends. A `%` of the text may be a `%` of the token or start
+    /// its `%XX` form (a token holding `%` is written `%25` in a query): both readings are tried.
+    fn match_at(text: &[u8], at: usize, token: &[u8]) -> Option<usize> {
+        let Some((&wanted, rest)) = token.split_first() else { return Some(at) };
+        let &byte = text.get(at)?;
+        let encoded = (byte == b'%')
+            .then(|| Some(hex(*text.get(at + 1)?)? << 4 | hex(*text.get(at + 2)?)?))
+            .flatten()
+            .filter(|&decoded| decoded == wanted)
+            .and_then(|_| match_at(text, at + 3, rest));
+        encoded.or_else(|| {
+            (byte == wanted || (wanted == b' ' && byte == b'+'))
+                .then(|| match_at(text, at + 1, rest))
+                .flatten()
+        })
     }
     let (bytes, wanted) = (text.as_bytes(), token.as_bytes());
     let Some(&first) = wanted.first() else { return text.to_string() };
@@ -1143,6 +1141,17 @@ mod tests {
         }
         let redactor = Redactor::new(&Secret::new("TOPSECRET123"));
         assert_eq!(redactor.redact("t=%54OPSECRET123;"), "t=[redacted];");
+        // A `%` in the token: written raw, or `%25` as a query encodes it (what the client itself sends).
+        let redactor = Redactor::new(&Secret::new("ab%cd"));
+        for spelling in ["ab%cd", "ab%25cd", "%61b%25cd"] {
+            assert_eq!(
+                redactor.redact(&format!("u?access_token={spelling}&x=1")),
+                "u?access_token=[redacted]&x=1"
+            );
+        }
+        let mut query = reqwest::Url::parse("http://localhost/").unwrap();
+        query.query_pairs_mut().append_pair("access_token", "ab%cd");
+        assert!(!redactor.redact(query.as_str()).contains("ab%25cd"), "{query}");
     }
 
     fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
