@@ -129,7 +129,11 @@ pub fn run(plan: Plan) -> Result<ExitCode, CriticalError> {
                     Err(EnrichError::Critical(e)) => return Err(e),
                     Err(EnrichError::File { step, error }) => {
                         failed += 1;
-                        let message = format!("{} failed at step `{step}`: {error}", file.display());
+                        // No control character from the file (a sheet name, say) may forge a log line.
+                        let message: String = format!("{} failed at step `{step}`: {error}", file.display())
+                            .chars()
+                            .map(|c| if c.is_control() { ' ' } else { c })
+                            .collect();
                         tracing::error!("{message}");
                         if crate::outbox::ensure_writable(&outbox).is_ok() {
                             crate::outbox::append_error_log(&outbox, &message);

@@ -949,6 +949,46 @@ fn a_sheet_with_data_in_the_last_column_is_refused_before_any_lookup() {
     let errors = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
     assert!(errors.contains("wide.xlsx") && errors.contains("no room"), "{errors}");
     assert_eq!(scenario.api.requests().len(), 0, "lookups were spent");
+
+    // A sheet name is the file's text: a newline in it must not forge a line of the log on stderr.
+    let forged = scenario.path("forged.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    sheet.write_string(0, 0, "Scanned Item").unwrap();
+    sheet.write_string(1, 16_383, "note in XFD").unwrap();
+    book.save(&forged).unwrap();
+    let bytes = std::fs::read(&forged).unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut rewritten = zip::ZipWriter::new(std::fs::File::create(&forged).unwrap());
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).unwrap();
+        let name = entry.name().unwrap().into_owned();
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut text).unwrap();
+        if name == "xl/workbook.xml" {
+            let xml = String::from_utf8(text).unwrap();
+            text = xml.replace("name=\"Sheet1\"", "name=\"S&#10;FORGED LINE\"").into_bytes();
+        }
+        rewritten.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+        std::io::Write::write_all(&mut rewritten, &text).unwrap();
+    }
+    rewritten.finish().unwrap();
+    let (code, stderr) = scenario.enrich(&[&forged], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("FORGED LINE"), "{stderr}");
+    assert!(stderr.lines().all(|line| !line.starts_with("FORGED")), "a forged line: {stderr}");
+
+    // The same for a CSV whose data reaches field 16 384.
+    let csv = scenario.path("wide.csv");
+    let mut row = vec![String::new(); 16_384];
+    row[0] = "203.0.113.45".into();
+    row[16_383] = "note in XFD".into();
+    std::fs::write(&csv, format!("\"Scanned Item\"\r\n{}\r\n", row.join(","))).unwrap();
+    let (code, stderr) = scenario.enrich(&[&csv], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let errors = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
+    assert!(errors.contains("wide.csv") && errors.contains("no room"), "{errors}");
+    assert_eq!(scenario.api.requests().len(), 0, "lookups were spent");
 }
 
 /// A quote never closed makes the last field run to the end of the file: fills written into that record

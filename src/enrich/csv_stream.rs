@@ -402,6 +402,21 @@ fn scan(
     } else {
         plan
     };
+    // Checked before any lookup is spent: the write would refuse the first row past the limit.
+    if plan.width() > crate::workbook::MAX_COLS as usize {
+        return Err(file_error(
+            "read",
+            WorkbookError::TooLarge {
+                path: input.to_path_buf(),
+                reason: format!(
+                    "data reaches column {}: no room after it for the {} columns to add (the limit is {})",
+                    widest,
+                    plan.appended_headers().len(),
+                    crate::workbook::MAX_COLS
+                ),
+            },
+        ));
+    }
     Ok(Scan { plan, skipped, indicators: Arc::new(indicators), uses, flags, row_ids })
 }
 

@@ -390,7 +390,7 @@ fn publish(
 /// A write that failed because its volume is full, over quota or read-only is no fault of the workbook: a
 /// critical error (the input is handed back, not failed; `--once` stops with status 2), like an outbox that
 /// cannot be written at all.
-fn no_room_is_critical(error: EnrichError) -> EnrichError {
+pub(super) fn no_room_is_critical(error: EnrichError) -> EnrichError {
     use std::io::ErrorKind;
     match error {
         EnrichError::File { step: "write", error: WorkbookError::Io { path, action, source } }

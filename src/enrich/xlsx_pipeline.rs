@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::{EnrichError, Enricher, Job, ModelRow, NO_INDICATOR, TableScan, file_error};
+use super::{EnrichError, Enricher, Job, ModelRow, NO_INDICATOR, TableScan, file_error, no_room_is_critical};
 use crate::outbox;
 use crate::vttl::ColumnMap;
 use crate::workbook::{Cell, Sheet, Workbook, WorkbookError, xlsx};
@@ -65,7 +65,7 @@ pub(super) fn enrich_xlsx(
                 WorkbookError::TooLarge {
                     path: input.to_path_buf(),
                     reason: format!(
-                        "sheet `{}` has data up to the last column Excel allows: no room after it for the {} \
+                        "sheet {:?} has data too near the last column Excel allows: no room after it for the {} \
                          columns to add",
                         sheet.name,
                         plan.appended_headers().len()
@@ -94,7 +94,11 @@ pub(super) fn enrich_xlsx(
     // An .xlsm keeps its macro project (the output keeps the .xlsm name, so it must stay a macro workbook).
     let is_xlsm = input.extension().is_some_and(|e| e.eq_ignore_ascii_case("xlsm"));
     let vba_project = if is_xlsm {
-        xlsx::extract_vba_project(input, &job.outbox).map_err(|e| file_error("read", e))?
+        // A write error of the copy (into the outbox) is a write error: a full outbox is critical, not a bad file.
+        xlsx::extract_vba_project(input, &job.outbox).map_err(|e| match e {
+            WorkbookError::Io { .. } => no_room_is_critical(file_error("write", e)),
+            other => file_error("read", other),
+        })?
     } else {
         None
     };

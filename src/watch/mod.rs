@@ -648,6 +648,9 @@ impl Watcher<'_> {
     /// `failed/<name>` + `failed/<name>.error.txt` + a line in the outbox's error log.
     fn quarantine(&self, job: &InFlight, step: &str, reason: &str) {
         let failed = &self.settings.failed;
+        // The reason may hold text from the file (a sheet name): no control character may reach the service's
+        // log (a newline would forge a line), the error log or the note.
+        let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         let message = format!("{} failed at step `{step}`: {reason}", job.name);
         tracing::error!("{message}");
         if crate::outbox::ensure_writable_by(&self.settings.outbox, Some(&self.work.id)).is_ok() {
@@ -656,9 +659,7 @@ impl Watcher<'_> {
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let note = format!(
             "file: {}\r\ntime: {time}\r\nstep: {step}\r\nreason: {}\r\ninstance: {}\r\n",
-            job.name,
-            reason.replace(['\r', '\n'], " "),
-            self.work.id
+            job.name, reason, self.work.id
         );
         // The note is written first, under the name the input will take, and the input then moved to exactly
         // that name: the note beside a file in `failed` is always its own (an older note of the same name is

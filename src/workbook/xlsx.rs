@@ -294,8 +294,21 @@ pub fn extract_vba_project(
             .suffix(".bin")
             .tempfile_in(dest_dir)
             .map_err(|e| WorkbookError::io(dest_dir, "create a temp file in", e))?;
-        let copied = std::io::copy(&mut entry.take(MAX_VBA_PROJECT_BYTES + 1), &mut temp)
-            .map_err(|e| corrupt(input, format!("cannot decompress `xl/vbaProject.bin`: {e}")))?;
+        // Reading (the input's fault) and writing (the outbox's: a full volume is no corrupt input) apart.
+        let mut limited = entry.take(MAX_VBA_PROJECT_BYTES + 1);
+        let mut buffer = vec![0u8; 64 << 10];
+        let mut copied = 0u64;
+        loop {
+            let read = limited
+                .read(&mut buffer)
+                .map_err(|e| corrupt(input, format!("cannot decompress `xl/vbaProject.bin`: {e}")))?;
+            if read == 0 {
+                break;
+            }
+            temp.write_all(&buffer[..read])
+                .map_err(|e| WorkbookError::io(dest_dir, "copy the macro project into", e))?;
+            copied += read as u64;
+        }
         if copied > MAX_VBA_PROJECT_BYTES {
             return Err(too_large(
                 input,
