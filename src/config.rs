@@ -264,7 +264,14 @@ impl IniFile {
                         ),
                     });
                 }
-                let key: String = k.chars().take(60).collect::<String>().escape_debug().to_string();
+                // One line, but perhaps still `access_token SECRET` (the `=` missing, the token ending in `=`):
+                // only the first word is shown.
+                let first_word: String =
+                    k.split_whitespace().next().unwrap_or_default().chars().take(40).collect();
+                let mut key = first_word.escape_debug().to_string();
+                if k.trim() != first_word {
+                    key.push_str("…` (the rest of the line is not shown) `");
+                }
                 return Err(ConfigError::UnknownKey {
                     path: self.path.clone(),
                     section: section.into(),
@@ -354,6 +361,26 @@ fn read_ini(path: &Path) -> Result<IniFile, ConfigError> {
     // option), so a Windows folder ending in `\` in a file with LF line ends would take in the next line — a
     // `[section]` header too. A space after it keeps the line whole (values are trimmed, so it changes nothing).
     let text = text.replace("\\\n", "\\ \n");
+    // The parser knows comments only at the start of a line; an indented one (valid for Python's
+    // configparser, which VTTL uses) would be read as a key, taking in the lines after it up to the next `=`
+    // — a `[section]` header too. Comment lines become empty lines (so line numbers stay the same).
+    let text: String = text
+        .split_inclusive('\n')
+        .map(|line| {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with(';') || trimmed.starts_with('#') {
+                if line.ends_with("\r\n") {
+                    "\r\n"
+                } else if line.ends_with('\n') {
+                    "\n"
+                } else {
+                    ""
+                }
+            } else {
+                line
+            }
+        })
+        .collect();
     if let Some(reason) = swallowed_section(&text) {
         return Err(ConfigError::Syntax { path: path.to_path_buf(), reason });
     }
@@ -552,6 +579,29 @@ mod tests {
         }
         std::fs::write(&ini, "[main]\nkey = 1\n[seclytics]\nconcurrency = 2\n").unwrap();
         assert_eq!(Config::load(&ini, false).unwrap().seclytics.concurrency, 2);
+    }
+
+    /// Indented comments (valid for Python's configparser) neither hide the next section nor make a file refused;
+    /// a key without `=` whose token ends in `=` is shown by its first word only.
+    #[test]
+    fn indented_comments_are_comments_and_a_token_after_a_key_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("vttl.ini");
+        std::fs::write(
+            &ini,
+            "[main]\nreverseDNS = True\n    ; SecLytics settings below\n[seclytics]\nconcurrency = 2\n",
+        )
+        .unwrap();
+        assert_eq!(Config::load(&ini, false).unwrap().seclytics.concurrency, 2);
+        std::fs::write(
+            &ini,
+            "[seclytics]\r\n  ; live lookups: set the token below\r\naccess_token = abc123\r\n",
+        )
+        .unwrap();
+        assert_eq!(Config::load(&ini, false).unwrap().seclytics.access_token.expose(), "abc123");
+        std::fs::write(&ini, "[seclytics]\naccess_token Ab/Cd+Ef9ZxSEKRIT==\n").unwrap();
+        let error = Config::load(&ini, false).unwrap_err().to_string();
+        assert!(!error.contains("SEKRIT") && error.contains("access_token"), "{error}");
     }
 
     /// A value ending in `\` (a Windows folder) in a file with LF line ends does not take in the next line.

@@ -237,6 +237,68 @@ fn redact_percent_forms(text: &str, token: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| text.to_string())
 }
 
+/// `text` with JSON's string escapes undone wherever they appear (`\/`, `\"`, `\\`, `\n`…, `\uXXXX` with surrogate
+/// pairs); an escape that is not one is left as it is. For text that is not (or no longer) valid JSON.
+fn json_unescaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('\\') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u32> {
+        let digits: String = chars.clone().take(4).collect();
+        let value = (digits.len() == 4).then(|| u32::from_str_radix(&digits, 16).ok()).flatten()?;
+        chars.nth(3);
+        Some(value)
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek().copied() {
+            Some(escaped @ ('/' | '"' | '\\')) => {
+                chars.next();
+                out.push(escaped);
+            }
+            Some('n' | 'r' | 't' | 'b' | 'f') => {
+                chars.next();
+                out.push(' ');
+            }
+            Some('u') => {
+                let mut ahead = chars.clone();
+                ahead.next();
+                match hex4(&mut ahead) {
+                    Some(high @ 0xD800..=0xDBFF) => {
+                        let mut pair = ahead.clone();
+                        let low = (pair.next() == Some('\\') && pair.next() == Some('u'))
+                            .then(|| hex4(&mut pair))
+                            .flatten();
+                        match low.filter(|low| (0xDC00..=0xDFFF).contains(low)) {
+                            Some(low) => {
+                                let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                                out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                                chars = pair;
+                            }
+                            None => {
+                                out.push('\u{fffd}');
+                                chars = ahead;
+                            }
+                        }
+                    }
+                    Some(code) => {
+                        out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                        chars = ahead;
+                    }
+                    None => out.push('\\'),
+                }
+            }
+            _ => out.push('\\'),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The token in the forms it can take in text: raw or percent-encoded in any mix (every encoder encodes a
 /// different set of characters: `/` is kept by one and written `%2F` by another, and any character may be
 /// written `%XX`), and as JSON writes it inside a string (a `"` or `\\` in the token escaped).
@@ -278,6 +340,9 @@ impl Redactor {
 
     /// Server-provided (attacker-controlled) text: redacted, control characters replaced, length capped.
     fn clean_server_text(&self, text: &str) -> String {
+        // An error body shown as it came (a shape we do not read, or cut short) still holds its JSON escapes, and
+        // an echo of the token written with them (`\/`, `\uXXXX`) would pass the search: they are undone first.
+        let text = json_unescaped(text);
         let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         let redacted = self.redact(one_line.trim());
         if redacted.chars().count() > MAX_SERVER_MESSAGE_CHARS {
@@ -1184,6 +1249,24 @@ mod tests {
                 assert!(texts.iter().all(|t| !t.contains(token)), "{token}: {body} -> {redacted}");
             }
         }
+    }
+
+    #[test]
+    /// An error body shown as it came (a shape not read, or cut short) may echo the token with JSON escapes:
+    /// they are undone before the search, so the echo is redacted.
+    #[test]
+    fn error_bodies_echoing_the_token_with_json_escapes_are_redacted() {
+        let redactor = Redactor::new(&Secret::new("Ab/Cd+Ef9Zx=="));
+        let text =
+            redactor.clean_server_text(&server_message(br#"{"detail": "invalid token Ab\/Cd+Ef9Zx=="}"#));
+        assert!(!text.contains("Cd+Ef9Zx") && text.contains("[redacted]"), "{text}");
+        let redactor = Redactor::new(&Secret::new("T\u{f6}k3n-SEKRIT"));
+        let body = br#"{"error": {"code": 401, "detail": "bad access_token=T\u00f6k3n-SEKRIT"}} and more"#;
+        let text = redactor.clean_server_text(&server_message(body));
+        assert!(!text.contains("SEKRIT"), "{text}");
+        // Cut short in the middle of an escape, and a surrogate pair: no panic, escapes kept or decoded.
+        assert_eq!(json_unescaped(r"a\u00"), r"a\u00");
+        assert_eq!(json_unescaped(r"\ud83d\ude00 \/ \q"), "\u{1f600} / \\q");
     }
 
     #[test]
