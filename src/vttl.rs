@@ -181,7 +181,8 @@ impl Indicator {
             return None;
         }
         if let Ok(ip) = text.parse::<IpAddr>() {
-            return Some(Indicator { kind: IndicatorKind::Ip, value: ip.to_string() });
+            // `::ffff:203.0.113.45` is the IPv4 address: one indicator, one lookup.
+            return Some(Indicator { kind: IndicatorKind::Ip, value: ip.to_canonical().to_string() });
         }
         if is_hash(text) {
             return Some(Indicator { kind: IndicatorKind::File, value: text.to_ascii_lowercase() });
@@ -236,6 +237,12 @@ pub fn is_host_name(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_mapped_address_is_the_ipv4_address() {
+        assert_eq!(Indicator::classify("::ffff:203.0.113.45"), Indicator::classify("203.0.113.45"));
+        assert_eq!(Indicator::classify("2001:db8::1").unwrap().value, "2001:db8::1");
+    }
 
     #[test]
     fn a_host_with_its_trailing_dot_is_the_same_host() {

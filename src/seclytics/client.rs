@@ -1251,7 +1251,6 @@ mod tests {
         }
     }
 
-    #[test]
     /// An error body shown as it came (a shape not read, or cut short) may echo the token with JSON escapes:
     /// they are undone before the search, so the echo is redacted.
     #[test]
