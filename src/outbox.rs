@@ -144,6 +144,10 @@ pub fn report_name(output_name: &str) -> String {
 /// What follows an output's name in its report's name.
 pub const REPORT_SUFFIX: &str = ".report.json";
 
+/// The longest file name most file systems take (255 bytes on Linux; 255 UTF-16 units on Windows, never
+/// fewer bytes of UTF-8).
+pub const MAX_NAME_BYTES: usize = 255;
+
 /// [`persist_no_clobber`] for a workbook: a name whose report name ([`report_name`]) is taken is skipped too,
 /// so the report written next to it afterwards is its own and under its own name — in a chain the next stage
 /// takes `book.csv` away and leaves `book.csv.report.json`, and a new `book.csv` must not sit beside that.

@@ -991,6 +991,25 @@ fn a_sheet_with_data_in_the_last_column_is_refused_before_any_lookup() {
     assert_eq!(scenario.api.requests().len(), 0, "lookups were spent");
 }
 
+/// A legal but long name (the report's name, 12 bytes longer, would pass the file system's 255) is refused
+/// before any lookup, and the run goes on — it used to stop as "outbox not writable" after publishing.
+#[test]
+fn a_name_too_long_for_its_report_is_refused_before_any_lookup() {
+    let scenario = Scenario::new();
+    let long = scenario.path(&format!("{}.csv", "a".repeat(245)));
+    let good = scenario.path("good.csv");
+    for path in [&long, &good] {
+        std::fs::write(path, csv_line(&["Scanned Item"]) + &csv_line(&["198.51.100.53"])).unwrap();
+    }
+    let (code, stderr) = scenario.enrich(&[&long, &good], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(scenario.outbox().join("good.csv").exists());
+    assert!(scenario.outbox().join("good.csv.report.json").exists());
+    let errors = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
+    assert!(errors.contains("too long"), "{errors}");
+    assert_eq!(scenario.api.count_path("/ips/198.51.100.53"), 1, "only good.csv looked it up");
+}
+
 /// A quote never closed makes the last field run to the end of the file: fills written into that record
 /// would land inside the open field (changing the analyst's cell), and appended passive-DNS rows after it
 /// would vanish into it. Such a file (most likely cut short) is refused with a reason naming the record,

@@ -294,6 +294,20 @@ impl Enricher {
             .and_then(|n| n.into_string().ok())
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
+        // A name the report cannot be written beside (most file systems allow 255 bytes or characters per name)
+        // is refused before any lookup, not found out when the workbook is already published.
+        if output_name.len() + outbox::REPORT_SUFFIX.len() > outbox::MAX_NAME_BYTES {
+            return Err(file_error(
+                "read",
+                WorkbookError::Corrupt {
+                    path: input.to_path_buf(),
+                    reason: format!(
+                        "the file name is too long to have its report beside it (at most {} bytes)",
+                        outbox::MAX_NAME_BYTES - outbox::REPORT_SUFFIX.len()
+                    ),
+                },
+            ));
+        }
 
         let mut job = Job::new(self, hooks.reported_input().unwrap_or(input), outbox, hooks.temp_owner());
         let output = match format {

@@ -130,6 +130,17 @@ impl Settler {
                 }
                 continue;
             }
+            if name.len() + crate::outbox::REPORT_SUFFIX.len() > crate::outbox::MAX_NAME_BYTES
+                && filter.accepts(name)
+            {
+                // Its report (and, in `failed`, its note) could not be written beside it: left in the inbox.
+                if self.warned.insert(os_name.clone()) {
+                    tracing::warn!(
+                        "skipping {name:?} in the inbox: the name is too long to have its report beside it"
+                    );
+                }
+                continue;
+            }
             if !filter.accepts(name) || self.ignored.contains(name) {
                 continue;
             }
@@ -356,6 +367,18 @@ mod tests {
             s.next_ready(dir.path(), Duration::ZERO, Instant::now()),
             Readiness::Ready("fine.csv".into())
         );
+    }
+
+    /// A name too long for its report (or its note in `failed`) to be written beside it is left in the inbox.
+    #[test]
+    fn names_too_long_for_their_report_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}.csv", "a".repeat(240));
+        std::fs::write(dir.path().join(&long), b"x").unwrap();
+        std::fs::write(dir.path().join("fine.csv"), b"x").unwrap();
+        let mut s = Settler::default();
+        s.scan(dir.path(), &filter("*.csv"), Instant::now()).unwrap();
+        assert_eq!(s.len(), 1);
     }
 
     #[cfg(unix)]
