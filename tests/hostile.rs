@@ -775,6 +775,10 @@ const MUST_REFUSE: &[&str] = &[
     "corrupt_ole2.xls",
     // Its last quote never closes: fills and appended rows would land inside the open field.
     "unbalanced_quotes.csv",
+    // XLS memory bombs that got past the extent check (ninth session).
+    "xls_nested_substream_hides_extent.xls",
+    "xls_forty_sheets_on_one.xls",
+    "xls_sheets_hidden_in_a_record.xls",
 ];
 
 #[test]

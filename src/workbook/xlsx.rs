@@ -1415,19 +1415,48 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
     let close = |bbox: &mut Option<(u64, u64, u64, u64)>| -> u64 {
         bbox.take().map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1))
     };
+    // Substreams nest (a chart inside a sheet): only the outermost BOF and EOF start and end a sheet, whose
+    // cells calamine gathers into one range across the nested one. The sheets the workbook declares
+    // (BoundSheet) must each start at a different substream the walk saw: calamine reads a sheet once per
+    // declaration, so sheets declared on one substream, or on data hidden inside another record, would be read
+    // (and held) many times over, unseen by this count.
+    let mut depth = 0usize;
+    let mut substream_starts: Vec<u64> = Vec::new();
+    let mut declared_sheets: Vec<u64> = Vec::new();
     let mut pos = 0usize;
     while pos + 4 <= bytes.len() {
+        let record_start = pos as u64;
         let typ = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
         let len = usize::from(u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]));
         let data = &bytes[pos + 4..(pos + 4 + len).min(bytes.len())];
         pos += 4 + len;
         let mut cells: [Option<(u64, u64)>; 2] = [None, None];
         match typ {
-            // BOF / EOF: a new substream starts, the previous one ends.
-            0x0809 | 0x000A => {
-                total = total.saturating_add(close(&mut bbox));
-                if total > budget {
-                    return refuse(format!("its sheets span {total} cells"));
+            // BOF: a new substream starts (at depth 0 a new sheet, or the workbook globals).
+            0x0809 => {
+                if depth == 0 {
+                    total = total.saturating_add(close(&mut bbox));
+                    if total > budget {
+                        return refuse(format!("its sheets span {total} cells"));
+                    }
+                    substream_starts.push(record_start);
+                }
+                depth += 1;
+            }
+            // EOF: the substream ends; the sheet ends with the outermost one.
+            0x000A => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    total = total.saturating_add(close(&mut bbox));
+                    if total > budget {
+                        return refuse(format!("its sheets span {total} cells"));
+                    }
+                }
+            }
+            // BoundSheet: where a declared sheet starts.
+            0x0085 => {
+                if let Some(start) = u32_at(data, 0) {
+                    declared_sheets.push(start);
                 }
             }
             // DIMENSIONS: calamine reserves this many cells.
@@ -1470,6 +1499,15 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
                     *c1 - *c0 + 1
                 ));
             }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for start in &declared_sheets {
+        if !seen.insert(*start) {
+            return Err(corrupt(path, "several sheets are declared on the same sheet data"));
+        }
+        if !substream_starts.contains(start) {
+            return Err(corrupt(path, "a sheet is declared where no sheet data starts"));
         }
     }
     Ok(())
