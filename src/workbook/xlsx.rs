@@ -1423,6 +1423,11 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
     let mut depth = 0usize;
     let mut substream_starts: Vec<u64> = Vec::new();
     let mut declared_sheets: Vec<u64> = Vec::new();
+    // The shared strings (SST and its CONTINUE records) and the LabelSst cells using them: calamine copies the
+    // string into every cell, so the text those cells will hold is counted against the text budget.
+    let mut sst_parts: Vec<&[u8]> = Vec::new();
+    let mut in_sst = false;
+    let mut label_sst: Vec<u32> = Vec::new();
     let mut pos = 0usize;
     while pos + 4 <= bytes.len() {
         let record_start = pos as u64;
@@ -1431,6 +1436,19 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
         let data = &bytes[pos + 4..(pos + 4 + len).min(bytes.len())];
         pos += 4 + len;
         let mut cells: [Option<(u64, u64)>; 2] = [None, None];
+        match typ {
+            0x00FC => {
+                sst_parts = vec![data];
+                in_sst = true;
+            }
+            0x003C if in_sst => sst_parts.push(data),
+            _ => in_sst = false,
+        }
+        if typ == 0x00FD
+            && let Some(index) = u32_at(data, 6)
+        {
+            label_sst.push(index as u32);
+        }
         match typ {
             // BOF: a new substream starts (at depth 0 a new sheet, or the workbook globals).
             0x0809 => {
@@ -1501,6 +1519,23 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
             }
         }
     }
+    if !label_sst.is_empty() {
+        let lengths = sst_string_bytes(&sst_parts);
+        let text: u64 = label_sst
+            .iter()
+            .map(|&index| lengths.get(index as usize).copied().unwrap_or(0))
+            .fold(0u64, u64::saturating_add);
+        if text > limits.max_text_bytes {
+            return Err(too_large(
+                path,
+                format!(
+                    "its cells hold {text} bytes of shared text (a string counts in every cell using it); the limit \
+                     is {}",
+                    limits.max_text_bytes
+                ),
+            ));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for start in &declared_sheets {
         if !seen.insert(*start) {
@@ -1517,6 +1552,85 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
 /// because calamine allocates each box twice (values and formulas) at about 32 + 24 bytes per cell before our
 /// model copies the used cells. BIFF8 sheets hold at most 65,536 × 256 cells; a VTTL sheet of 65,535 rows ×
 /// 43 columns spans 2.8 million.
+/// The most bytes each string of a BIFF8 shared-string table (the SST record's payload and its CONTINUE
+/// records', in order) takes as text: its character count, times 3 for two-byte characters (UTF-8). Reading
+/// stops at the first string that does not fit (a hostile table): the strings before it are counted.
+fn sst_string_bytes(parts: &[&[u8]]) -> Vec<u64> {
+    // A cursor over the parts; `boundary` tells when a part was just entered (character data continued into a
+    // new CONTINUE record starts with a fresh flags byte).
+    struct Cursor<'a> {
+        parts: &'a [&'a [u8]],
+        part: usize,
+        at: usize,
+    }
+    impl Cursor<'_> {
+        fn at_part_start(&mut self) -> bool {
+            while self.part < self.parts.len() && self.at >= self.parts[self.part].len() {
+                self.part += 1;
+                self.at = 0;
+            }
+            self.at == 0 && self.part > 0
+        }
+        fn byte(&mut self) -> Option<u8> {
+            self.at_part_start();
+            let byte = *self.parts.get(self.part)?.get(self.at)?;
+            self.at += 1;
+            Some(byte)
+        }
+        fn bytes(&mut self, n: u64) -> Option<()> {
+            let mut left = n;
+            while left > 0 {
+                self.at_part_start();
+                let part = self.parts.get(self.part)?;
+                let step = left.min((part.len() - self.at) as u64);
+                self.at += step as usize;
+                left -= step;
+            }
+            Some(())
+        }
+        fn u16(&mut self) -> Option<u64> {
+            Some(u64::from(u16::from_le_bytes([self.byte()?, self.byte()?])))
+        }
+        fn u32(&mut self) -> Option<u64> {
+            Some(u64::from(u32::from_le_bytes([self.byte()?, self.byte()?, self.byte()?, self.byte()?])))
+        }
+    }
+    let mut cursor = Cursor { parts, part: 0, at: 0 };
+    let mut lengths = Vec::new();
+    let Some(_total) = cursor.u32() else { return lengths };
+    let Some(unique) = cursor.u32() else { return lengths };
+    let one = |cursor: &mut Cursor<'_>| -> Option<u64> {
+        let characters = cursor.u16()?;
+        let flags = cursor.byte()?;
+        let mut wide = flags & 0x01 != 0;
+        let runs = if flags & 0x08 != 0 { cursor.u16()? } else { 0 };
+        let extended = if flags & 0x04 != 0 { cursor.u32()? } else { 0 };
+        let mut left = characters;
+        let mut widest = wide;
+        while left > 0 {
+            if cursor.at_part_start() && left < characters {
+                wide = cursor.byte()? & 0x01 != 0;
+                widest |= wide;
+            }
+            let part_left = (cursor.parts.get(cursor.part)?.len() - cursor.at) as u64;
+            let width = if wide { 2 } else { 1 };
+            let here = left.min(part_left / width).max(1).min(left);
+            cursor.bytes(here * width)?;
+            left -= here;
+        }
+        cursor.bytes(runs * 4)?;
+        cursor.bytes(extended)?;
+        Some(characters * if widest { 3 } else { 1 })
+    };
+    for _ in 0..unique.min(16_000_000) {
+        match one(&mut cursor) {
+            Some(bytes) => lengths.push(bytes),
+            None => break,
+        }
+    }
+    lengths
+}
+
 fn xls_cell_budget(limits: &Limits) -> u64 {
     (limits.max_sheet_cells / 4).max(1)
 }
