@@ -1029,8 +1029,9 @@ mod tests {
             .map(|i| match i % 4 {
                 0 => IpAddr::from([198, 51, 100, i]),
                 1 => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(i)]),
-                // The same address as an IPv4-mapped IPv6 one: a different IP indicator.
-                2 => IpAddr::V6(std::net::Ipv4Addr::new(198, 51, 100, i - 2).to_ipv6_mapped()),
+                // (IPv4-mapped IPv6 addresses never get here: cells and passive-DNS answers are read as the
+                // IPv4 address.)
+                2 => IpAddr::from([192, 0, 2, i]),
                 _ => IpAddr::from([203, 0, 113, 255 - i]),
             })
             .collect();
