@@ -403,19 +403,8 @@ fn scan(
         plan
     };
     // Checked before any lookup is spent: the write would refuse the first row past the limit.
-    if plan.width() > crate::workbook::MAX_COLS as usize {
-        return Err(file_error(
-            "read",
-            WorkbookError::TooLarge {
-                path: input.to_path_buf(),
-                reason: format!(
-                    "data reaches column {}: no room after it for the {} columns to add (the limit is {})",
-                    widest,
-                    plan.appended_headers().len(),
-                    crate::workbook::MAX_COLS
-                ),
-            },
-        ));
+    if let Some(error) = super::no_room_for_columns(input, &plan, &format!("data reaches column {widest}")) {
+        return Err(error);
     }
     Ok(Scan { plan, skipped, indicators: Arc::new(indicators), uses, flags, row_ids })
 }

@@ -421,6 +421,24 @@ pub(super) fn no_room_is_critical(error: EnrichError) -> EnrichError {
     }
 }
 
+/// The error for a table whose columns to append would go past the last column a sheet may have (`place`
+/// says where its data ends), or `None` when they fit.
+fn no_room_for_columns(input: &Path, plan: &plan::TablePlan, place: &str) -> Option<EnrichError> {
+    (plan.width() > workbook::MAX_COLS as usize).then(|| {
+        file_error(
+            "read",
+            WorkbookError::TooLarge {
+                path: input.to_path_buf(),
+                reason: format!(
+                    "{place}: no room after it for the {} columns to add (the limit is {} columns)",
+                    plan.appended_headers().len(),
+                    workbook::MAX_COLS
+                ),
+            },
+        )
+    })
+}
+
 /// `n` and `noun`, plural unless `n` is 1: "1 row", "2 rows", "0 API requests".
 fn counted(n: u64, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }

@@ -59,19 +59,9 @@ pub(super) fn enrich_xlsx(
         columns.widen_to(sheet.rows.iter().filter_map(with_data).max().map_or(0, |last| last + 1));
         let plan = TablePlan::new(columns, &enricher.lists);
         // Checked before any lookup is spent: the write would fail on the first column past the grid.
-        if plan.width() > crate::workbook::MAX_COLS as usize {
-            return Err(file_error(
-                "read",
-                WorkbookError::TooLarge {
-                    path: input.to_path_buf(),
-                    reason: format!(
-                        "sheet {:?} has data too near the last column Excel allows: no room after it for the {} \
-                         columns to add",
-                        sheet.name,
-                        plan.appended_headers().len()
-                    ),
-                },
-            ));
+        let place = format!("sheet {:?} has data too near the last column Excel allows", sheet.name);
+        if let Some(error) = super::no_room_for_columns(input, &plan, &place) {
+            return Err(error);
         }
         let mut table = TableScan::new(plan);
         for row in sheet.rows.iter().skip(1) {
