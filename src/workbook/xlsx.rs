@@ -652,19 +652,10 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
         corrupt(path, "the zip archive is not an Excel workbook (it has no xl/workbook.xml part)")
     })?;
 
-    let sheets = parse_workbook_sheets(path, &mut archive, &workbook_part)?;
-    let (dir, file_name) = match workbook_part.rfind('/') {
-        Some(slash) => (&workbook_part[..=slash], &workbook_part[slash + 1..]),
-        None => ("", workbook_part.as_str()),
-    };
     check_loaded_whole_parts(path, &mut archive, &measured, limits)?;
-    let rels_part = format!("{dir}_rels/{file_name}.rels");
-    let targets = parse_relationships(path, &mut archive, &rels_part)?;
 
     let mut layouts = HashMap::new();
-    for (sheet_name, relationship_id) in sheets {
-        let Some(target) = targets.get(&relationship_id) else { continue };
-        let part = resolve_target(dir, target);
+    for (sheet_name, part) in sheet_parts(path, &mut archive, &workbook_part)? {
         if archive.index_for_name(&part).is_none() {
             continue;
         }
@@ -672,6 +663,25 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
         layouts.insert(sheet_name, layout);
     }
     Ok(layouts)
+}
+
+/// Each sheet the workbook part declares, by name, with the zip part its relationship points at (sheets whose
+/// relationship is missing are left out).
+fn sheet_parts(
+    path: &Path,
+    archive: &mut Archive,
+    workbook_part: &str,
+) -> Result<Vec<(String, String)>, WorkbookError> {
+    let sheets = parse_workbook_sheets(path, archive, workbook_part)?;
+    let (dir, file_name) = match workbook_part.rfind('/') {
+        Some(slash) => (&workbook_part[..=slash], &workbook_part[slash + 1..]),
+        None => ("", workbook_part),
+    };
+    let targets = parse_relationships(path, archive, &format!("{dir}_rels/{file_name}.rels"))?;
+    Ok(sheets
+        .into_iter()
+        .filter_map(|(sheet, id)| Some((sheet, resolve_target(dir, targets.get(&id)?))))
+        .collect())
 }
 
 /// The parts calamine loads whole — shared strings and styles, in any folder and compared without case (a
@@ -1079,15 +1089,9 @@ fn read_xlsx_with_newer_errors(
         .collect();
     let workbook_part = find_workbook_part(path, &mut archive, &names)?
         .ok_or_else(|| corrupt(path, "the zip archive is not an Excel workbook"))?;
-    let sheets = parse_workbook_sheets(path, &mut archive, &workbook_part)?;
-    let (dir, file_name) = match workbook_part.rfind('/') {
-        Some(slash) => (&workbook_part[..=slash], &workbook_part[slash + 1..]),
-        None => ("", workbook_part.as_str()),
-    };
-    let targets = parse_relationships(path, &mut archive, &format!("{dir}_rels/{file_name}.rels"))?;
-    let sheet_parts: HashMap<String, String> = sheets
+    let sheet_parts: HashMap<String, String> = sheet_parts(path, &mut archive, &workbook_part)?
         .into_iter()
-        .filter_map(|(sheet, id)| Some((resolve_target(dir, targets.get(&id)?), sheet)))
+        .map(|(sheet, part)| (part, sheet))
         .collect();
 
     let io = |e: std::io::Error| WorkbookError::io(path, "copy the workbook for reading", e);
