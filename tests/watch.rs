@@ -515,6 +515,42 @@ fn a_crash_right_after_publishing_does_not_produce_a_second_output() {
     assert_eq!(work_folders(&site.inbox), 0);
 }
 
+/// A file that makes the process die (the debug-build hook aborts it right after it takes `poison.csv`) is
+/// handed back by each restart's recovery only until three runs died holding it; the next recovery sends it to
+/// `failed` with its reason and the other files go through, instead of a crash at every restart for ever.
+#[test]
+fn a_file_that_kills_the_process_three_times_goes_to_failed() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::write(site.inbox.join("poison.csv"), tiny_csv("poison")).unwrap();
+    let run = || site.command(true).env("VTTL_TEST_ABORT_ON_TAKING", "poison.csv").output().unwrap();
+    for attempt in 1..=3 {
+        let output = run();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "run {attempt}: the hook aborts the process\n{stderr}");
+        assert_eq!(claimed_files(&site.inbox).len(), 1, "run {attempt}: the input died claimed\n{stderr}");
+        if attempt > 1 {
+            let counted = format!("runs that stopped while holding it: {} of 3", attempt - 1);
+            assert!(stderr.contains(&counted), "run {attempt}:\n{stderr}");
+        }
+    }
+    std::fs::write(site.inbox.join("good.csv"), tiny_csv("good")).unwrap();
+    let output = run();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("1 processed, 1 failed"), "{stderr}");
+    assert_eq!(names(&site.processed()), set(&["good.csv"]));
+    assert_eq!(outputs(&site.outbox), set(&["good.csv"]));
+    assert_eq!(names(&site.failed()), set(&["poison.csv", "poison.csv.error.txt"]));
+    assert_eq!(std::fs::read_to_string(site.failed().join("poison.csv")).unwrap(), tiny_csv("poison"));
+    let note = std::fs::read_to_string(site.failed().join("poison.csv.error.txt")).unwrap();
+    assert!(note.contains("stopped 3 times while it held this file"), "{note}");
+    let error_log = std::fs::read_to_string(site.outbox.join("VTTL_Error.log")).unwrap();
+    assert!(error_log.contains("poison.csv failed"), "{error_log}");
+    // Nothing is left claimed, and the count went with the file.
+    assert!(claimed_files(&site.inbox).is_empty());
+    assert_eq!(work_folders(&site.inbox), 0, "{stderr}");
+}
+
 #[test]
 fn corrupt_files_go_to_failed_with_their_reason_while_the_others_go_through() {
     let site = Site::new("inbox", "outbox", Answers::Offline, "");

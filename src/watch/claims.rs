@@ -32,6 +32,12 @@
 //!   the temporary file gone → look for a file in the outbox with the recorded inode (Unix): found → it was
 //!   published; not found → it was not (the rename failed), reprocess. Without inodes (Windows) a vanished
 //!   temporary file counts as published. Either way no second output is produced for a published one.
+//! * **Interrupted runs.** An input that recovery hands back is counted against the dead instance that held it
+//!   (`<work root>/interrupted-<digest>.json`: name, size, modification time, the dead instances' ids, each
+//!   once). When [`MAX_INTERRUPTED_RUNS`] instances died holding the same file, recovery sends it to `failed`
+//!   with its reason instead: a file that kills the process (out of memory, a crash in a library) would
+//!   otherwise be taken again after every restart, for ever. The record goes when the file reaches
+//!   `processed` or `failed`, or after 30 days untouched.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -313,6 +319,94 @@ fn journal_file_name(name: &str) -> String {
     format!("{hex}.json")
 }
 
+/// After this many runs of the program stopped while they held an input (killed, crashed, out of memory, the
+/// machine went down), recovery sends the input to `failed` instead of handing it back: a file that makes the
+/// process die would otherwise be taken again after every restart, for ever.
+pub const MAX_INTERRUPTED_RUNS: usize = 3;
+
+/// Largest interruption record read back (a few hundred bytes are written; anything bigger was not ours).
+const MAX_INTERRUPTION_RECORD: u64 = 64 * 1024;
+
+/// How often an input was held by an instance that died: `<work root>/interrupted-<digest of the name>.json`,
+/// a file directly in the shared work root (never taken for a work folder: those are folders), so that every
+/// instance recovering the file counts on the same record.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct InterruptedRuns {
+    name: String,
+    /// Size and modification time of the file: a new version under the same name starts again from zero.
+    size: u64,
+    modified_ns: Option<u64>,
+    /// The dead instances that held it, each counted once (a recovery cut short and done again, or a
+    /// folder adopted by an instance that died in turn, is not a second interruption).
+    instances: Vec<String>,
+}
+
+fn interruptions_path(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("interrupted-{}", journal_file_name(name)))
+}
+
+/// Records that the dead instance `instance` held `claimed` (named `name` in the inbox) and returns how many
+/// dead instances held this same file (same name, size and modification time) so far.
+pub fn count_interrupted_run(
+    root: &Path,
+    claimed: &Path,
+    name: &str,
+    instance: &str,
+) -> std::io::Result<usize> {
+    let meta = std::fs::metadata(claimed)?;
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_nanos()).ok());
+    let path = interruptions_path(root, name);
+    let earlier = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() && m.len() <= MAX_INTERRUPTION_RECORD => {
+            serde_json::from_slice::<InterruptedRuns>(&std::fs::read(&path)?).ok()
+        }
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let mut record = earlier
+        .filter(|r| r.name == name && r.size == meta.len() && r.modified_ns == modified_ns)
+        .unwrap_or_else(|| InterruptedRuns {
+            name: name.to_string(),
+            size: meta.len(),
+            modified_ns,
+            instances: Vec::new(),
+        });
+    if !record.instances.iter().any(|i| i == instance) {
+        record.instances.push(instance.to_string());
+        let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        fsops::write_replace(&path, &bytes)?;
+    }
+    Ok(record.instances.len())
+}
+
+/// Forgets the interrupted runs of the input `name`: it reached `processed` or `failed`.
+pub fn forget_interrupted_runs(root: &Path, name: &str) {
+    let _ = std::fs::remove_file(interruptions_path(root, name));
+}
+
+/// Deletes the interruption records nobody touched for `age` (their file never came back to the inbox).
+pub fn remove_old_interruption_records(root: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let is_record = entry.file_name().to_str().is_some_and(|n| n.starts_with("interrupted-"));
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed >= age);
+        if is_record && old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A journal entry: the one step that makes an output visible.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct JournalRecord {
@@ -587,6 +681,8 @@ fn no_such_process(_pid: u32) -> bool {
 pub struct Recovered {
     pub handed_back: usize,
     pub processed: usize,
+    /// Inputs sent to `failed`: [`MAX_INTERRUPTED_RUNS`] instances died while they held them.
+    pub failed: usize,
     /// Temporary files of the dead instances deleted from the outbox.
     pub temp_files_removed: usize,
 }
@@ -594,8 +690,15 @@ pub struct Recovered {
 /// Adopts the dead work folder `id` and settles every input it held; then deletes the temporary files the
 /// dead instance (and those it had adopted) left in `outbox`. Those are deleted only once every input of
 /// that instance is settled: until then its journal may still need its temporary output to tell
-/// "never published" from "published".
-pub fn recover(work: &WorkArea, id: &str, processed_dir: &Path, outbox: &Path) -> std::io::Result<Recovered> {
+/// "never published" from "published". An input that was never published is handed back to the inbox, or
+/// sent to `failed_dir` once [`MAX_INTERRUPTED_RUNS`] dead instances held it.
+pub fn recover(
+    work: &WorkArea,
+    id: &str,
+    processed_dir: &Path,
+    failed_dir: &Path,
+    outbox: &Path,
+) -> std::io::Result<Recovered> {
     let adopted_root = work.dir.join(ADOPTED);
     std::fs::create_dir_all(&adopted_root)?;
     let adopted = adopted_root.join(id);
@@ -605,19 +708,25 @@ pub fn recover(work: &WorkArea, id: &str, processed_dir: &Path, outbox: &Path) -
         Err(e) => return Err(e),
     }
     tracing::warn!("recovering the claims of instance {id}, which is no longer alive");
-    settle_adopted(work, processed_dir, outbox)
+    settle_adopted(work, processed_dir, failed_dir, outbox)
 }
 
 /// Settles every folder in our `adopted/` folder: the one just adopted, and any left by an earlier recovery
 /// that could not settle all its inputs (`processed` briefly unusable, say) — called on every liveness check,
 /// so such inputs are not stranded until this instance dies. Then deletes the temporary files the settled
 /// instances left in `outbox`.
-pub fn settle_adopted(work: &WorkArea, processed_dir: &Path, outbox: &Path) -> std::io::Result<Recovered> {
+pub fn settle_adopted(
+    work: &WorkArea,
+    processed_dir: &Path,
+    failed_dir: &Path,
+    outbox: &Path,
+) -> std::io::Result<Recovered> {
     let mut done = Recovered::default();
     let mut settled = Vec::new();
     let Ok(adopted) = std::fs::read_dir(work.dir.join(ADOPTED)) else { return Ok(done) };
     for entry in adopted.flatten() {
-        if let Err(e) = settle_folder(work, &entry.path(), processed_dir, &mut done, &mut settled) {
+        let places = Places { processed: processed_dir, failed: failed_dir, outbox };
+        if let Err(e) = settle_folder(work, &entry.path(), &places, &mut done, &mut settled) {
             tracing::error!("cannot settle {} yet ({e}); trying again", entry.path().display());
         }
     }
@@ -635,20 +744,30 @@ pub fn settle_adopted(work: &WorkArea, processed_dir: &Path, outbox: &Path) -> s
     Ok(done)
 }
 
+/// Where recovery puts the inputs it settles.
+struct Places<'a> {
+    processed: &'a Path,
+    failed: &'a Path,
+    outbox: &'a Path,
+}
+
 /// Settles every input of a dead work folder (and, first, of the folders it had adopted itself), then removes
 /// the folder when nothing is left in it, adding its instance id (the folder's name) to `settled`.
 fn settle_folder(
     work: &WorkArea,
     folder: &Path,
-    processed_dir: &Path,
+    places: &Places<'_>,
     done: &mut Recovered,
     settled: &mut Vec<String>,
 ) -> std::io::Result<()> {
     if let Ok(nested) = std::fs::read_dir(folder.join(ADOPTED)) {
         for entry in nested.flatten() {
-            settle_folder(work, &entry.path(), processed_dir, done, settled)?;
+            settle_folder(work, &entry.path(), places, done, settled)?;
         }
     }
+    let processed_dir = places.processed;
+    // The folder's name is the id of the instance that held its inputs.
+    let holder = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let journal = folder.join(JOURNAL);
     if let Ok(files) = std::fs::read_dir(folder.join(FILES)) {
         for entry in files.flatten() {
@@ -679,16 +798,49 @@ fn settle_folder(
                         continue;
                     }
                 },
-                JournalVerdict::NotPublished => match work.hand_back(&path, &name) {
-                    Ok(to) => {
-                        tracing::info!("recovered {name}: handed back to the inbox as {}", to.display());
-                        done.handed_back += 1;
+                JournalVerdict::NotPublished => {
+                    let runs = count_interrupted_run(&work.root, &path, &name, holder).unwrap_or_else(|e| {
+                        tracing::warn!("cannot record that a run stopped while it held {name}: {e}");
+                        0
+                    });
+                    if runs >= MAX_INTERRUPTED_RUNS {
+                        let reason = format!(
+                            "the program stopped {runs} times while it held this file (killed, crashed, out of \
+                             memory, or the machine went down), so it is not taken again; put it back into the \
+                             inbox to try once more"
+                        );
+                        if !super::quarantine_input(
+                            places.failed,
+                            places.outbox,
+                            &work.id,
+                            &path,
+                            &name,
+                            "enrich",
+                            &reason,
+                        ) {
+                            continue;
+                        }
+                        forget_interrupted_runs(&work.root, &name);
+                        done.failed += 1;
+                    } else {
+                        match work.hand_back(&path, &name) {
+                            Ok(to) => {
+                                tracing::info!(
+                                    "recovered {name}: handed back to the inbox as {} (runs that stopped while \
+                                     holding it: {runs} of {MAX_INTERRUPTED_RUNS})",
+                                    to.display()
+                                );
+                                done.handed_back += 1;
+                            }
+                            Err(e) => {
+                                tracing::error!(
+                                    "cannot hand {name} back to the inbox yet ({e}); trying again"
+                                );
+                                continue;
+                            }
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!("cannot hand {name} back to the inbox yet ({e}); trying again");
-                        continue;
-                    }
-                },
+                }
             }
             let _ = std::fs::remove_file(&entry_path);
         }
@@ -770,18 +922,98 @@ mod tests {
 
         let unusable = inbox.path().join("processed-is-a-file");
         std::fs::write(&unusable, b"").unwrap();
-        let first = recover(&work, dead_id, &unusable, &outbox).unwrap();
+        let failed = inbox.path().join("failed");
+        let first = recover(&work, dead_id, &unusable, &failed, &outbox).unwrap();
         assert_eq!((first.handed_back, first.processed), (1, 0));
         assert_eq!(std::fs::read(inbox.path().join("pending.csv")).unwrap(), b"pending input");
         assert!(leftover.exists(), "deleted before the dead instance's inputs were all settled");
 
         let processed = inbox.path().join("processed");
         std::fs::create_dir(&processed).unwrap();
-        let second = settle_adopted(&work, &processed, &outbox).unwrap();
+        let second = settle_adopted(&work, &processed, &failed, &outbox).unwrap();
         assert_eq!((second.handed_back, second.processed, second.temp_files_removed), (0, 1, 1));
         assert_eq!(std::fs::read(processed.join("published.csv")).unwrap(), b"published input");
         assert!(!leftover.exists());
         assert!(std::fs::read_dir(work.dir.join(ADOPTED)).map(|mut d| d.next().is_none()).unwrap_or(true));
+    }
+
+    /// Puts `bytes` as the claimed input `name` of a dead instance `id` (a work folder without a lease) and
+    /// recovers it; returns what recovery did.
+    fn recover_from_dead(
+        work: &WorkArea,
+        id: &str,
+        name: &str,
+        bytes: &[u8],
+        modified: std::time::SystemTime,
+    ) -> Recovered {
+        let inbox = &work.inbox;
+        let dead = work.root.join(id);
+        std::fs::create_dir_all(dead.join(FILES)).unwrap();
+        std::fs::create_dir_all(dead.join(JOURNAL)).unwrap();
+        let file = std::fs::File::create(dead.join(FILES).join(name)).unwrap();
+        std::io::Write::write_all(&mut &file, bytes).unwrap();
+        file.set_modified(modified).unwrap();
+        drop(file);
+        let (processed, failed, outbox) =
+            (inbox.join("processed"), inbox.join("failed"), inbox.join("outbox"));
+        for dir in [&processed, &failed, &outbox] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        recover(work, id, &processed, &failed, &outbox).unwrap()
+    }
+
+    /// A file held by [`MAX_INTERRUPTED_RUNS`] instances that died is sent to `failed` with its reason instead of
+    /// being handed back once more; a recovery repeated for the same dead instance counts once; a new version
+    /// of the file under the same name starts from zero; a file that is done has its count forgotten.
+    #[test]
+    fn a_file_held_by_three_instances_that_died_goes_to_failed() {
+        let inbox = tempfile::tempdir().unwrap();
+        let work = WorkArea::create(inbox.path(), Duration::from_secs(60)).unwrap();
+        let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let take_back = |expected: &[u8]| {
+            assert_eq!(std::fs::read(inbox.path().join("poison.csv")).unwrap(), expected);
+            std::fs::remove_file(inbox.path().join("poison.csv")).unwrap();
+        };
+        for (run, id) in ["a-1-1-0001", "b-2-2-0002"].into_iter().enumerate() {
+            let done = recover_from_dead(&work, id, "poison.csv", b"POISON", when);
+            assert_eq!((done.handed_back, done.failed), (1, 0), "run {run}");
+            take_back(b"POISON");
+        }
+        // The same dead instance once more (a folder adopted by an instance that died in turn): not a third run.
+        let done = recover_from_dead(&work, "b-2-2-0002", "poison.csv", b"POISON", when);
+        assert_eq!((done.handed_back, done.failed), (1, 0));
+        take_back(b"POISON");
+        let done = recover_from_dead(&work, "c-3-3-0003", "poison.csv", b"POISON", when);
+        assert_eq!((done.handed_back, done.failed), (0, 1));
+        let failed = inbox.path().join("failed");
+        assert_eq!(std::fs::read(failed.join("poison.csv")).unwrap(), b"POISON");
+        let note = std::fs::read_to_string(failed.join("poison.csv.error.txt")).unwrap();
+        assert!(note.contains("stopped 3 times while it held this file"), "{note}");
+        assert!(note.contains(&format!("instance: {}", work.id)), "{note}");
+        let error_log = std::fs::read_to_string(inbox.path().join("outbox").join("VTTL_Error.log")).unwrap();
+        assert!(error_log.contains("poison.csv failed at step `enrich`"), "{error_log}");
+        // Its count went with it: put back into the inbox, it gets its three runs again.
+        assert!(!interruptions_path(&work.root, "poison.csv").exists());
+
+        // Another version of a file (other size or time) does not inherit the count of the old one.
+        for (run, (bytes, secs)) in
+            [(&b"v1"[..], 1), (b"v2-longer", 1), (b"v2-longer", 2)].into_iter().enumerate()
+        {
+            let id = format!("d-{run}-4-0004");
+            let done = recover_from_dead(&work, &id, "book.csv", bytes, when + Duration::from_secs(secs));
+            assert_eq!((done.handed_back, done.failed), (1, 0), "version {run}");
+            std::fs::remove_file(inbox.path().join("book.csv")).unwrap();
+        }
+        let runs = count_interrupted_run(&work.root, &failed.join("poison.csv"), "book.csv", "x").unwrap();
+        assert_eq!(runs, 1, "a file of another size and time starts from zero");
+        forget_interrupted_runs(&work.root, "book.csv");
+        assert!(!interruptions_path(&work.root, "book.csv").exists());
+        // A record nobody touched for long is deleted; a recent one stays.
+        count_interrupted_run(&work.root, &failed.join("poison.csv"), "old.csv", "x").unwrap();
+        remove_old_interruption_records(&work.root, Duration::from_secs(3600));
+        assert!(interruptions_path(&work.root, "old.csv").exists());
+        remove_old_interruption_records(&work.root, Duration::ZERO);
+        assert!(!interruptions_path(&work.root, "old.csv").exists());
     }
 
     #[test]

@@ -26,9 +26,10 @@
 //! must not be the outbox (a loop would re-enrich our own outputs); files are taken oldest-settled first; the
 //! report's `input` is the path where the file was dropped in the inbox (the enricher reads the claimed copy).
 //!
-//! Test hook: in debug builds only, with `VTTL_TEST_ABORT_AFTER_PUBLISH` set in the environment the process
-//! aborts right after an output was renamed into the outbox, so the tests can crash it in the one window the
-//! journal exists for. Release builds ignore the variable.
+//! Test hooks, in debug builds only (release builds ignore the variables): with `VTTL_TEST_ABORT_AFTER_PUBLISH`
+//! set in the environment the process aborts right after an output was renamed into the outbox, so the tests
+//! can crash it in the one window the journal exists for; with `VTTL_TEST_ABORT_ON_TAKING=<name>` it aborts
+//! right after claiming the input `<name>`, as a file that kills the process would.
 
 pub mod claims;
 pub mod fsops;
@@ -76,6 +77,9 @@ pub struct Counts {
 const CLAIM_ATTEMPTS: u32 = 3;
 /// The service tries again to claim a file that could not be claimed after this long.
 const CLAIM_RETRY: Duration = Duration::from_secs(30);
+
+/// How long the record of the runs that stopped while holding a file is kept without being touched.
+const INTERRUPTION_RECORDS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Set by the signal handler; a process has one.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -137,6 +141,8 @@ pub fn run(config: Config, options: WatchOptions) -> Result<WatchEnd, CriticalEr
     // Temporary files of `enrich` runs on this machine that were killed mid-run (the instances' own are deleted
     // by whoever recovers them).
     claims::remove_temp_files_of_dead_runs(&settings.outbox);
+    // Counts of interrupted runs for files that never came back to the inbox.
+    claims::remove_old_interruption_records(&work.root, INTERRUPTION_RECORDS_KEPT);
     tracing::info!(
         "watching {} (instance {}, {}); outputs to {}",
         settings.inbox.display(),
@@ -373,6 +379,8 @@ impl Watcher<'_> {
         // Only debug builds (the ones `cargo test` runs) honour the test hook; a release binary ignores it.
         let abort_after_publish =
             cfg!(debug_assertions) && std::env::var_os("VTTL_TEST_ABORT_AFTER_PUBLISH").is_some();
+        let abort_on_taking =
+            std::env::var_os("VTTL_TEST_ABORT_ON_TAKING").filter(|_| cfg!(debug_assertions));
 
         let mut settler = Settler::default();
         let mut liveness = Liveness::default();
@@ -451,7 +459,7 @@ impl Watcher<'_> {
                 if paused_until.is_none() {
                     if now >= next_liveness {
                         next_liveness = now + liveness_every;
-                        counts.recovered += self.recover_dead(&mut liveness, now);
+                        self.recover_dead(&mut liveness, now, &mut counts);
                         dirty = true;
                     }
                     if dirty || now >= next_scan {
@@ -465,6 +473,9 @@ impl Watcher<'_> {
                         Readiness::Ready(name) => {
                             match self.work.claim(&name) {
                                 Ok(Some(claimed)) => {
+                                    if abort_on_taking.as_deref() == Some(std::ffi::OsStr::new(&name)) {
+                                        std::process::abort();
+                                    }
                                     settler.forget(&name);
                                     claim_failures.remove(&name);
                                     current = self.start_job(name, claimed, abort_after_publish);
@@ -613,6 +624,7 @@ impl Watcher<'_> {
                     &self.settings.inbox.join(&job.name).display().to_string(),
                 );
                 self.quarantine(&job, step, &reason);
+                claims::forget_interrupted_runs(&self.work.root, &job.name);
                 counts.failed += 1;
                 let _ = std::fs::remove_file(&job.entry);
                 return None;
@@ -627,6 +639,7 @@ impl Watcher<'_> {
                 Ok(to) => {
                     counts.processed += 1;
                     let _ = std::fs::remove_file(&job.entry);
+                    claims::forget_interrupted_runs(&self.work.root, &job.name);
                     tracing::info!("{} done; input moved to {}", job.name, to.display());
                 }
                 Err(e) => tracing::error!(
@@ -647,80 +660,102 @@ impl Watcher<'_> {
 
     /// `failed/<name>` + `failed/<name>.error.txt` + a line in the outbox's error log.
     fn quarantine(&self, job: &InFlight, step: &str, reason: &str) {
-        let failed = &self.settings.failed;
-        // The reason may hold text from the file (a sheet name): no control character may reach the service's
-        // log (a newline would forge a line), the error log or the note.
-        let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-        let message = format!("{} failed at step `{step}`: {reason}", job.name);
-        tracing::error!("{message}");
-        if crate::outbox::ensure_writable_by(&self.settings.outbox, Some(&self.work.id)).is_ok() {
-            crate::outbox::append_error_log(&self.settings.outbox, &message);
-        }
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let note = format!(
-            "file: {}\r\ntime: {time}\r\nstep: {step}\r\nreason: {}\r\ninstance: {}\r\n",
-            job.name, reason, self.work.id
+        let settings = self.settings;
+        quarantine_input(
+            &settings.failed,
+            &settings.outbox,
+            &self.work.id,
+            &job.claimed,
+            &job.name,
+            step,
+            reason,
         );
-        // The note is written first, under the name the input will take, and the input then moved to exactly
-        // that name: the note beside a file in `failed` is always its own (an older note of the same name is
-        // never taken for it), and a crash between the two steps cannot leave an input there without a reason.
-        let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists;
-        for attempt in 0..10_000 {
-            let name = crate::outbox::candidate_name(&job.name, attempt);
-            if failed.join(&name).exists() {
-                continue;
-            }
-            let note_path = match crate::outbox::write_new_file_exactly(
-                failed,
-                &format!("{name}.error.txt"),
-                note.as_bytes(),
-            ) {
-                Ok(path) => path,
-                Err(e) if exists(&e) => continue,
-                Err(e) => {
-                    tracing::error!(
-                        "cannot write the error note for {} in {}: {e}",
-                        job.name,
-                        failed.display()
-                    );
-                    break;
-                }
-            };
-            match fsops::move_exactly(&job.claimed, failed, &name) {
-                Ok(_) => return,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&note_path);
-                    if !exists(&e) {
-                        tracing::error!(
-                            "cannot move {} to {} ({e}); it stays claimed",
-                            job.name,
-                            failed.display()
-                        );
-                        return;
-                    }
-                }
-            }
-        }
-        // No note could be written: the input still goes to `failed` (the reason is in the error log).
-        if let Err(e) = fsops::move_no_clobber(&job.claimed, failed, &job.name) {
-            tracing::error!("cannot move {} to {} ({e}); it stays claimed", job.name, failed.display());
-        }
     }
 
-    /// Recovers the work folders of dead instances. Returns how many inputs were settled.
-    fn recover_dead(&self, liveness: &mut Liveness, now: Instant) -> usize {
-        let mut total = 0;
-        for id in liveness.dead_folders(self.work, self.settings.claim_stale, now) {
-            match claims::recover(self.work, &id, &self.settings.processed, &self.settings.outbox) {
-                Ok(done) => total += done.handed_back + done.processed,
+    /// Recovers the work folders of dead instances, counting the inputs settled (and, among them, those
+    /// sent to `failed`) in `counts`.
+    fn recover_dead(&self, liveness: &mut Liveness, now: Instant, counts: &mut Counts) {
+        let settings = self.settings;
+        let mut add = |done: claims::Recovered| {
+            counts.recovered += done.handed_back + done.processed + done.failed;
+            counts.failed += done.failed;
+        };
+        for id in liveness.dead_folders(self.work, settings.claim_stale, now) {
+            match claims::recover(self.work, &id, &settings.processed, &settings.failed, &settings.outbox) {
+                Ok(done) => add(done),
                 Err(e) => tracing::error!("cannot recover the claims of {id}: {e}"),
             }
         }
         // Inputs an earlier recovery could not settle yet.
-        match claims::settle_adopted(self.work, &self.settings.processed, &self.settings.outbox) {
-            Ok(done) => total += done.handed_back + done.processed,
+        match claims::settle_adopted(self.work, &settings.processed, &settings.failed, &settings.outbox) {
+            Ok(done) => add(done),
             Err(e) => tracing::error!("cannot settle the claims adopted from dead instances: {e}"),
         }
-        total
+    }
+}
+
+/// Moves the claimed input `claimed` (named `name` in the inbox) to `failed` with `<name>.error.txt` (time, step,
+/// reason, instance) beside it and a line in the outbox's error log. False when it could not be moved (it stays
+/// claimed; an error is logged).
+fn quarantine_input(
+    failed: &Path,
+    outbox: &Path,
+    work_id: &str,
+    claimed: &Path,
+    name: &str,
+    step: &str,
+    reason: &str,
+) -> bool {
+    // The reason may hold text from the file (a sheet name): no control character may reach the service's
+    // log (a newline would forge a line), the error log or the note.
+    let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let message = format!("{name} failed at step `{step}`: {reason}");
+    tracing::error!("{message}");
+    if crate::outbox::ensure_writable_by(outbox, Some(work_id)).is_ok() {
+        crate::outbox::append_error_log(outbox, &message);
+    }
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let note = format!(
+        "file: {name}\r\ntime: {time}\r\nstep: {step}\r\nreason: {reason}\r\ninstance: {work_id}\r\n"
+    );
+    // The note is written first, under the name the input will take, and the input then moved to exactly
+    // that name: the note beside a file in `failed` is always its own (an older note of the same name is
+    // never taken for it), and a crash between the two steps cannot leave an input there without a reason.
+    let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists;
+    for attempt in 0..10_000 {
+        let candidate = crate::outbox::candidate_name(name, attempt);
+        if failed.join(&candidate).exists() {
+            continue;
+        }
+        let note_path = match crate::outbox::write_new_file_exactly(
+            failed,
+            &format!("{candidate}.error.txt"),
+            note.as_bytes(),
+        ) {
+            Ok(path) => path,
+            Err(e) if exists(&e) => continue,
+            Err(e) => {
+                tracing::error!("cannot write the error note for {name} in {}: {e}", failed.display());
+                break;
+            }
+        };
+        match fsops::move_exactly(claimed, failed, &candidate) {
+            Ok(_) => return true,
+            Err(e) => {
+                let _ = std::fs::remove_file(&note_path);
+                if !exists(&e) {
+                    tracing::error!("cannot move {name} to {} ({e}); it stays claimed", failed.display());
+                    return false;
+                }
+            }
+        }
+    }
+    // No note could be written: the input still goes to `failed` (the reason is in the error log).
+    match fsops::move_no_clobber(claimed, failed, name) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!("cannot move {name} to {} ({e}); it stays claimed", failed.display());
+            false
+        }
     }
 }
