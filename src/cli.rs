@@ -82,12 +82,40 @@ impl Plan {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     init_logging();
+    raise_open_file_limit();
     let args = RawArgs::parse();
     match Plan::resolve(args).and_then(run) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vttl-seclytics: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Each sheet of an XLSX being written keeps a temporary file open until the workbook is packed
+/// (rust_xlsxwriter's constant-memory mode), so a workbook of a thousand sheets needs more open files than the
+/// soft limit of 1 024 many Unix systems start a process with. The soft limit is raised to the hard one (as
+/// Go's runtime does for every program); where that is not allowed, nothing changes and such a workbook fails
+/// alone with "Too many open files". Windows has no such limit on the handles Rust opens.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+        unsafe {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+                return;
+            }
+            // macOS refuses a soft limit above OPEN_MAX (10 240) even when the hard limit is unlimited.
+            #[cfg(target_os = "macos")]
+            let wanted = limit.rlim_max.min(10_240);
+            #[cfg(not(target_os = "macos"))]
+            let wanted = limit.rlim_max;
+            let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::debug!(from = limit.rlim_cur, to = wanted, "open-file limit raised");
+            }
         }
     }
 }

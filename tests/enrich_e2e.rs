@@ -693,6 +693,68 @@ fn published_files_are_readable_like_any_new_file() {
     }
 }
 
+/// A workbook of 1 100 sheets is written with a temporary file per sheet held open until it is packed: under
+/// the common soft open-file limit of 1 024 it failed with "Too many open files". The program raises its soft
+/// limit to the hard one at start; run here with the soft limit at 1 024 (the hard one unchanged).
+#[cfg(unix)]
+#[test]
+fn a_workbook_of_1100_sheets_is_written_under_a_soft_limit_of_1024_open_files() {
+    use std::os::unix::process::CommandExt;
+    const SHEETS: usize = 1100;
+    // SAFETY: getrlimit only writes the struct passed to it.
+    let hard = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_max
+    };
+    if hard < 1300 {
+        eprintln!(
+            "skipped: the hard open-file limit here is {hard}, too low for {SHEETS} sheets in any case"
+        );
+        return;
+    }
+    let scenario = Scenario::new();
+    let input = scenario.path("many.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let first = book.add_worksheet().set_name("Threat Intelligence").unwrap();
+    for (c, h) in HEADER.iter().enumerate() {
+        first.write_string(0, c as u16, *h).unwrap();
+    }
+    first.write_string(1, 0, "203.0.113.45").unwrap();
+    for i in 2..=SHEETS {
+        book.add_worksheet()
+            .set_name(format!("Notes {i}"))
+            .unwrap()
+            .write_string(0, 0, format!("note {i}"))
+            .unwrap();
+    }
+    book.save(&input).unwrap();
+    let outbox = scenario.outbox();
+    let mut command = scenario.enrich_command(&[&input], &[], &outbox);
+    // SAFETY: setrlimit is async-signal-safe and changes only the child's own limit.
+    unsafe {
+        command.pre_exec(|| {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = 1024;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let enriched = outbox.join("many.xlsx");
+    let book: calamine::Xlsx<_> = calamine::open_workbook(&enriched).unwrap();
+    assert_eq!(book.sheet_names().len(), SHEETS);
+    let (table, _) = read_xlsx_sheet(&enriched, "Threat Intelligence");
+    let whois = table.header.iter().position(|h| h == "WHOIS").unwrap();
+    assert!(!table.rows[0][whois].is_empty(), "the indicator was enriched: {:?}", table.rows[0]);
+    let (last, _) = read_xlsx_sheet(&enriched, &format!("Notes {SHEETS}"));
+    assert_eq!(last.header, vec![format!("note {SHEETS}")]);
+}
+
 fn read_log(outbox: &Path, prefix: &str) -> Vec<String> {
     let entry = std::fs::read_dir(outbox)
         .unwrap()

@@ -77,7 +77,8 @@
 //! * A sheet name Excel refuses (other programs write names longer than 31 characters, or with `/`, `:` …) is
 //!   written under the nearest name it accepts ([`writable_sheet_names`]), with a warning, instead of failing
 //!   the workbook. Each sheet is written through a temporary file of rust_xlsxwriter's, all open until the
-//!   workbook is packed: a workbook of about a thousand sheets needs a higher open-file limit than 1 024.
+//!   workbook is packed: a workbook of about a thousand sheets needs more open files than a soft limit of
+//!   1 024 allows (the binary raises its soft limit to the hard one at start, `cli::main`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
