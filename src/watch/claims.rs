@@ -285,9 +285,12 @@ impl WorkArea {
         std::fs::create_dir_all(&self.journal)
     }
 
-    /// Puts a claimed file back into the inbox (never over a new file of the same name).
+    /// Puts a claimed file back into the inbox (never over a new file of the same name: then as `_1`, … with
+    /// its count of interrupted runs following it).
     pub fn hand_back(&self, claimed: &Path, name: &str) -> std::io::Result<PathBuf> {
-        fsops::move_no_clobber(claimed, &self.inbox, name)
+        let to = fsops::move_no_clobber(claimed, &self.inbox, name)?;
+        follow_renamed_hand_back(&self.root, name, &to);
+        Ok(to)
     }
 
     /// The journal entry of the claimed input `name`.
@@ -384,24 +387,54 @@ pub fn count_interrupted_run(
     Ok(record.instances.len())
 }
 
+/// The input `name` was handed back to the inbox as `to`: when that is another name (a new file took its own),
+/// its record of interrupted runs follows it, so the count goes on under the name it will be taken by.
+fn follow_renamed_hand_back(root: &Path, name: &str, to: &Path) {
+    let Some(new_name) = to.file_name().and_then(|n| n.to_str()) else { return };
+    let old = interruptions_path(root, name);
+    if new_name == name || !old.is_file() {
+        return;
+    }
+    let moved = std::fs::read(&old)
+        .ok()
+        .filter(|bytes| bytes.len() as u64 <= MAX_INTERRUPTION_RECORD)
+        .and_then(|bytes| serde_json::from_slice::<InterruptedRuns>(&bytes).ok())
+        .filter(|record| record.name == name)
+        .map(|record| InterruptedRuns { name: new_name.to_string(), ..record })
+        .and_then(|record| serde_json::to_vec(&record).ok())
+        .map(|bytes| fsops::write_replace(&interruptions_path(root, new_name), &bytes));
+    if let Some(Err(e)) = moved {
+        tracing::warn!("cannot carry the count of interrupted runs of {name} over to {new_name}: {e}");
+    }
+    let _ = std::fs::remove_file(old);
+}
+
 /// Forgets the interrupted runs of the input `name`: it reached `processed` or `failed`.
 pub fn forget_interrupted_runs(root: &Path, name: &str) {
     let _ = std::fs::remove_file(interruptions_path(root, name));
 }
 
-/// Deletes the interruption records nobody touched for `age` (their file never came back to the inbox).
+/// Deletes the interruption records nobody touched for `age` (their file never came back to the inbox), and
+/// the temporary files of record writes cut short by a crash (older than an hour: a write takes moments).
 pub fn remove_old_interruption_records(root: &Path, age: Duration) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for entry in entries.flatten() {
-        let is_record = entry.file_name().to_str().is_some_and(|n| n.starts_with("interrupted-"));
+        let Some(name) = entry.file_name().to_str().map(String::from) else { continue };
+        let kept_for = if name.starts_with("interrupted-") {
+            age
+        } else if name.starts_with(".write.") && name.ends_with(".tmp") {
+            age.min(Duration::from_secs(3600))
+        } else {
+            continue;
+        };
         let old = entry
             .metadata()
             .ok()
             .filter(std::fs::Metadata::is_file)
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|elapsed| elapsed >= age);
-        if is_record && old {
+            .is_some_and(|elapsed| elapsed >= kept_for);
+        if old {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -788,6 +821,7 @@ fn settle_folder(
                             "recovered {name}: its output was published; input moved to {}",
                             to.display()
                         );
+                        forget_interrupted_runs(&work.root, &name);
                         done.processed += 1;
                     }
                     Err(e) => {
@@ -1009,11 +1043,103 @@ mod tests {
         forget_interrupted_runs(&work.root, "book.csv");
         assert!(!interruptions_path(&work.root, "book.csv").exists());
         // A record nobody touched for long is deleted; a recent one stays.
+        // So is the temporary file of a record write cut short by a crash.
         count_interrupted_run(&work.root, &failed.join("poison.csv"), "old.csv", "x").unwrap();
+        let cut_short = work.root.join(".write.abc123.tmp");
+        std::fs::write(&cut_short, b"{").unwrap();
         remove_old_interruption_records(&work.root, Duration::from_secs(3600));
-        assert!(interruptions_path(&work.root, "old.csv").exists());
+        assert!(interruptions_path(&work.root, "old.csv").exists() && cut_short.exists());
         remove_old_interruption_records(&work.root, Duration::ZERO);
-        assert!(!interruptions_path(&work.root, "old.csv").exists());
+        assert!(!interruptions_path(&work.root, "old.csv").exists() && !cut_short.exists());
+    }
+
+    /// Two deaths counted for `name`; then the input as a dead instance `id`'s claim, recovered into `failed`.
+    fn third_death(work: &WorkArea, name: &str, failed: &Path) -> Recovered {
+        let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for id in ["a-1-1-0001", "b-2-2-0002"] {
+            recover_from_dead(work, id, name, b"POISON", when);
+            std::fs::remove_file(work.inbox.join(name)).unwrap();
+        }
+        let dead = work.root.join("c-3-3-0003");
+        std::fs::create_dir_all(dead.join(FILES)).unwrap();
+        let file = std::fs::File::create(dead.join(FILES).join(name)).unwrap();
+        std::io::Write::write_all(&mut &file, b"POISON").unwrap();
+        file.set_modified(when).unwrap();
+        drop(file);
+        recover(work, "c-3-3-0003", &work.inbox.join("processed"), failed, &work.inbox.join("outbox"))
+            .unwrap()
+    }
+
+    /// While `failed` cannot take the file, recovery tries again at each liveness check without adding a
+    /// "failed" line to the error log each time; the one line comes when the file is there.
+    #[test]
+    fn a_quarantine_that_must_wait_logs_its_failure_once() {
+        let inbox = tempfile::tempdir().unwrap();
+        let work = WorkArea::create(inbox.path(), Duration::from_secs(60)).unwrap();
+        let blocked = inbox.path().join("failed-is-a-file");
+        std::fs::write(&blocked, b"").unwrap();
+        let (processed, outbox) = (inbox.path().join("processed"), inbox.path().join("outbox"));
+        let error_lines = || {
+            let log = std::fs::read_to_string(outbox.join("VTTL_Error.log")).unwrap_or_default();
+            log.lines().filter(|l| l.contains("poison.csv failed")).count()
+        };
+        assert_eq!(third_death(&work, "poison.csv", &blocked).failed, 0);
+        for _ in 0..3 {
+            assert_eq!(settle_adopted(&work, &processed, &blocked, &outbox).unwrap().failed, 0);
+        }
+        assert_eq!(error_lines(), 0);
+        let failed = inbox.path().join("failed");
+        std::fs::create_dir_all(&failed).unwrap();
+        assert_eq!(settle_adopted(&work, &processed, &failed, &outbox).unwrap().failed, 1);
+        assert_eq!(std::fs::read(failed.join("poison.csv")).unwrap(), b"POISON");
+        assert_eq!(error_lines(), 1);
+    }
+
+    /// A file whose output was published before its holder died reaches `processed` through recovery: its count
+    /// goes, so the same file dropped again later has its three runs.
+    #[test]
+    fn a_file_recovered_as_published_forgets_its_count() {
+        let inbox = tempfile::tempdir().unwrap();
+        let work = WorkArea::create(inbox.path(), Duration::from_secs(60)).unwrap();
+        let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        recover_from_dead(&work, "a-1-1-0001", "book.csv", b"BOOK", when);
+        std::fs::remove_file(inbox.path().join("book.csv")).unwrap();
+        assert!(interruptions_path(&work.root, "book.csv").exists());
+        let dead = work.root.join("b-2-2-0002");
+        std::fs::create_dir_all(dead.join(JOURNAL)).unwrap();
+        let record = JournalRecord {
+            state: "published".into(),
+            temp: inbox.path().join(".book.tmp"),
+            final_name: "book.csv".into(),
+            outbox: inbox.path().join("outbox"),
+            file_id: None,
+            published: None,
+        };
+        let entry = dead.join(JOURNAL).join(journal_file_name("book.csv"));
+        std::fs::write(entry, serde_json::to_vec(&record).unwrap()).unwrap();
+        let done = recover_from_dead(&work, "b-2-2-0002", "book.csv", b"BOOK", when);
+        assert_eq!((done.processed, done.handed_back), (1, 0));
+        assert!(!interruptions_path(&work.root, "book.csv").exists());
+    }
+
+    /// Handed back as `poison_1.csv` (a new `poison.csv` took the name), the file keeps its count under the name
+    /// it will be taken by: the third death still sends it to `failed`.
+    #[test]
+    fn the_count_follows_a_file_handed_back_under_another_name() {
+        let inbox = tempfile::tempdir().unwrap();
+        let work = WorkArea::create(inbox.path(), Duration::from_secs(60)).unwrap();
+        let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        recover_from_dead(&work, "a-1-1-0001", "poison.csv", b"POISON", when);
+        std::fs::remove_file(inbox.path().join("poison.csv")).unwrap();
+        std::fs::write(inbox.path().join("poison.csv"), b"another file").unwrap();
+        let done = recover_from_dead(&work, "b-2-2-0002", "poison.csv", b"POISON", when);
+        assert_eq!(done.handed_back, 1);
+        assert_eq!(std::fs::read(inbox.path().join("poison_1.csv")).unwrap(), b"POISON");
+        assert!(!interruptions_path(&work.root, "poison.csv").exists(), "the old name's record is gone");
+        std::fs::remove_file(inbox.path().join("poison_1.csv")).unwrap();
+        let done = recover_from_dead(&work, "c-3-3-0003", "poison_1.csv", b"POISON", when);
+        assert_eq!((done.handed_back, done.failed), (0, 1), "the third death holding the same file");
+        assert_eq!(std::fs::read(inbox.path().join("poison.csv")).unwrap(), b"another file");
     }
 
     #[test]

@@ -711,9 +711,14 @@ fn quarantine_input(
     let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let message = format!("{name} failed at step `{step}`: {reason}");
     tracing::error!("{message}");
-    if crate::outbox::ensure_writable_by(outbox, Some(work_id)).is_ok() {
-        crate::outbox::append_error_log(outbox, &message);
-    }
+    // The error log says a file failed once it is in `failed` (a move that fails is tried again by recovery,
+    // which must not add a line each time).
+    let error_log = || {
+        if crate::outbox::ensure_writable_by(outbox, Some(work_id)).is_ok() {
+            crate::outbox::append_error_log(outbox, &message);
+        }
+        true
+    };
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let note = format!(
         "file: {name}\r\ntime: {time}\r\nstep: {step}\r\nreason: {reason}\r\ninstance: {work_id}\r\n"
@@ -740,7 +745,7 @@ fn quarantine_input(
             }
         };
         match fsops::move_exactly(claimed, failed, &candidate) {
-            Ok(_) => return true,
+            Ok(_) => return error_log(),
             Err(e) => {
                 let _ = std::fs::remove_file(&note_path);
                 if !exists(&e) {
@@ -752,7 +757,7 @@ fn quarantine_input(
     }
     // No note could be written: the input still goes to `failed` (the reason is in the error log).
     match fsops::move_no_clobber(claimed, failed, name) {
-        Ok(_) => true,
+        Ok(_) => error_log(),
         Err(e) => {
             tracing::error!("cannot move {name} to {} ({e}); it stays claimed", failed.display());
             false
