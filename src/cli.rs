@@ -136,7 +136,32 @@ fn init_logging() {
 fn colour_on_stderr() -> bool {
     use std::io::IsTerminal;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
-    !no_color && std::io::stderr().is_terminal()
+    !no_color && std::io::stderr().is_terminal() && console_takes_colour_codes()
+}
+
+/// Windows consoles show colour codes only with virtual-terminal processing on, which older consoles (cmd.exe
+/// on Windows 10, Server 2016–2022) do not turn on by themselves: it is asked for, and without it the log
+/// stays plain instead of showing `←[32m`. Elsewhere terminals take the codes.
+fn console_takes_colour_codes() -> bool {
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::Console::{
+            ENABLE_VIRTUAL_TERMINAL_PROCESSING, GetConsoleMode, GetStdHandle, STD_ERROR_HANDLE,
+            SetConsoleMode,
+        };
+        // SAFETY: plain console calls on our own standard-error handle; `mode` lives across them.
+        unsafe {
+            let handle = GetStdHandle(STD_ERROR_HANDLE);
+            let mut mode = 0;
+            if GetConsoleMode(handle, &mut mode) == 0 {
+                return false;
+            }
+            mode & ENABLE_VIRTUAL_TERMINAL_PROCESSING != 0
+                || SetConsoleMode(handle, mode | ENABLE_VIRTUAL_TERMINAL_PROCESSING) != 0
+        }
+    }
+    #[cfg(not(windows))]
+    true
 }
 
 /// Carries out a plan. Per-file failures give exit code 1; critical errors are returned.

@@ -10,7 +10,8 @@
 //! * [`seclytics`] — the API client (rate limit, retries, cache, offline answers) and what a document says;
 //! * [`enrich`] — the fill rules, passive-DNS rows, sinkholes and watch lists;
 //! * [`outbox`] — atomic output, the Seclytic log files, the report and the error log;
-//! * [`watch`] — the hot folder: pick-up, claims, recovery, `processed`/`failed`, shutdown.
+//! * [`watch`] — the hot folder: pick-up, claims, recovery, `processed`/`failed`, shutdown;
+//! * [`os`] — what file operations need on Windows beyond the standard library (long paths, attributes).
 //!
 //! The binary (`src/main.rs`) only parses arguments and maps errors to exit codes; everything else lives here
 //! so tests can drive it directly.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod enrich;
 pub mod error;
+pub mod os;
 pub mod outbox;
 pub mod seclytics;
 pub mod vttl;

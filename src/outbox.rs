@@ -61,7 +61,8 @@ pub fn owned_temp_file(
     // able to read it. Windows files take their folder's access rules either way.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    builder.tempfile_in(dir)
+    // Windows: the long-path form, which `tempfile`'s rename of this file passes to Win32 as it is.
+    builder.tempfile_in(crate::os::long_path(dir))
 }
 
 /// `owner` as it appears in temporary file names: letters, digits, `-` and `_` only.
@@ -144,9 +145,12 @@ pub fn report_name(output_name: &str) -> String {
 /// What follows an output's name in its report's name.
 pub const REPORT_SUFFIX: &str = ".report.json";
 
-/// The longest file name most file systems take (255 bytes on Linux; 255 UTF-16 units on Windows, never
-/// fewer bytes of UTF-8).
-pub const MAX_NAME_BYTES: usize = 255;
+/// The longest file name most file systems take, in [`crate::os::name_length`]'s units: 255 bytes on Linux,
+/// 255 UTF-16 units on Windows.
+pub const MAX_NAME_LENGTH: usize = 255;
+
+/// What [`MAX_NAME_LENGTH`] counts, for messages.
+pub const NAME_LENGTH_UNIT: &str = if cfg!(windows) { "characters" } else { "bytes" };
 
 /// [`persist_no_clobber`] for a workbook: a name whose report name ([`report_name`]) is taken is skipped too,
 /// so the report written next to it afterwards is its own and under its own name — in a chain the next stage
@@ -170,7 +174,7 @@ fn persist_skipping(
             continue;
         }
         let target = dir.join(candidate);
-        match temp.persist_noclobber(&target) {
+        match temp.persist_noclobber(crate::os::long_path(&target)) {
             Ok(_) => {
                 sync_dir(dir);
                 return Ok(target);
@@ -663,6 +667,8 @@ impl LogLines {
         // Only a failed write leaves bytes past `spilled_len`, and then `spill_failed` is set; cut them anyway.
         file.set_len(self.spilled_len)?;
         file.sync_all()?;
+        // The link shares the file's attributes: not the `TEMPORARY` one `tempfile` created it with (Windows).
+        crate::os::clear_temporary_attribute(path);
         match std::fs::hard_link(path, target) {
             Ok(()) => {
                 // The file is published: lines pushed from now on stay in memory.
@@ -981,7 +987,7 @@ fn publish_log(dir: &Path, name: &str, lines: &mut LogLines) -> std::io::Result<
     // (`std::io::copy` between files), not read into memory and written back.
     lines.write_to(temp.as_file_mut())?;
     temp.as_file().sync_all()?;
-    temp.persist_noclobber(&target).map(|_| ()).map_err(|e| e.error)
+    temp.persist_noclobber(crate::os::long_path(&target)).map(|_| ()).map_err(|e| e.error)
 }
 
 /// Appends one line to `<dir>/VTTL_Error.log`. Failures to log are reported on stderr, never fatal.

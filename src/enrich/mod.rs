@@ -294,16 +294,17 @@ impl Enricher {
             .and_then(|n| n.into_string().ok())
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         workbook::check_input_file(input).map_err(|e| file_error("read", e))?;
-        // A name the report cannot be written beside (most file systems allow 255 bytes or characters per name)
+        // A name the report cannot be written beside (most file systems allow 255 bytes, Windows 255 UTF-16 units)
         // is refused before any lookup, not found out when the workbook is already published.
-        if output_name.len() + outbox::REPORT_SUFFIX.len() > outbox::MAX_NAME_BYTES {
+        if crate::os::name_length(&output_name) + outbox::REPORT_SUFFIX.len() > outbox::MAX_NAME_LENGTH {
             return Err(file_error(
                 "read",
                 WorkbookError::Corrupt {
                     path: input.to_path_buf(),
                     reason: format!(
-                        "the file name is too long to have its report beside it (at most {} bytes)",
-                        outbox::MAX_NAME_BYTES - outbox::REPORT_SUFFIX.len()
+                        "the file name is too long to have its report beside it (at most {} {})",
+                        outbox::MAX_NAME_LENGTH - outbox::REPORT_SUFFIX.len(),
+                        outbox::NAME_LENGTH_UNIT
                     ),
                 },
             ));

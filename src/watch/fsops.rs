@@ -49,10 +49,7 @@ fn rename_no_replace(src: &Path, target: &Path) -> std::io::Result<()> {
     if !meta.file_type().is_file() {
         return Err(std::io::Error::other(format!("{} is not a regular file", src.display())));
     }
-    let mut path = tempfile::TempPath::try_from_path(src)?;
-    // Never delete the source, whatever happens.
-    path.disable_cleanup(true);
-    path.persist_noclobber(target).map_err(|e| e.error)
+    crate::os::move_no_replace(src, target)
 }
 
 fn is_cross_device(e: &std::io::Error) -> bool {
@@ -79,8 +76,14 @@ fn copy_then_remove(src: &Path, dir: &Path, name: &str, attempts: u32) -> std::i
     if let Ok(meta) = source.metadata() {
         let _ = temp.as_file().set_permissions(meta.permissions());
     }
+    drop(source);
     let target = outbox::persist_trying(temp, dir, name, attempts)?;
-    std::fs::remove_file(src)?;
+    // A source that cannot be removed (held open by another program) must not leave the file in two places:
+    // the copy goes, and the move fails as a whole (the caller tries again or reports it).
+    if let Err(e) = std::fs::remove_file(src) {
+        let _ = std::fs::remove_file(&target);
+        return Err(e);
+    }
     Ok(target)
 }
 
@@ -92,10 +95,11 @@ pub use crate::outbox::sync_dir;
 pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut temp = tempfile::Builder::new().prefix(".write.").suffix(".tmp").tempfile_in(dir)?;
+    let mut temp =
+        tempfile::Builder::new().prefix(".write.").suffix(".tmp").tempfile_in(crate::os::long_path(dir))?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
+    temp.persist(crate::os::long_path(path)).map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -143,6 +147,25 @@ mod tests {
             assert_eq!(std::fs::metadata(&moved).unwrap().permissions().mode() & 0o777, mode, "{moved:?}");
             assert!(!source.exists());
         }
+    }
+
+    /// A source another program holds open without sharing deletion (an antivirus scanner, Excel) cannot be
+    /// removed after the copy: the copy goes again and the move fails, instead of the file being in two places.
+    #[cfg(windows)]
+    #[test]
+    fn a_move_across_volumes_whose_source_stays_leaves_no_copy() {
+        use std::os::windows::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let source = dir.path().join("book.csv");
+        std::fs::write(&source, b"rows").unwrap();
+        const FILE_SHARE_READ: u32 = 1;
+        let held = std::fs::OpenOptions::new().read(true).share_mode(FILE_SHARE_READ).open(&source).unwrap();
+        assert!(copy_then_remove(&source, &dest, "book.csv", 10_000).is_err());
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0, "the copy was removed");
+        drop(held);
+        assert_eq!(std::fs::read(&source).unwrap(), b"rows");
     }
 
     #[test]

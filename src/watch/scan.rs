@@ -130,7 +130,8 @@ impl Settler {
                 }
                 continue;
             }
-            if name.len() + crate::outbox::REPORT_SUFFIX.len() > crate::outbox::MAX_NAME_BYTES
+            if crate::os::name_length(name) + crate::outbox::REPORT_SUFFIX.len()
+                > crate::outbox::MAX_NAME_LENGTH
                 && filter.accepts(name)
             {
                 // Its report (and, in `failed`, its note) could not be written beside it: left in the inbox.
