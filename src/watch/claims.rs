@@ -348,6 +348,23 @@ fn interruptions_path(root: &Path, name: &str) -> PathBuf {
     root.join(format!("interrupted-{}", journal_file_name(name)))
 }
 
+/// The record at `path`; `None` when there is none, or what is there is not one of ours (not a file, larger
+/// than any we write, not our JSON).
+fn read_interruptions(path: &Path) -> std::io::Result<Option<InterruptedRuns>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() && m.len() <= MAX_INTERRUPTION_RECORD => {
+            Ok(serde_json::from_slice::<InterruptedRuns>(&std::fs::read(path)?).ok())
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_interruptions(path: &Path, record: &InterruptedRuns) -> std::io::Result<()> {
+    fsops::write_replace(path, &serde_json::to_vec(record).map_err(std::io::Error::other)?)
+}
+
 /// Records that the dead instance `instance` held `claimed` (named `name` in the inbox) and returns how many
 /// dead instances held this same file (same name, size and modification time) so far.
 pub fn count_interrupted_run(
@@ -363,15 +380,7 @@ pub fn count_interrupted_run(
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| u64::try_from(d.as_nanos()).ok());
     let path = interruptions_path(root, name);
-    let earlier = match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() && m.len() <= MAX_INTERRUPTION_RECORD => {
-            serde_json::from_slice::<InterruptedRuns>(&std::fs::read(&path)?).ok()
-        }
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    let mut record = earlier
+    let mut record = read_interruptions(&path)?
         .filter(|r| r.name == name && r.size == meta.len() && r.modified_ns == modified_ns)
         .unwrap_or_else(|| InterruptedRuns {
             name: name.to_string(),
@@ -381,8 +390,7 @@ pub fn count_interrupted_run(
         });
     if !record.instances.iter().any(|i| i == instance) {
         record.instances.push(instance.to_string());
-        let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-        fsops::write_replace(&path, &bytes)?;
+        write_interruptions(&path, &record)?;
     }
     Ok(record.instances.len())
 }
@@ -392,17 +400,15 @@ pub fn count_interrupted_run(
 fn follow_renamed_hand_back(root: &Path, name: &str, to: &Path) {
     let Some(new_name) = to.file_name().and_then(|n| n.to_str()) else { return };
     let old = interruptions_path(root, name);
-    if new_name == name || !old.is_file() {
+    if new_name == name {
         return;
     }
-    let moved = std::fs::read(&old)
+    let moved = read_interruptions(&old)
         .ok()
-        .filter(|bytes| bytes.len() as u64 <= MAX_INTERRUPTION_RECORD)
-        .and_then(|bytes| serde_json::from_slice::<InterruptedRuns>(&bytes).ok())
+        .flatten()
         .filter(|record| record.name == name)
         .map(|record| InterruptedRuns { name: new_name.to_string(), ..record })
-        .and_then(|record| serde_json::to_vec(&record).ok())
-        .map(|bytes| fsops::write_replace(&interruptions_path(root, new_name), &bytes));
+        .map(|record| write_interruptions(&interruptions_path(root, new_name), &record));
     if let Some(Err(e)) = moved {
         tracing::warn!("cannot carry the count of interrupted runs of {name} over to {new_name}: {e}");
     }
