@@ -168,6 +168,7 @@ fn console_takes_colour_codes() -> bool {
 pub fn run(plan: Plan) -> Result<ExitCode, CriticalError> {
     match plan {
         Plan::Enrich { config, files, outbox, refresh } => {
+            let secret = config.seclytics.access_token.clone();
             let (enricher, warnings) = Enricher::new(config, refresh)?;
             for warning in &warnings {
                 tracing::warn!("{warning}");
@@ -179,7 +180,11 @@ pub fn run(plan: Plan) -> Result<ExitCode, CriticalError> {
             for file in &files {
                 match enricher.enrich_file_with(file, &outbox, &hooks) {
                     Ok(_) => {}
-                    Err(EnrichError::Critical(e)) => return Err(e),
+                    Err(EnrichError::Critical(e)) => {
+                        // Whoever reads the outbox's error log learns why the run stopped (SPEC §7, §8).
+                        crate::outbox::log_critical_error(&outbox, &secret.redact(&e.to_string()), &e);
+                        return Err(e);
+                    }
                     Err(EnrichError::File { step, error }) => {
                         failed += 1;
                         // No control character from the file (a sheet name, say) may forge a log line.

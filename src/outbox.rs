@@ -991,6 +991,14 @@ fn publish_log(dir: &Path, name: &str, lines: &mut LogLines) -> std::io::Result<
 }
 
 /// Appends one line to `<dir>/VTTL_Error.log`. Failures to log are reported on stderr, never fatal.
+/// One `CRITICAL: …` line in the error log of `outbox` for a critical error (`message`: its text, already
+/// redacted), unless the error is that the outbox cannot be written or the outbox is not writable now.
+pub fn log_critical_error(outbox: &Path, message: &str, error: &crate::error::CriticalError) {
+    if !matches!(error, crate::error::CriticalError::Outbox { .. }) && ensure_writable(outbox).is_ok() {
+        append_error_log(outbox, &format!("CRITICAL: {message}"));
+    }
+}
+
 pub fn append_error_log(dir: &Path, message: &str) {
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     // Every control character, not only line breaks: a file name can hold ESC sequences, which would act on

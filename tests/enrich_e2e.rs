@@ -300,6 +300,11 @@ fn write_xlsx(path: &Path) {
     let notes = book.add_worksheet().set_name("Notes").unwrap();
     notes.write_string(0, 0, "free text").unwrap();
     notes.write_number(1, 0, 42.5).unwrap();
+    // A hidden sheet, a defined name and a formula that uses it with an array constant at its end.
+    // (`Formula::new` takes a leading `{=` and a trailing `}` off: wrapped, the formula is `Answer+{1,2}`.)
+    notes.write_formula(2, 0, rust_xlsxwriter::Formula::new("{=Answer+{1,2}}").set_result("43.5")).unwrap();
+    notes.set_hidden(true);
+    book.define_name("Answer", "=Notes!$A$2").unwrap();
     book.save(path).unwrap();
 }
 
@@ -540,6 +545,10 @@ fn xlsx_other_sheets_and_hash_table() {
     let notes = book.worksheet_range("Notes").unwrap();
     assert_eq!(notes.get_value((0, 0)), Some(&Data::String("free text".into())));
     assert_eq!(notes.get_value((1, 0)), Some(&Data::Float(42.5)));
+    let notes_formulas = book.worksheet_formula("Notes").unwrap();
+    assert_eq!(notes_formulas.get_value((2, 0)).map(String::as_str), Some("Answer+{1,2}"));
+    assert_eq!(book.sheets_metadata()[2].visible, calamine::SheetVisible::Hidden);
+    assert_eq!(book.defined_names(), [("Answer".to_string(), "Notes!$A$2".to_string())]);
     let (hashes, range) = read_xlsx_sheet(&out, "Hashes");
     assert_eq!(
         hashes.header,
@@ -913,6 +922,11 @@ fn refused_token_stops_the_run_with_exit_2() {
     assert!(stderr.contains("refused the access token"), "{stderr}");
     assert!(!stderr.contains(TOKEN));
     assert!(!scenario.outbox().join("book.csv").exists());
+    // The outbox's error log says why (SPEC §7): one line, without the token.
+    let error_log = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
+    assert_eq!(error_log.lines().count(), 1, "{error_log}");
+    assert!(error_log.contains("CRITICAL: SecLytics refused the access token (HTTP 401)"), "{error_log}");
+    assert!(!error_log.contains(TOKEN));
 }
 
 #[test]
@@ -1336,6 +1350,41 @@ fn long_free_text_values_are_cut_at_8000_characters() {
     assert!(long_owner.starts_with(&whois));
     assert_eq!(validation.chars().count(), 8000);
     assert!(long_reason.starts_with(&validation));
+}
+
+/// The formula guard's `'` counts against the 8000-character limit too: a token list or free text cut to
+/// exactly 8000 characters that starts with `-` is cut one character shorter (at a `^` for a token list).
+#[test]
+fn a_cut_value_that_gets_the_formula_guard_stays_within_8000_characters() {
+    let scenario = Scenario::new();
+    let tokens: Vec<String> = (0..1200).map(|i| format!("-tok{i:04}")).collect();
+    let long_owner = "-OWNER".repeat(2000);
+    scenario.api.set_document(
+        "/ips/198.51.100.62",
+        json!({"asn": {"description": long_owner}, "id": "198.51.100.62", "type": "ip",
+               "context": {"malware": {"feed": tokens}}}),
+    );
+    let input = scenario.path("guarded.csv");
+    std::fs::write(
+        &input,
+        "\"Scanned Item\",\"WHOIS\",\"Seclytics Reputation and Reason\"\r\n\"198.51.100.62\",\"\",\"\"\r\n",
+    )
+    .unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let table = read_csv_table(
+        &std::fs::read(scenario.outbox().join("guarded.csv")).unwrap(),
+        encoding_rs::WINDOWS_1252,
+    );
+    let whois = table.get("198.51.100.62", "WHOIS");
+    assert_eq!(whois.chars().count(), 8000, "{}", &whois[..40]);
+    assert!(whois.starts_with("'-OWNER") && long_owner.starts_with(&whois[1..]));
+    let reputation = table.get("198.51.100.62", "Seclytics Reputation and Reason");
+    assert!(reputation.chars().count() <= 8000, "{} characters", reputation.chars().count());
+    assert!(reputation.starts_with("'-tok0000^-tok0001^"), "{}", &reputation[..40]);
+    let unguarded = &reputation[1..];
+    assert!(tokens.join("^").starts_with(unguarded) && !unguarded.ends_with('^'));
+    assert!(tokens.join("^").as_bytes()[unguarded.len()] == b'^', "cut at a separator");
 }
 
 /// Distinct IPs and hosts of the several-chunk workbooks: more than one lookup chunk (2 048) together.

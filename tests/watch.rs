@@ -657,6 +657,10 @@ fn a_refused_token_leaves_every_input_in_the_inbox_and_exits_2() {
     assert!(outputs(&site.outbox).is_empty());
     assert!(claimed_files(&site.inbox).is_empty());
     assert_eq!(server.count_status(401), 1, "it stops at the first refusal");
+    let error_log = std::fs::read_to_string(site.outbox.join("VTTL_Error.log")).unwrap();
+    assert_eq!(error_log.lines().count(), 1, "{error_log}");
+    assert!(error_log.contains("CRITICAL: SecLytics refused the access token"), "{error_log}");
+    assert!(!error_log.contains("wrong-token-4711"));
 }
 
 #[test]
@@ -670,6 +674,9 @@ fn the_service_keeps_retrying_a_refused_token_and_resumes_when_it_is_accepted() 
     let service = site.spawn("service.log");
     wait_until(Duration::from_secs(10), "two refusals", || server.count_status(401) >= 2);
     assert!(service.stderr().contains("CRITICAL"), "{}", service.stderr());
+    // The error log says it once for the episode, not at every retry.
+    let error_log = std::fs::read_to_string(site.outbox.join("VTTL_Error.log")).unwrap();
+    assert_eq!(error_log.matches("CRITICAL: SecLytics refused the access token").count(), 1, "{error_log}");
     assert_eq!(names(&site.inbox), set(&["wait.csv"]), "the input stays in the inbox");
     assert!(outputs(&site.outbox).is_empty());
     // the token is renewed on the API side

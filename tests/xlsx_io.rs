@@ -148,7 +148,7 @@ fn text_starting_with_equals_is_written_as_text_not_formula() {
     let mut sheet = Sheet { name: "Results".into(), ..Sheet::default() };
     sheet.push_row(vec![text("Scanned Item")]);
     sheet.push_row(vec![text("=cmd|' /C calc'!A0"), text("+1+1"), text("@SUM(1)")]);
-    let workbook = Workbook { sheets: vec![sheet] };
+    let workbook = Workbook { sheets: vec![sheet], ..Workbook::default() };
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
     let back = read_workbook(&output).unwrap();
     assert_eq!(back, workbook);
@@ -164,7 +164,7 @@ fn text_longer_than_excel_limit_is_truncated_on_write() {
     let long = "é".repeat(MAX_CELL_CHARS + 100);
     let mut sheet = Sheet { name: "S".into(), ..Sheet::default() };
     sheet.push_row(vec![Cell::Text(long.clone())]);
-    let workbook = Workbook { sheets: vec![sheet] };
+    let workbook = Workbook { sheets: vec![sheet], ..Workbook::default() };
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
     let back = read_workbook(&output).unwrap();
     let Cell::Text(got) = back.sheets[0].cell(0, 0) else {
@@ -182,7 +182,7 @@ fn model_values_round_trip_including_int_and_datetime_cell_helper() {
     let mut sheet = Sheet { name: "Results".into(), ..Sheet::default() };
     sheet.push_row(vec![Cell::Int(7), datetime_cell(seen), Cell::Error("#DIV/0!".into())]);
     sheet.set(5, 1, Cell::Formula { formula: "1=1".into(), cached: Box::new(Cell::Bool(true)) });
-    let workbook = Workbook { sheets: vec![sheet] };
+    let workbook = Workbook { sheets: vec![sheet], ..Workbook::default() };
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
     let back = read_workbook(&output).unwrap();
     let sheet = &back.sheets[0];
@@ -524,7 +524,7 @@ fn hundred_thousand_rows_by_43_columns_round_trip() {
             .collect();
         sheet.push_row(row);
     }
-    let workbook = Workbook { sheets: vec![sheet] };
+    let workbook = Workbook { sheets: vec![sheet], ..Workbook::default() };
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
     let back = read_workbook(&output).unwrap();
     assert_eq!(back.sheets[0].rows.len(), 100_001);
@@ -599,7 +599,7 @@ fn writing_with_a_tempdir_works_and_a_missing_tempdir_is_an_error() {
     let output = dir.path().join("out.xlsx");
     let mut sheet = Sheet { name: "S".into(), ..Sheet::default() };
     sheet.push_row(vec![text("a"), Cell::Float(1.0)]);
-    let workbook = Workbook { sheets: vec![sheet] };
+    let workbook = Workbook { sheets: vec![sheet], ..Workbook::default() };
     let spool = tempfile::tempdir().unwrap();
     let options = WriteOptions { tempdir: Some(spool.path().to_path_buf()), ..WriteOptions::default() };
     write_workbook_with_options(&workbook, std::fs::File::create(&output).unwrap(), &output, &options)
@@ -757,7 +757,10 @@ fn unicode_names_markup_and_control_characters_round_trip() {
     sheet.push_row(vec![text("Scanned Item"), text("WHOIS")]);
     sheet.push_row(vec![text("пример.рф"), text("<b>&amp; \"quoted\"</b>\r\nline two\ttab")]);
     sheet.push_row(vec![text("bell\u{7}char"), text("_x0041_ literal")]);
-    let workbook = Workbook { sheets: vec![sheet, Sheet { name: "二".into(), ..Sheet::default() }] };
+    let workbook = Workbook {
+        sheets: vec![sheet, Sheet { name: "二".into(), ..Sheet::default() }],
+        ..Workbook::default()
+    };
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
     let back = read_workbook(&output).unwrap();
     assert_eq!(back, workbook);
@@ -789,7 +792,7 @@ fn a_workbook_packed_through_flush_behind_is_flushed_while_written_and_reads_bac
             .collect();
         sheet.push_row(cells);
     }
-    let workbook = Workbook { sheets: vec![sheet] };
+    let workbook = Workbook { sheets: vec![sheet], ..Workbook::default() };
     let mut writer = WorkbookWriter::new(&workbook.sheets, &output, &WriteOptions::default()).unwrap();
     writer.write_rows(0, &workbook.sheets[0].rows).unwrap();
     let temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
@@ -927,7 +930,7 @@ fn sheet_names_excel_refuses_are_written_under_the_nearest_accepted_name() {
         .collect();
     let output = dir.path().join("names.xlsx");
     write_workbook_with_options(
-        &Workbook { sheets },
+        &Workbook { sheets, ..Workbook::default() },
         std::fs::File::create(&output).unwrap(),
         &output,
         &WriteOptions::default(),
@@ -1069,4 +1072,263 @@ fn an_oversized_macro_project_is_refused() {
     assert!(error.to_string().contains("vbaProject.bin"), "{error}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 1, "the partial copy was left: {left:?}");
+}
+
+/// The styles part of the hand-built workbooks below: cell style `s` uses the `i`-th `numFmtId` of `ids`, and
+/// `custom` defines formats (id, code) in the file.
+fn styles_xml(custom: &[(u32, &str)], ids: &[u32]) -> String {
+    let formats: String =
+        custom.iter().map(|(id, code)| format!(r#"<numFmt numFmtId="{id}" formatCode="{code}"/>"#)).collect();
+    let xfs: String = ids
+        .iter()
+        .map(|id| {
+            format!(
+                r#"<xf numFmtId="{id}" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>"#
+            )
+        })
+        .collect();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><numFmts count="{}">{formats}</numFmts><fonts count="1"><font><sz val="11"/><name val="Calibri"/></font></fonts><fills count="1"><fill><patternFill patternType="none"/></fill></fills><borders count="1"><border/></borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs><cellXfs count="{}"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>{xfs}</cellXfs></styleSheet>"#,
+        custom.len(),
+        ids.len() + 1
+    )
+}
+
+/// rust_xlsxwriter's `Formula::new` takes a leading `{` and a trailing `}` off (it expects formulas as typed):
+/// an array constant at either end of a formula read from a file must still come out whole.
+#[test]
+fn formulas_with_array_constants_at_either_end_are_written_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("arrays.xlsx");
+    let rows = r#"<row r="1"><c r="A1"><f>{1,2,3}</f><v>1</v></c><c r="B1"><f>SUM(1)+{1,2}</f><v>2</v></c><c r="C1"><f>{1;2}*2+SUM({3})</f><v>5</v></c></row>"#;
+    minimal_xlsx(&input, &sheet_xml("A1:C1", rows));
+    let (first, second) = round_trip(&input, &dir.path().join("out.xlsx"));
+    let formulas: Vec<String> = (0..3)
+        .map(|col| match first.sheets[0].cell(0, col) {
+            Cell::Formula { formula, .. } => formula.to_string(),
+            other => panic!("not a formula: {other:?}"),
+        })
+        .collect();
+    assert_eq!(formulas, ["{1,2,3}", "SUM(1)+{1,2}", "{1;2}*2+SUM({3})"]);
+    assert_eq!(first, second);
+    let xml = zip_entry_text(&dir.path().join("out.xlsx"), "xl/worksheets/sheet1.xml");
+    assert!(xml.contains("<f>{1,2,3}</f>") && xml.contains("<f>SUM(1)+{1,2}</f>"), "{xml}");
+}
+
+/// In a 1904-epoch workbook only values that show a date move to the 1900 epoch we write: a time of day
+/// (`h:mm`, built-in `h:mm:ss`) keeps its value — 0.25 is 6:00 in both, and `A1*24` must still give 6 — while
+/// a date and time, and a month-and-minutes code, move by 1 462 days.
+#[test]
+fn epoch_1904_times_of_day_keep_their_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mac-times.xlsx");
+    let styles = styles_xml(
+        &[(164, "h:mm"), (165, "yyyy-mm-dd hh:mm"), (166, "[$-409]h:mm AM/PM;@"), (167, "mmm hh:mm")],
+        &[164, 165, 166, 21, 167],
+    );
+    let rows = r#"<row r="1"><c r="A1" s="1"><v>0.25</v></c><c r="B1"><f>A1*24</f><v>6</v></c><c r="C1" s="2"><v>1.5</v></c><c r="D1" s="3"><v>0.75</v></c><c r="E1" s="4"><v>0.5</v></c><c r="F1" s="5"><v>31.5</v></c><c r="G1" s="1"><f>A1+0</f><v>0.25</v></c></row>"#;
+    minimal_xlsx_with(&path, &sheet_xml("A1:G1", rows), r#"<workbookPr date1904="1"/>"#, Some(&styles));
+    let workbook = read_workbook(&path).expect("read");
+    let sheet = &workbook.sheets[0];
+    let serial = |col: usize| match sheet.cell(0, col) {
+        Cell::DateTime { serial, .. } => *serial,
+        Cell::Formula { cached, .. } => match cached.as_ref() {
+            Cell::DateTime { serial, .. } => *serial,
+            other => panic!("column {col}: {other:?}"),
+        },
+        other => panic!("column {col}: {other:?}"),
+    };
+    assert_eq!(serial(0), 0.25, "h:mm");
+    assert_eq!(
+        *sheet.cell(0, 1),
+        Cell::Formula { formula: "A1*24".into(), cached: Box::new(Cell::Float(6.0)) }
+    );
+    assert_eq!(serial(2), 1463.5, "a date and time moves");
+    assert_eq!(serial(3), 0.75, "h:mm AM/PM with a locale and a text section");
+    assert_eq!(serial(4), 0.5, "built-in h:mm:ss");
+    assert_eq!(serial(5), 1493.5, "mmm is a month even beside hh:mm");
+    assert_eq!(serial(6), 0.25, "a formula's cached time of day");
+
+    let output = dir.path().join("out.xlsx");
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    assert_eq!(read_workbook(&output).unwrap(), workbook);
+}
+
+/// A file may define its own formats under ids below 164 (some generators number theirs from 50, and Excel
+/// writes localised codes for built-in ids): such a date keeps the file's code, while a built-in id the file
+/// does not define is kept as an id (it displays by the reader's locale).
+#[test]
+fn date_formats_a_file_defines_under_low_ids_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("low-ids.xlsx");
+    let styles =
+        styles_xml(&[(100, "yyyy-mm-dd"), (22, "dd.mm.yyyy hh:mm"), (14, "mm-dd-yy")], &[100, 22, 14, 15]);
+    let rows = r#"<row r="1"><c r="A1" s="1"><v>45000</v></c><c r="B1" s="2"><v>45000.5</v></c><c r="C1" s="3"><v>45001</v></c><c r="D1" s="4"><v>45002</v></c></row>"#;
+    minimal_xlsx_with(&path, &sheet_xml("A1:D1", rows), "", Some(&styles));
+    let workbook = read_workbook(&path).expect("read");
+    let sheet = &workbook.sheets[0];
+    assert_eq!(*sheet.cell(0, 0), Cell::DateTime { serial: 45000.0, format: "yyyy-mm-dd".into() });
+    assert_eq!(*sheet.cell(0, 1), Cell::DateTime { serial: 45000.5, format: "dd.mm.yyyy hh:mm".into() });
+    let builtin = |col: usize| match sheet.cell(0, col) {
+        Cell::DateTime { format, .. } => format.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        builtin(2),
+        vttl_seclytics::workbook::xlsx::builtin_format(14),
+        "defined as its built-in code"
+    );
+    assert_eq!(builtin(3), vttl_seclytics::workbook::xlsx::builtin_format(15), "not defined by the file");
+
+    let output = dir.path().join("out.xlsx");
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    assert_eq!(read_workbook(&output).unwrap(), workbook);
+    let styles_out = zip_entry_text(&output, "xl/styles.xml");
+    assert!(styles_out.contains(r#"formatCode="yyyy-mm-dd""#), "{styles_out}");
+    assert!(styles_out.contains(r#"formatCode="dd.mm.yyyy hh:mm""#), "{styles_out}");
+}
+
+/// Hidden and very hidden sheets stay hidden (a very hidden sheet is how an author keeps data out of sight);
+/// when the first sheet is hidden, the first visible one is the one that opens.
+#[test]
+fn hidden_and_very_hidden_sheets_stay_hidden() {
+    use vttl_seclytics::workbook::Visibility;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("hidden.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    for (name, visibility) in [("Secret", 1), ("Results", 0), ("Lookup", 2), ("Notes", 0)] {
+        let sheet = book.add_worksheet();
+        sheet.set_name(name).unwrap();
+        sheet.write_string(0, 0, name).unwrap();
+        match visibility {
+            1 => {
+                sheet.set_hidden(true);
+            }
+            2 => {
+                sheet.set_very_hidden(true);
+            }
+            _ => {}
+        }
+    }
+    book.worksheet_from_index(1).unwrap().set_active(true);
+    book.save(&input).unwrap();
+
+    let output = dir.path().join("out.xlsx");
+    let (first, second) = round_trip(&input, &output);
+    let visibility: Vec<Visibility> = first.sheets.iter().map(|s| s.visibility).collect();
+    assert_eq!(
+        visibility,
+        [Visibility::Hidden, Visibility::Visible, Visibility::VeryHidden, Visibility::Visible]
+    );
+    assert_eq!(first, second);
+    let xml = zip_entry_text(&output, "xl/workbook.xml");
+    assert!(xml.contains(r#"<sheet name="Secret" sheetId="1" state="hidden""#), "{xml}");
+    assert!(xml.contains(r#"<sheet name="Lookup" sheetId="3" state="veryHidden""#), "{xml}");
+    assert!(xml.contains(r#"activeTab="1""#), "the first visible sheet opens: {xml}");
+}
+
+/// A formula's cached text result that Rust reads as a non-finite number (`NaN`, `inf`) would be written as a
+/// number XLSX cannot hold: it is left out. A literal `_x0041_` in a cached text comes back as it was.
+#[test]
+fn cached_results_are_never_non_finite_numbers_and_keep_literal_char_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cached.xlsx");
+    let rows = r#"<row r="1"><c r="A1" t="str"><f>"NaN"</f><v>NaN</v></c><c r="B1" t="str"><f>"-inf"</f><v>-inf</v></c><c r="C1" t="str"><f>"_x005F_x0041_"</f><v>_x005F_x0041_</v></c></row>"#;
+    minimal_xlsx(&input, &sheet_xml("A1:C1", rows));
+    let output = dir.path().join("out.xlsx");
+    let (first, second) = round_trip(&input, &output);
+    assert_eq!(
+        *first.sheets[0].cell(0, 2),
+        Cell::Formula { formula: "\"_x005F_x0041_\"".into(), cached: Box::new(text("_x0041_")) }
+    );
+    assert_eq!(second.sheets[0].cell(0, 2), first.sheets[0].cell(0, 2));
+    let xml = zip_entry_text(&output, "xl/worksheets/sheet1.xml");
+    assert!(!xml.contains("<v>NaN</v>") && !xml.contains("<v>-inf</v>"), "{xml}");
+    for col in 0..2 {
+        assert!(
+            matches!(second.sheets[0].cell(0, col), Cell::Formula { .. }),
+            "{:?}",
+            second.sheets[0].rows[0]
+        );
+    }
+}
+
+/// Names defined in the workbook (global ones, and local ones with their sheet) are carried over, so formulas
+/// that use them still work once Excel recalculates; Excel's reserved names (an autofilter's
+/// `_xlnm._FilterDatabase`: the filter itself is not carried over) are left out without failing the workbook.
+#[test]
+fn defined_names_are_carried_over_with_their_scope() {
+    use vttl_seclytics::workbook::DefinedName;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("names.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let data = book.add_worksheet();
+    data.set_name("Data").unwrap();
+    data.write_number(0, 1, 0.2).unwrap();
+    data.write_formula(1, 0, Formula::new("TaxRate*2").set_result("0.4")).unwrap();
+    data.autofilter(0, 0, 1, 1).unwrap();
+    let other = book.add_worksheet();
+    other.set_name("My Sheet").unwrap();
+    other.write_formula(0, 0, Formula::new("Local+1").set_result("1")).unwrap();
+    book.define_name("TaxRate", "=Data!$B$1").unwrap();
+    book.define_name("'My Sheet'!Local", "=Data!$A$1:$A$2").unwrap();
+    book.define_name("Greeting", "=\"a & b <c>\"").unwrap();
+    book.save(&input).unwrap();
+
+    let output = dir.path().join("out.xlsx");
+    let (first, second) = round_trip(&input, &output);
+    let named = |workbook: &Workbook, name: &str| {
+        workbook.defined_names.iter().find(|d| d.name == name).cloned().unwrap_or_else(|| {
+            panic!("{name} missing: {:?}", workbook.defined_names);
+        })
+    };
+    for workbook in [&first, &second] {
+        assert_eq!(
+            named(workbook, "TaxRate"),
+            DefinedName { name: "TaxRate".into(), formula: "Data!$B$1".into(), sheet: None }
+        );
+        assert_eq!(
+            named(workbook, "Local"),
+            DefinedName { name: "Local".into(), formula: "Data!$A$1:$A$2".into(), sheet: Some(1) }
+        );
+        assert_eq!(named(workbook, "Greeting").formula, "\"a & b <c>\"");
+    }
+    assert!(
+        first.defined_names.iter().any(|d| d.name == "_xlnm._FilterDatabase"),
+        "{:?}",
+        first.defined_names
+    );
+    assert_eq!(second.defined_names.len(), 3, "{:?}", second.defined_names);
+    assert_eq!(first.sheets, second.sheets);
+    let xml = zip_entry_text(&output, "xl/workbook.xml");
+    assert!(
+        xml.contains(r#"<definedName name="Local" localSheetId="1">Data!$A$1:$A$2</definedName>"#),
+        "{xml}"
+    );
+}
+
+/// Defined names the writer would refuse — a repeat in the same scope (case does not count), an empty
+/// definition, a spelling Excel does not allow, a sheet that does not exist — are left out, and the workbook is
+/// still written (rust_xlsxwriter refuses some of them only when packing, which would fail the whole file).
+#[test]
+fn defined_names_the_writer_refuses_are_left_out_and_the_workbook_is_written() {
+    use vttl_seclytics::workbook::DefinedName;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad-names.xlsx");
+    let names = r#"<definedNames><definedName name="Dup">Data!$A$1</definedName><definedName name="dup">Data!$A$2</definedName><definedName name="Empty"></definedName><definedName name="Bad Name">1</definedName><definedName name="Far" localSheetId="7">1</definedName><definedName name="Ok">Data!$A$1&amp;"&#120;"</definedName></definedNames>"#;
+    minimal_xlsx_with(&input, &sheet_xml("A1:A1", r#"<row r="1"><c r="A1"><v>1</v></c></row>"#), names, None);
+    let workbook = read_workbook(&input).unwrap();
+    assert_eq!(workbook.defined_names.len(), 6, "{:?}", workbook.defined_names);
+    assert_eq!(workbook.defined_names[5].formula, "Data!$A$1&\"x\"");
+    let output = dir.path().join("out.xlsx");
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).expect("written");
+    let back = read_workbook(&output).unwrap();
+    assert_eq!(
+        back.defined_names,
+        [
+            DefinedName { name: "Dup".into(), formula: "Data!$A$1".into(), sheet: None },
+            DefinedName { name: "Ok".into(), formula: "Data!$A$1&\"x\"".into(), sheet: None },
+        ]
+    );
+    assert_eq!(back.sheets, workbook.sheets);
 }

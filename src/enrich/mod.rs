@@ -455,6 +455,18 @@ fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
     Some((meta.len(), meta.modified().ok()?))
 }
 
+/// API text for a CSV cell: with the formula guard where it needs one (SPEC §4), and still within the cell
+/// limit when the guard's `'` would take a text cut to exactly the limit one character past it — the text
+/// is then cut one character shorter, at a `^` like every cut.
+fn csv_safe_text(text: &str) -> Cow<'_, str> {
+    let safe = csvio::neutralize_formula(text);
+    if safe.len() > CELL_LIMIT && safe.chars().count() > CELL_LIMIT {
+        let shorter = tokens::cut_at_separator(text, "^", CELL_LIMIT - 1);
+        return Cow::Owned(csvio::neutralize_formula(shorter).into_owned());
+    }
+    safe
+}
+
 fn xlsx_cell(value: FillValue) -> Cell {
     match value {
         // Text cells are never formulas in XLSX; control characters are replaced as in CSV.
@@ -466,8 +478,8 @@ fn xlsx_cell(value: FillValue) -> Cell {
 
 fn csv_text(value: FillValue<'_>) -> Cow<'_, str> {
     match value {
-        FillValue::Text(Cow::Borrowed(text)) => csvio::neutralize_formula(text),
-        FillValue::Text(Cow::Owned(text)) => Cow::Owned(csvio::neutralize_formula(&text).into_owned()),
+        FillValue::Text(Cow::Borrowed(text)) => csv_safe_text(text),
+        FillValue::Text(Cow::Owned(text)) => Cow::Owned(csv_safe_text(&text).into_owned()),
         FillValue::Count(n) => Cow::Owned(decimal(n)),
         FillValue::DateTime(when) => {
             // `parse_timestamp` keeps years to 1900–9999, so this never changes anything: a second guard.

@@ -456,7 +456,8 @@ impl RowCells for EmptyRow {
 }
 
 /// True for an address that can be reached on the Internet: not private, loopback, link-local, unspecified,
-/// multicast, broadcast, `0.0.0.0/8` or carrier-grade NAT. Documentation ranges (203.0.113.0/24, 2001:db8::/32…)
+/// multicast, broadcast, `0.0.0.0/8`, carrier-grade NAT, reserved (`240.0.0.0/4`), benchmarking
+/// (`198.18.0.0/15`) or IETF protocol assignments (`192.0.0.0/24`). Documentation ranges (203.0.113.0/24, 2001:db8::/32…)
 /// count as routable so the shipped samples, which must not use real addresses, show appended rows.
 pub fn is_globally_routable(ip: IpAddr) -> bool {
     match ip {
@@ -469,7 +470,11 @@ pub fn is_globally_routable(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.octets()[0] == 0
                 // 100.64.0.0/10 carrier-grade NAT
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+                // 240.0.0.0/4 reserved ("class E"), 198.18.0.0/15 benchmarking, 192.0.0.0/24 protocol assignments
+                || v4.octets()[0] >= 240
+                || (v4.octets()[0] == 198 && (v4.octets()[1] & 0xfe) == 18)
+                || v4.octets()[..3] == [192, 0, 0])
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
@@ -620,7 +625,19 @@ mod tests {
         {
             assert!(!is_globally_routable(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["203.0.113.45", "8.8.8.8", "2001:db8::1", "2606:4700::1111"] {
+        for ip in ["240.0.0.1", "250.1.2.3", "198.18.0.1", "198.19.255.254", "192.0.0.8", "::ffff:240.0.0.1"]
+        {
+            assert!(!is_globally_routable(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "203.0.113.45",
+            "8.8.8.8",
+            "2001:db8::1",
+            "2606:4700::1111",
+            "198.17.0.1",
+            "198.20.0.1",
+            "192.0.1.1",
+        ] {
             assert!(is_globally_routable(ip.parse().unwrap()), "{ip}");
         }
     }

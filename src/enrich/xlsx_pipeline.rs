@@ -98,6 +98,7 @@ pub(super) fn enrich_xlsx(
     };
     let mut writer =
         xlsx::WorkbookWriter::new(&book.sheets, input, &options).map_err(|e| file_error("write", e))?;
+    writer.define_names(&book.defined_names).map_err(|e| file_error("write", e))?;
     // Reverse names are resolved after the last lookup and some fills show them: then every row waits.
     let fill_while_looking_up = enricher.resolver.is_none();
 

@@ -403,7 +403,16 @@ fn first_seen(doc: &Document) -> Option<NaiveDateTime> {
 /// the text is cut hard after `limit` characters.
 pub fn join_truncated(tokens: &[String], sep: &str, limit: usize) -> String {
     let joined = tokens.join(sep);
-    if joined.chars().count() <= limit {
+    match cut_at_separator(&joined, sep, limit) {
+        cut if cut.len() == joined.len() => joined,
+        cut => cut.to_string(),
+    }
+}
+
+/// `joined` cut like [`join_truncated`] cuts: whole when it has at most `limit` characters, else up to the last
+/// `sep` that keeps it within them (no trailing `sep`), or at `limit` characters when no `sep` does.
+pub fn cut_at_separator<'a>(joined: &'a str, sep: &str, limit: usize) -> &'a str {
+    if joined.len() <= limit || joined.chars().count() <= limit {
         return joined;
     }
     // The first `limit + len(sep)` characters: a separator found entirely inside them starts at or before
@@ -417,9 +426,9 @@ pub fn join_truncated(tokens: &[String], sep: &str, limit: usize) -> String {
     };
     if cut.is_empty() {
         let hard_end = joined.char_indices().nth(limit).map_or(joined.len(), |(offset, _)| offset);
-        return strip_trailing(&joined[..hard_end], sep).to_string();
+        return strip_trailing(&joined[..hard_end], sep);
     }
-    cut.to_string()
+    cut
 }
 
 /// `text` without any trailing `sep`.

@@ -388,6 +388,8 @@ impl Watcher<'_> {
         let mut next_liveness = Instant::now();
         let mut dirty = true;
         let mut paused_until: Option<Instant> = None;
+        // The text of the critical error last written to the outbox's error log, while it lasts.
+        let mut last_critical_logged: Option<String> = None;
         let mut current: Option<InFlight> = None;
         let mut stop_at: Option<Instant> = None;
         let mut hand_back_deadline_passed = false;
@@ -534,7 +536,17 @@ impl Watcher<'_> {
                 Ok(Msg::Signal) | Ok(Msg::WorkerReady(_)) => {}
                 Ok(Msg::Done(result)) => {
                     if let Some(job) = current.take() {
-                        match self.finish_job(job, result, &mut counts) {
+                        let critical = self.finish_job(job, result, &mut counts);
+                        // The outbox's error log says why files stopped going through — once per episode, not
+                        // at every retry while the same error lasts.
+                        let text = critical.as_ref().map(|e| self.secret.redact(&e.to_string()));
+                        if let (Some(critical), Some(text)) = (&critical, &text)
+                            && last_critical_logged.as_ref() != Some(text)
+                        {
+                            crate::outbox::log_critical_error(&settings.outbox, text, critical);
+                        }
+                        last_critical_logged = text;
+                        match critical {
                             None => {}
                             Some(critical) if self.once => return Err(critical),
                             Some(critical) => {

@@ -127,6 +127,18 @@ pub struct Sheet {
     pub freeze: Option<(u32, u16)>,
     /// Explicit column widths (0-based column, width in Excel character units).
     pub column_widths: Vec<(u16, f64)>,
+    /// Whether the sheet shows as a tab (XLSX and XLS; CSV sheets are always visible).
+    pub visibility: Visibility,
+}
+
+/// Whether a sheet shows as a tab in Excel. A hidden sheet can be shown again from Excel's menus, a very hidden
+/// one only from VBA — a workbook's author uses it to keep data out of sight, so it is kept as it was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Visibility {
+    #[default]
+    Visible,
+    Hidden,
+    VeryHidden,
 }
 
 impl Sheet {
@@ -154,10 +166,22 @@ impl Sheet {
     }
 }
 
-/// A whole workbook: every sheet, in order.
+/// A whole workbook: every sheet, in order, and the names its formulas may use.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Workbook {
     pub sheets: Vec<Sheet>,
+    /// The names defined in an XLSX workbook (Excel's Name Manager), in the file's order.
+    pub defined_names: Vec<DefinedName>,
+}
+
+/// A name defined in a workbook (`TaxRate` → `Sheet1!$B$1`), which formulas use in place of a reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinedName {
+    pub name: String,
+    /// What it stands for: a reference, a constant or a formula, without a leading `=`.
+    pub formula: String,
+    /// The sheet (index into [`Workbook::sheets`]) it belongs to, for a name local to one sheet.
+    pub sheet: Option<usize>,
 }
 
 /// What can be wrong with an input or output workbook. Every variant names the file.

@@ -47,11 +47,19 @@
 //! * XLS has no per-cell number format in calamine's API: XLS date cells get `yyyy-mm-dd` (whole days),
 //!   `yyyy-mm-dd hh:mm:ss` (with a time) or `[h]:mm:ss` (durations).
 //! * 1904-epoch workbooks: date serials are shifted by 1462 days into the 1900 epoch that rust_xlsxwriter
-//!   writes, so the displayed dates stay the same.
+//!   writes, so the displayed dates stay the same; a time of day (a format without a date part, such as
+//!   `h:mm`) is not a day count and keeps its value ([`shows_a_date`]), durations likewise.
 //! * Number formats of plain numbers (e.g. `0.00`), fonts, fills, merged cells, comments, charts and hidden
 //!   columns are not carried over (the model has no place for them); values and types are.
 //! * Chart sheets, dialog sheets and macro sheets come out as empty worksheets with the same name and place,
-//!   so sheet order and names survive. Sheet visibility (hidden sheets) is not kept.
+//!   so sheet order and names survive. Hidden and very hidden sheets stay so (when the first sheet is hidden,
+//!   the first visible one opens).
+//! * Defined names (global, and local with their sheet) are read from the workbook part ourselves (calamine
+//!   drops the scope) and defined again; Excel's reserved `_xlnm.` names, and names the writer refuses, are
+//!   left out with a warning. Hidden names come out visible (the writer has no hidden flag). Excel tables,
+//!   external links, autofilters, conditional formats and data validation are not carried over: a formula
+//!   that refers to a table (`Table1[Score]`) or another workbook keeps its text and cached value, and Excel
+//!   reports it broken when it recalculates.
 //! * `.xlsm`: the macro project is not part of the model. [`extract_vba_project`] copies it out of the input
 //!   and [`WriteOptions::vba_project`] embeds it in the output (macro-enabled content type); without that, an
 //!   `.xlsm` output would be a plain XLSX under an `.xlsm` name, which Excel refuses to open.
@@ -59,7 +67,12 @@
 //!   the file; a formula's cached text result likewise.
 //! * rust_xlsxwriter infers the type of a formula's cached result from its text: a cached text that looks
 //!   like a number (`"42"`), `"TRUE"`/`"FALSE"` or an error literal comes back as a number, boolean or error,
-//!   and a formula stored without a cached value gets the cached result 0. Excel recalculates every formula
+//!   and a formula stored without a cached value, or with an empty text result (`=""`), gets the cached
+//!   result 0; a result Rust reads as a non-finite number (`NaN`, `inf`) is left out, since XLSX cannot hold
+//!   one; a literal `_xHHHH_` in a text result is escaped so it reads back unchanged. Formula text is written
+//!   exactly as read (see [`exact_formula`]), except that rust_xlsxwriter adds the `_xlfn.` prefix newer
+//!   functions need in the file and writes a formula using a dynamic-array function (`FILTER`, `XLOOKUP`…) as
+//!   a one-cell dynamic array. Excel recalculates every formula
 //!   on open (rust_xlsxwriter sets full recalculation), so only the cached value seen by other readers
 //!   changes; the formula text is always kept.
 //! * Array formulas are written back as ordinary formulas (calamine does not say a formula was an array).
@@ -70,7 +83,9 @@
 //!   a formula, even when it starts with `=` (formula-injection defence).
 //! * Dates keep their number format: a custom one by its code, a built-in one (id below 164) by its id, since
 //!   several of those display by the reader's locale or are East Asian formats calamine has no code for
-//!   ([`builtin_format`]). Date cells stored as ISO text (`t="d"`) are read as dates.
+//!   ([`builtin_format`]) — unless the file defines that id itself with another code (some generators number
+//!   their own formats from 50; localised Excel writes its codes for built-in ids): then by the file's code
+//!   ([`defined_by_the_file`]). Date cells stored as ISO text (`t="d"`) are read as dates.
 //! * Cached error results of newer Excel versions (`#SPILL!`, `#CALC!`…), which calamine refuses, are read
 //!   through a temporary copy where they are `#N/A`, then put back by cell reference
 //!   ([`read_xlsx_with_newer_errors`]); only a workbook holding one pays for the copy.
@@ -87,14 +102,14 @@ use std::io::{BufReader, Read, Seek, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use calamine::{Data, DataRef, Dimensions, Reader, SheetType, Xls, Xlsx};
+use calamine::{Data, DataRef, Dimensions, Reader, SheetType, SheetVisible, Xls, Xlsx};
 use quick_xml::XmlVersion;
 use quick_xml::events::{BytesStart, Event};
 use rust_xlsxwriter::{Format as CellFormat, Formula, Worksheet};
 
 use super::{
-    Cell, Format, MAX_CELL_CHARS, MAX_COLS, MAX_FILE_BYTES, MAX_ROWS, MAX_SHEET_CELLS, Sheet, Workbook,
-    WorkbookError, check_input_file,
+    Cell, DefinedName, Format, MAX_CELL_CHARS, MAX_COLS, MAX_FILE_BYTES, MAX_ROWS, MAX_SHEET_CELLS, Sheet,
+    Visibility, Workbook, WorkbookError, check_input_file,
 };
 
 /// Number format of the Date First Seen values we write, and of XLS date/times that have a time of day.
@@ -266,6 +281,7 @@ pub fn write_workbook_with_options<W: Write + Send>(
     options: &WriteOptions,
 ) -> Result<W, WorkbookError> {
     let mut writer = WorkbookWriter::new(&workbook.sheets, path, options)?;
+    writer.define_names(&workbook.defined_names)?;
     for (index, sheet) in workbook.sheets.iter().enumerate() {
         writer.write_rows(index, &sheet.rows)?;
     }
@@ -334,6 +350,8 @@ pub struct WorkbookWriter {
     path: PathBuf,
     /// Per sheet: its name (for messages) and the number of rows written so far.
     sheets: Vec<(String, usize)>,
+    /// Per sheet: the name it is written under ([`writable_sheet_names`]).
+    written_names: Vec<String>,
     formats: FormatCache,
     poisoned: bool,
 }
@@ -347,6 +365,7 @@ impl WorkbookWriter {
         options: &WriteOptions,
     ) -> Result<WorkbookWriter, WorkbookError> {
         let written = |e: rust_xlsxwriter::XlsxError| write_error(path, e);
+        let written_names = writable_sheet_names(sheets);
         let declared = catch_writer_panic(path, || {
             let mut book = rust_xlsxwriter::Workbook::new();
             if let Some(dir) = &options.tempdir {
@@ -355,7 +374,7 @@ impl WorkbookWriter {
             if let Some(vba_project) = &options.vba_project {
                 book.add_vba_project(vba_project).map_err(written)?;
             }
-            for (sheet, name) in sheets.iter().zip(writable_sheet_names(sheets)) {
+            for (sheet, name) in sheets.iter().zip(written_names.iter().cloned()) {
                 let worksheet = book.add_worksheet_with_constant_memory().map_err(written)?;
                 if name != sheet.name {
                     tracing::warn!(
@@ -371,6 +390,23 @@ impl WorkbookWriter {
                 for &(col, width) in &sheet.column_widths {
                     worksheet.set_column_width(col, width).map_err(written)?;
                 }
+                match sheet.visibility {
+                    Visibility::Visible => {}
+                    Visibility::Hidden => {
+                        worksheet.set_hidden(true);
+                    }
+                    Visibility::VeryHidden => {
+                        worksheet.set_very_hidden(true);
+                    }
+                }
+            }
+            // rust_xlsxwriter makes the first sheet the active one, and an active sheet cannot be hidden: when
+            // the first sheet is hidden, the first visible one opens instead (a workbook with no visible sheet,
+            // which Excel does not allow, keeps its first sheet visible).
+            if sheets.first().is_some_and(|sheet| sheet.visibility != Visibility::Visible)
+                && let Some(index) = sheets.iter().position(|sheet| sheet.visibility == Visibility::Visible)
+            {
+                book.worksheet_from_index(index).map_err(written)?.set_active(true);
             }
             Ok(book)
         })?;
@@ -378,16 +414,72 @@ impl WorkbookWriter {
             book: declared,
             path: path.to_path_buf(),
             sheets: sheets.iter().map(|sheet| (sheet.name.clone(), 0)).collect(),
+            written_names,
             formats: FormatCache::default(),
             poisoned: false,
         })
+    }
+
+    /// Defines the workbook's names (local ones on the sheet of that position, under the name it is written
+    /// with). A name the writer refuses — Excel's reserved `_xlnm.` names (print areas, filters: what they
+    /// belong to is not carried over either), a spelling Excel does not allow — and one it would refuse only
+    /// when packing — a second definition in the same scope, a sheet that does not exist — or an empty
+    /// definition is left out with a warning, never failing the workbook.
+    pub fn define_names(&mut self, names: &[DefinedName]) -> Result<(), WorkbookError> {
+        self.check_not_poisoned()?;
+        let written_names = &self.written_names;
+        let path = self.path.clone();
+        let book = &mut self.book;
+        let mut seen: std::collections::HashSet<(Option<usize>, String)> = std::collections::HashSet::new();
+        let mut skipped = Vec::new();
+        catch_writer_panic(&path, || {
+            for defined in names {
+                let scoped = match defined.sheet {
+                    None => Some(defined.name.clone()),
+                    Some(index) => written_names
+                        .get(index)
+                        .map(|sheet| format!("'{}'!{}", sheet.replace('\'', "''"), defined.name)),
+                };
+                let key = (defined.sheet, defined.name.to_lowercase());
+                let accepted = match scoped {
+                    Some(scoped) if !seen.contains(&key) && !defined.formula.is_empty() => {
+                        book.define_name(scoped, &defined.formula).is_ok()
+                    }
+                    _ => false,
+                };
+                if accepted {
+                    seen.insert(key);
+                } else if !defined.name.to_ascii_lowercase().starts_with("_xlnm.") {
+                    // (Excel's own names go with what is not carried over anyway — an autofilter, a print
+                    // area — and would make this warning a constant.)
+                    skipped.push(defined.name.as_str());
+                }
+            }
+            Ok(())
+        })?;
+        if !skipped.is_empty() {
+            // Names come from the file: no control character may reach the log.
+            let shown: Vec<String> = skipped
+                .iter()
+                .take(5)
+                .map(|name| name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
+                .collect();
+            tracing::warn!(
+                "{}: {} defined name(s) not carried over (invalid, empty or repeated): {}{}",
+                path.display(),
+                skipped.len(),
+                shown.join(", "),
+                if skipped.len() > shown.len() { ", …" } else { "" }
+            );
+        }
+        Ok(())
     }
 
     /// Appends `rows` to sheet number `sheet` (0-based, in the order given to [`WorkbookWriter::new`]),
     /// after the rows written to it before.
     pub fn write_rows(&mut self, sheet: usize, rows: &[Vec<Cell>]) -> Result<(), WorkbookError> {
         self.check_not_poisoned()?;
-        let WorkbookWriter { book, path, sheets, formats, poisoned } = self;
+        let WorkbookWriter { book, path, sheets, formats, poisoned, .. } = self;
         let Some((name, written_rows)) = sheets.get_mut(sheet) else {
             return Err(WorkbookError::io(
                 path,
@@ -594,6 +686,18 @@ struct SheetLayout {
     column_widths: Vec<(u16, f64)>,
 }
 
+/// What step 1 reads that calamine does not give: each worksheet's layout, by sheet name, and the workbook's
+/// defined names with their scope (calamine drops which sheet a local name belongs to).
+#[derive(Debug, Default)]
+struct Layouts {
+    sheets: HashMap<String, SheetLayout>,
+    defined_names: Vec<DefinedName>,
+}
+
+/// Most defined names kept from one workbook (real ones have a few to a few hundred); the rest are dropped
+/// with a warning rather than handed to the writer one by one.
+const MAX_DEFINED_NAMES: usize = 10_000;
+
 type Archive = zip::ZipArchive<BufReader<File>>;
 
 fn open_archive(path: &Path) -> Result<Archive, WorkbookError> {
@@ -604,7 +708,7 @@ fn open_archive(path: &Path) -> Result<Archive, WorkbookError> {
 }
 
 /// Checks the archive's entry sizes and returns the layout of every worksheet, keyed by sheet name.
-fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, SheetLayout>, WorkbookError> {
+fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<Layouts, WorkbookError> {
     let mut archive = open_archive(path)?;
     let mut names = Vec::with_capacity(archive.len());
     for index in 0..archive.len() {
@@ -655,14 +759,15 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<HashMap<String, She
 
     check_loaded_whole_parts(path, &mut archive, &measured, limits)?;
 
-    let mut layouts = HashMap::new();
+    let mut layouts = Layouts::default();
     for (sheet_name, part) in sheet_parts(path, &mut archive, &workbook_part)? {
         if archive.index_for_name(&part).is_none() {
             continue;
         }
         let layout = parse_sheet_layout(path, &mut archive, &part)?;
-        layouts.insert(sheet_name, layout);
+        layouts.sheets.insert(sheet_name, layout);
     }
+    layouts.defined_names = parse_defined_names(path, &mut archive, &workbook_part)?;
     Ok(layouts)
 }
 
@@ -842,6 +947,72 @@ fn parse_workbook_sheets(
     Ok(sheets)
 }
 
+/// The `<definedName>`s of the workbook part, with the sheet of each local one (`localSheetId`, the sheet's
+/// position in `<sheets>`, which is the model's order). At most [`MAX_DEFINED_NAMES`].
+fn parse_defined_names(
+    path: &Path,
+    archive: &mut Archive,
+    part: &str,
+) -> Result<Vec<DefinedName>, WorkbookError> {
+    let entry = archive.by_name(part).map_err(|e| corrupt(path, format!("unreadable `{part}`: {e}")))?;
+    let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
+    let mut buf = Vec::new();
+    let mut names = Vec::new();
+    let mut dropped = 0usize;
+    // The name being read: its attributes, and its text so far.
+    let mut current: Option<(String, Option<usize>, String)> = None;
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == "definedName" => {
+                let sheet = attribute(&e, "localSheetId").and_then(|id| id.trim().parse::<usize>().ok());
+                current = attribute(&e, "name").map(|name| (name, sheet, String::new()));
+            }
+            Ok(Event::Text(text)) => {
+                if let Some((_, _, formula)) = current.as_mut() {
+                    formula.push_str(&text.xml_content(XmlVersion::Implicit1_0));
+                }
+            }
+            Ok(Event::CData(text)) => {
+                if let Some((_, _, formula)) = current.as_mut() {
+                    formula.push_str(text.as_ref());
+                }
+            }
+            Ok(Event::GeneralRef(reference)) => {
+                if let Some((_, _, formula)) = current.as_mut() {
+                    match reference.resolve_char_ref() {
+                        Ok(Some(c)) => formula.push(c),
+                        _ => {
+                            let entity = reference.xml_content(XmlVersion::Implicit1_0);
+                            formula.push_str(quick_xml::escape::resolve_xml_entity(&entity).unwrap_or(""));
+                        }
+                    }
+                }
+            }
+            Ok(Event::End(e)) if e.local_name().as_ref() == "definedName" => {
+                if let Some((name, sheet, formula)) = current.take() {
+                    let formula = formula.trim().trim_start_matches('=').to_string();
+                    if names.len() < MAX_DEFINED_NAMES {
+                        names.push(DefinedName { name, formula, sheet });
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(corrupt(path, format!("malformed `{part}`: {e}"))),
+        }
+        buf.clear();
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            "{}: {dropped} defined names past the first {MAX_DEFINED_NAMES} are not carried over",
+            path.display()
+        );
+    }
+    Ok(names)
+}
+
 /// Relationship id → target of a `.rels` part (empty when the part is missing).
 fn parse_relationships(
     path: &Path,
@@ -971,11 +1142,7 @@ fn attribute(element: &BytesStart<'_>, name: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------------------
 // Step 2 and 3: cells (XLSX)
 
-fn read_xlsx_cells(
-    path: &Path,
-    limits: &Limits,
-    layouts: &HashMap<String, SheetLayout>,
-) -> Result<Workbook, WorkbookError> {
+fn read_xlsx_cells(path: &Path, limits: &Limits, layouts: &Layouts) -> Result<Workbook, WorkbookError> {
     let file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
     let mut book: Xlsx<_> = Xlsx::new(BufReader::new(file))
         .map_err(|e| corrupt(path, format!("not a readable XLSX workbook: {e}")))?;
@@ -985,16 +1152,18 @@ fn read_xlsx_cells(
     // One budget for the whole workbook: memory is what it bounds.
     let mut budget = CellBudget::new(limits);
     for meta in metadata {
-        let mut sheet = Sheet { name: meta.name.clone(), ..Sheet::default() };
+        let mut sheet =
+            Sheet { name: meta.name.clone(), visibility: visibility(meta.visible), ..Sheet::default() };
         if meta.typ == SheetType::WorkSheet {
             read_xlsx_sheet(path, limits, &mut book, &mut sheet, is_1904, &mut budget)?;
         }
-        if let Some(layout) = layouts.get(&meta.name) {
+        if let Some(layout) = layouts.sheets.get(&meta.name) {
             sheet.freeze = layout.freeze;
             sheet.column_widths = layout.column_widths.clone();
         }
         workbook.sheets.push(sheet);
     }
+    workbook.defined_names = layouts.defined_names.clone();
     Ok(workbook)
 }
 
@@ -1036,7 +1205,9 @@ fn read_xlsx_sheet<RS: Read + Seek>(
             .iter()
             .map(|style| {
                 style.number_format.as_ref().map(|n| match n.format_id {
-                    Some(id) if id < FIRST_CUSTOM_FORMAT_ID => builtin_format(id),
+                    Some(id) if id < FIRST_CUSTOM_FORMAT_ID && !defined_by_the_file(id, &n.format_code) => {
+                        builtin_format(id)
+                    }
                     _ => n.format_code.clone(),
                 })
             })
@@ -1048,14 +1219,18 @@ fn read_xlsx_sheet<RS: Read + Seek>(
             let Some(cell) = sheet.rows.get_mut(row as usize).and_then(|r| r.get_mut(col as usize)) else {
                 continue;
             };
-            match cell {
-                Cell::DateTime { format, .. } => *format = code.as_str().into(),
-                Cell::Formula { cached, .. } => {
-                    if let Cell::DateTime { format, .. } = cached.as_mut() {
-                        *format = code.as_str().into();
-                    }
+            let cell = match cell {
+                Cell::Formula { cached, .. } => cached.as_mut(),
+                cell => cell,
+            };
+            if let Cell::DateTime { serial, format } = cell {
+                // Step 2 moved every 1904 serial that is not a duration into the 1900 epoch; a time of day
+                // (`h:mm`: no date shown) is not a day and must keep its value — 0.25 is 6:00 in both epochs,
+                // and a formula like `A1*24` reads it.
+                if is_1904 && **format != *DURATION_FORMAT && !shows_a_date(code) {
+                    *serial -= EPOCH_1904_OFFSET;
                 }
-                _ => {}
+                *format = code.as_str().into();
             }
         }
     }
@@ -1079,7 +1254,7 @@ fn holds_newer_error_values(error: &WorkbookError) -> bool {
 fn read_xlsx_with_newer_errors(
     path: &Path,
     limits: &Limits,
-    layouts: &HashMap<String, SheetLayout>,
+    layouts: &Layouts,
 ) -> Result<Workbook, WorkbookError> {
     let mut archive = open_archive(path)?;
     let names: Vec<String> = (0..archive.len())
@@ -1333,6 +1508,83 @@ fn formula_cell(formula: String, cached: Cell) -> Cell {
         return cached;
     }
     Cell::Formula { formula: formula.into_boxed_str(), cached: Box::new(cached) }
+}
+
+/// Whether number format `code` (a custom code or a [`builtin_format`]) shows a date, not only a time of day
+/// or a duration: a `y`, `d`, era (`e`, `g`) or Buddhist year (`b`) part, or an `m` that means the month (not
+/// right after an hour nor right before seconds), outside quoted text, escaped characters, `[…]` sections
+/// other than elapsed time,
+/// the `_x`/`*x` spacing codes and `AM/PM`. Built-in ids 18–21, 32, 33 and 45–47 are times; the East Asian
+/// ids differ by locale (34, 35, 55, 56 are times in Chinese and dates in Japanese) and count as dates.
+fn shows_a_date(code: &str) -> bool {
+    if let Some(id) = code.strip_prefix(BUILTIN_FORMAT_MARK) {
+        return !matches!(id.parse::<u32>(), Ok(18..=21 | 32 | 33 | 45..=47));
+    }
+    // The date and time letters in order, AM/PM and the rest dropped.
+    let mut letters: Vec<char> = Vec::new();
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                for c in chars.by_ref() {
+                    if c == '"' {
+                        break;
+                    }
+                }
+            }
+            '\\' | '_' | '*' => {
+                chars.next();
+            }
+            '[' => {
+                // `[h]`, `[mm]`, `[ss]` are elapsed time; other sections are colours, conditions, locales.
+                let section: String = chars.by_ref().take_while(|&c| c != ']').collect();
+                let section = section.to_ascii_lowercase();
+                if let Some(first) = section.chars().next()
+                    && section.chars().all(|c| c == first)
+                    && matches!(first, 'h' | 'm' | 's')
+                {
+                    letters.push(first);
+                }
+            }
+            'a' | 'A' => {
+                // `AM/PM` or `A/P`: skip the rest of it.
+                let rest: String = chars.clone().take(4).collect::<String>().to_ascii_lowercase();
+                let skip = if rest.starts_with("m/pm") {
+                    4
+                } else if rest.starts_with("/p") {
+                    2
+                } else {
+                    0
+                };
+                for _ in 0..skip {
+                    chars.next();
+                }
+            }
+            _ => {
+                let c = c.to_ascii_lowercase();
+                if matches!(c, 'y' | 'd' | 'e' | 'g' | 'b' | 'm' | 'h' | 's') {
+                    letters.push(c);
+                }
+            }
+        }
+    }
+    letters.iter().enumerate().any(|(i, &c)| match c {
+        'y' | 'd' | 'e' | 'g' | 'b' => true,
+        'm' => {
+            let after_hour = letters[..i].iter().rev().find(|&&l| l != 'm') == Some(&'h');
+            let before_seconds = letters[i..].iter().find(|&&l| l != 'm') == Some(&'s');
+            !after_hour && !before_seconds
+        }
+        _ => false,
+    })
+}
+
+fn visibility(visible: SheetVisible) -> Visibility {
+    match visible {
+        SheetVisible::Visible => Visibility::Visible,
+        SheetVisible::Hidden => Visibility::Hidden,
+        SheetVisible::VeryHidden => Visibility::VeryHidden,
+    }
 }
 
 fn datetime_from_serial(serial: f64, is_duration: bool, is_1904: bool) -> Cell {
@@ -1648,7 +1900,8 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
     let mut workbook = Workbook::default();
     let mut budget = CellBudget::new(limits);
     for meta in metadata {
-        let mut sheet = Sheet { name: meta.name.clone(), ..Sheet::default() };
+        let mut sheet =
+            Sheet { name: meta.name.clone(), visibility: visibility(meta.visible), ..Sheet::default() };
         if meta.typ == SheetType::WorkSheet {
             let sheet_error = |e: calamine::XlsError| corrupt(path, format!("sheet `{}`: {e}", meta.name));
             let values = book.worksheet_range(&meta.name).map_err(sheet_error)?;
@@ -1695,6 +1948,55 @@ const FIRST_CUSTOM_FORMAT_ID: u32 = 164;
 /// any code in their place would change how the date shows, or lose that it is a date.
 pub fn builtin_format(id: u32) -> String {
     format!("{BUILTIN_FORMAT_MARK}{id}")
+}
+
+/// Whether number format `id` (below [`FIRST_CUSTOM_FORMAT_ID`]) is one the file defines itself, given the
+/// code calamine reports for it: the file's own definition when it has one, else the built-in code calamine
+/// knows (the ECMA-376 list below), else `General`. Files may define their own formats under ids below 164
+/// (some generators start at 50): writing such an id back without its definition lost the format (a date
+/// came out as a bare number), so a code that differs from the built-in one is kept as a code.
+fn defined_by_the_file(id: u32, code: &str) -> bool {
+    code != ecma_builtin_format_code(id).unwrap_or("General")
+}
+
+/// The codes of the built-in number formats ECMA-376 (18.8.30) lists for every locale; the East Asian ones
+/// (27–36, 50–58) vary by locale and have none.
+fn ecma_builtin_format_code(id: u32) -> Option<&'static str> {
+    Some(match id {
+        0 => "General",
+        1 => "0",
+        2 => "0.00",
+        3 => "#,##0",
+        4 => "#,##0.00",
+        9 => "0%",
+        10 => "0.00%",
+        11 => "0.00E+00",
+        12 => "# ?/?",
+        13 => "# ??/??",
+        14 => "mm-dd-yy",
+        15 => "d-mmm-yy",
+        16 => "d-mmm",
+        17 => "mmm-yy",
+        18 => "h:mm AM/PM",
+        19 => "h:mm:ss AM/PM",
+        20 => "h:mm",
+        21 => "h:mm:ss",
+        22 => "m/d/yy h:mm",
+        37 => "#,##0 ;(#,##0)",
+        38 => "#,##0 ;[Red](#,##0)",
+        39 => "#,##0.00;(#,##0.00)",
+        40 => "#,##0.00;[Red](#,##0.00)",
+        41 => r#"_(* #,##0_);_(* (#,##0);_(* "-"_);_(@_)"#,
+        42 => r#"_($* #,##0_);_($* (#,##0);_($* "-"_);_(@_)"#,
+        43 => r#"_(* #,##0.00_);_(* (#,##0.00);_(* "-"??_);_(@_)"#,
+        44 => r#"_($* #,##0.00_);_($* (#,##0.00);_($* "-"??_);_(@_)"#,
+        45 => "mm:ss",
+        46 => "[h]:mm:ss",
+        47 => "mmss.0",
+        48 => "##0.0E+0",
+        49 => "@",
+        _ => return None,
+    })
 }
 
 /// Starts a [`builtin_format`]; never the start of a real format code.
@@ -1777,7 +2079,7 @@ fn write_cell(
         }
         Cell::Formula { formula, cached } => {
             let result = formula_result(cached);
-            let formula = Formula::new(formula).set_result(result);
+            let formula = exact_formula(formula).set_result(result);
             match cached.as_ref() {
                 Cell::DateTime { format, .. } => {
                     worksheet.write_formula_with_format(row, col, formula, formats.get(format))?;
@@ -1791,16 +2093,83 @@ fn write_cell(
     Ok(())
 }
 
+/// A formula whose text is written exactly as read. `Formula::new` takes one leading `{`, one leading `=`
+/// and one trailing `}` off whatever it is given (it expects formulas as typed), which cut an array constant
+/// at either end of a formula read from a file (`{1,2,3}` came out as `1,2,3`, `SUM(1)+{1,2}` as
+/// `SUM(1)+{1,2`: formulas Excel refuses); wrapped in `{=…}` first, exactly those three come off again.
+fn exact_formula(text: &str) -> Formula {
+    Formula::new(format!("{{={text}}}"))
+}
+
 /// The cached result of a formula as rust_xlsxwriter wants it: a number, `TRUE`/`FALSE`, an error literal
 /// or text.
+///
+/// rust_xlsxwriter writes a result that Rust parses as a number as a number, `NaN` and `inf` included, which
+/// XLSX cannot hold (a file other readers may refuse): such a result is left out (Excel computes it again on
+/// open). A result's text is written without the `_xHHHH_` escaping cell text gets, so a literal `_x0041_`
+/// would read back as `A`: it is escaped here.
 fn formula_result(cached: &Cell) -> String {
-    match cached {
+    let result = match cached {
         Cell::Empty => String::new(),
         Cell::Int(n) => n.to_string(),
         Cell::Float(f) => number_text(*f),
         Cell::DateTime { serial, .. } => number_text(*serial),
         Cell::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
-        Cell::Text(text) | Cell::IsoDateTime(text) | Cell::Error(text) => excel_text(text).into_owned(),
+        Cell::Text(text) | Cell::IsoDateTime(text) => escape_xml_char_codes(&excel_text(text)),
+        Cell::Error(text) => excel_text(text).into_owned(),
         Cell::Formula { cached, .. } => formula_result(cached),
+    };
+    if result.trim().parse::<f64>().is_ok_and(|number| !number.is_finite()) { String::new() } else { result }
+}
+
+/// `text` with every `_xHHHH_` (how XML files spell a character code) escaped as `_x005F_xHHHH_`, so a reader
+/// gives the text back as it was.
+fn escape_xml_char_codes(text: &str) -> String {
+    static CHAR_CODE: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new("_x[0-9A-Fa-f]{4}_").expect("valid pattern"));
+    CHAR_CODE.replace_all(text, "_x005F$0").into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_shows_a_date_when_it_has_a_date_part_outside_text_and_sections() {
+        for code in
+            ["yyyy-mm-dd", "d-mmm", "mmm", "[Red]mmm d", "mmm hh:mm", "dd/mm/yyyy h:mm AM/PM", "ge.m.d"]
+        {
+            assert!(shows_a_date(code), "{code}");
+        }
+        for code in [
+            "h:mm",
+            "hh:mm:ss",
+            "mm:ss",
+            "[mm]:ss",
+            "[h]:mm",
+            "h:mm AM/PM",
+            "h:mm A/P",
+            "[$-409]h:mm AM/PM;@",
+            r#"h "days""#,
+            r"h\d",
+            "h_d:mm",
+            "h*y",
+        ] {
+            assert!(!shows_a_date(code), "{code}");
+        }
+        assert!(shows_a_date(&builtin_format(14)) && shows_a_date(&builtin_format(22)));
+        assert!(shows_a_date(&builtin_format(57)));
+        for id in [18, 19, 20, 21, 32, 33, 45, 46, 47] {
+            assert!(!shows_a_date(&builtin_format(id)), "{id}");
+        }
+    }
+
+    #[test]
+    fn only_a_code_that_differs_from_the_built_in_one_is_the_files_own() {
+        assert!(!defined_by_the_file(14, "mm-dd-yy"));
+        assert!(defined_by_the_file(14, "dd.mm.yyyy"));
+        assert!(!defined_by_the_file(57, "General"), "no code known: calamine says General");
+        assert!(defined_by_the_file(100, "yyyy-mm-dd"));
+        assert!(defined_by_the_file(2, "yyyy-mm-dd"));
     }
 }
