@@ -1,6 +1,6 @@
 #!/bin/sh
-# Runs the Windows build's tests under Wine, on Linux — a check that the Windows build works, not part of CI
-# (CI only lints the Windows build). See docs/reliability.md, "Windows under Wine".
+# Runs the Windows build's tests under Wine, on Linux — a check that the Windows build works; `.ci/run` runs
+# it whenever Wine can be installed. See docs/reliability.md, "Windows under Wine".
 #
 #   scripts/wine-tests.sh                 # every test binary
 #   scripts/wine-tests.sh --test watch    # any `cargo test` arguments
@@ -18,6 +18,9 @@ rustup target add x86_64-pc-windows-gnu >/dev/null 2>&1 || true
 export WINEDEBUG=-all
 prefix="${WINEPREFIX:-$HOME/.wine}"
 [ -d "$prefix/drive_c/windows/system32" ] || wineboot -u >/dev/null 2>&1
+# A new prefix is still being set up by background processes when wineboot returns; the first test binary
+# started meanwhile has failed once. Wait until the Wine server has nothing left to do.
+wineserver -w >/dev/null 2>&1 || true
 shim_dir="$(mktemp -d)"
 x86_64-w64-mingw32-gcc -shared -O2 -o "$shim_dir/bcryptprimitives.dll" \
     scripts/wine/bcryptprimitives.c scripts/wine/bcryptprimitives.def -ladvapi32
