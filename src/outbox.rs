@@ -990,7 +990,6 @@ fn publish_log(dir: &Path, name: &str, lines: &mut LogLines) -> std::io::Result<
     temp.persist_noclobber(crate::os::long_path(&target)).map(|_| ()).map_err(|e| e.error)
 }
 
-/// Appends one line to `<dir>/VTTL_Error.log`. Failures to log are reported on stderr, never fatal.
 /// One `CRITICAL: …` line in the error log of `outbox` for a critical error (`message`: its text, already
 /// redacted), unless the error is that the outbox cannot be written or the outbox is not writable now.
 pub fn log_critical_error(outbox: &Path, message: &str, error: &crate::error::CriticalError) {
@@ -999,6 +998,7 @@ pub fn log_critical_error(outbox: &Path, message: &str, error: &crate::error::Cr
     }
 }
 
+/// Appends one line to `<dir>/VTTL_Error.log`. Failures to log are reported on stderr, never fatal.
 pub fn append_error_log(dir: &Path, message: &str) {
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     // Every control character, not only line breaks: a file name can hold ESC sequences, which would act on
