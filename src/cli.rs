@@ -20,7 +20,16 @@ use crate::error::CriticalError;
 
 /// Fills the empty SecLytics, WHOIS, Validation, Date First Seen and watch-list cells of VTTL spreadsheets.
 #[derive(Debug, Parser)]
-#[command(name = "vttl-seclytics", version, about, long_about = None)]
+#[command(
+    name = "vttl-seclytics",
+    version,
+    about,
+    long_about = None,
+    after_help = "The API token: `access_token` in [seclytics] of vttl.ini, or the SECLYTICS_ACCESS_TOKEN \
+                  environment variable (which wins).\nExit status: 0 done; 1 some files failed (see the outbox's \
+                  VTTL_Error.log); 2 a critical problem (bad configuration, token refused, outbox not writable); \
+                  130 interrupted.\nMore detail on stderr: VTTL_LOG=debug."
+)]
 pub struct RawArgs {
     /// The ini file (default: vttl.ini in the current directory).
     #[arg(long, global = true, value_name = "FILE")]
@@ -36,7 +45,7 @@ pub struct RawArgs {
 pub enum RawCommand {
     /// Enrich the given workbooks into the outbox; the inputs stay where they are, unchanged.
     Enrich {
-        /// CSV, XLSX or XLS files.
+        /// CSV, XLSX, XLSM or XLS files.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Where to write (default: `[watch] outbox` of the ini).
@@ -68,6 +77,16 @@ impl Plan {
             Some(path) => (path.clone(), false),
             None => (PathBuf::from("vttl.ini"), true),
         };
+        if allow_missing && !path.exists() {
+            // Started from the wrong folder, the program would go on with every default (live API, folders
+            // and cache made here) without a word.
+            let here = std::env::current_dir().unwrap_or_default();
+            tracing::warn!(
+                "no vttl.ini in {}: every setting takes its default (folders and cache relative to it); \
+                 use --config to name the file",
+                here.display()
+            );
+        }
         let config = Config::load(&path, allow_missing)?;
         match args.command {
             RawCommand::Enrich { files, outbox } => {

@@ -251,6 +251,22 @@ impl IniFile {
     }
 
     fn check_known(&self, section: &str, known: &[&str]) -> Result<(), ConfigError> {
+        // A key given twice: the first wins (as in VTTL), so a setting an analyst added lower down to change it
+        // does nothing — said in a warning.
+        let mut seen: Vec<String> = Vec::new();
+        for (s, k, _) in &self.entries {
+            if s.eq_ignore_ascii_case(section) && known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                let key = k.to_ascii_lowercase();
+                if seen.contains(&key) {
+                    tracing::warn!(
+                        "{}: `{key}` is set more than once in [{section}]; the first one is used",
+                        self.path.display()
+                    );
+                } else {
+                    seen.push(key);
+                }
+            }
+        }
         for (s, k, _) in &self.entries {
             if s.eq_ignore_ascii_case(section) && !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
                 // A key read over several lines (a line without `=` and those after it) may hold the token in any
@@ -280,6 +296,33 @@ impl IniFile {
             }
         }
         Ok(())
+    }
+
+    /// A key of one of our sections found in another section (or above the first one) is ignored there — a
+    /// misspelled `[seclytic]` would lose `offline_dir` and send every lookup to the live API: each such key is
+    /// named in a warning.
+    fn warn_about_misplaced_keys(&self) {
+        for (section, key, _) in &self.entries {
+            if STRICT_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section)) {
+                continue;
+            }
+            let owner =
+                [("seclytics", SECLYTICS_KEYS), ("watch", WATCH_KEYS), ("watchlists", WATCHLIST_KEYS)]
+                    .into_iter()
+                    .find(|(_, keys)| keys.iter().any(|k| k.eq_ignore_ascii_case(key)));
+            // `dir` is too common a word in other programs' sections to be a sign of anything.
+            if let Some((owner, _)) = owner.filter(|_| !key.eq_ignore_ascii_case("dir")) {
+                let place = if section.is_empty() {
+                    "above the first section".to_string()
+                } else {
+                    format!("in [{section}]")
+                };
+                tracing::warn!(
+                    "{}: `{key}` {place} is ignored: it is read in [{owner}] (a misspelled section name?)",
+                    self.path.display()
+                );
+            }
+        }
     }
 
     fn bool(&self, section: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -322,33 +365,41 @@ impl IniFile {
     }
 }
 
-/// The ini parser reads a line without `=` (or `:`) together with the lines after it, up to the next `=`, as
-/// one key: a `[section]` header among those lines disappears, and that section's keys — `[seclytics]` with
-/// its `offline_dir`, say — silently fall into the section before, where nothing checks them. Such a file is
-/// refused, naming the lines (not their text, which may hold the token). A line without `=` that swallows no
-/// header is left to the parser, as before (a strict section then reports an unknown key).
-fn swallowed_section(text: &str) -> Option<String> {
-    let mut pending: Option<usize> = None;
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
-            continue;
+/// The sections whose every key we read and check; the others are VTTL's (or anyone's), read only for
+/// `reverseDNS` and the Seclytic log switches.
+const STRICT_SECTIONS: [&str; 3] = ["seclytics", "watch", "watchlists"];
+
+/// VTTL reads its ini line by line and skips a line without `=` (a heading or a note an analyst typed). The
+/// ini parser instead reads such a line together with the lines after it, up to the next `=`, as one key: the
+/// setting that follows (`reverseDNS = False`, a log switch) or a whole `[section]` header would silently
+/// vanish. So, before parsing, such lines are emptied (line numbers stay) outside our own sections, as VTTL
+/// skips them, and refused inside them, naming the line but not its text — it may hold the access token.
+fn skip_lines_without_equals(text: &str) -> Result<String, String> {
+    let mut section = String::new();
+    let mut kept = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim();
+        let bare = !trimmed.is_empty()
+            && !trimmed.starts_with('[')
+            && !trimmed.starts_with(';')
+            && !trimmed.starts_with('#')
+            && !trimmed.contains(['=', ':']);
+        if trimmed.starts_with('[') {
+            section =
+                trimmed.trim_start_matches('[').split(']').next().unwrap_or_default().trim().to_string();
         }
-        if line.starts_with('[') {
-            if let Some(bare) = pending {
-                return Some(format!(
-                    "line {bare} has no `=`, so the section header on line {} would be read as part of a key \
-                     (and its settings lost)",
-                    index + 1
-                ));
-            }
-        } else if line.contains('=') || line.contains(':') {
-            pending = None;
+        if !bare {
+            kept.push_str(line);
+        } else if STRICT_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(&section)) {
+            return Err(format!(
+                "line {} in [{section}] has no `=` (its text is not shown: it may hold the access token)",
+                index + 1
+            ));
         } else {
-            pending = pending.or(Some(index + 1));
+            kept.push_str(&line[line.trim_end_matches(['\r', '\n']).len()..]);
         }
     }
-    None
+    Ok(kept)
 }
 
 fn read_ini(path: &Path) -> Result<IniFile, ConfigError> {
@@ -381,9 +432,8 @@ fn read_ini(path: &Path) -> Result<IniFile, ConfigError> {
             }
         })
         .collect();
-    if let Some(reason) = swallowed_section(&text) {
-        return Err(ConfigError::Syntax { path: path.to_path_buf(), reason });
-    }
+    let text = skip_lines_without_equals(&text)
+        .map_err(|reason| ConfigError::Syntax { path: path.to_path_buf(), reason })?;
     let options = ini::ParseOption { enabled_escape: false, enabled_quote: false, ..Default::default() };
     let ini = ini::Ini::load_from_str_opt(&text, options)
         .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -411,6 +461,7 @@ impl Config {
     }
 
     fn from_ini(ini: &IniFile, token_env: Option<String>) -> Result<Config, ConfigError> {
+        ini.warn_about_misplaced_keys();
         ini.check_known("seclytics", SECLYTICS_KEYS)?;
         ini.check_known("watch", WATCH_KEYS)?;
         ini.check_known("watchlists", WATCHLIST_KEYS)?;
@@ -422,7 +473,10 @@ impl Config {
 
         const S: &str = "seclytics";
         let base_url = ini.value(S, "base_url").unwrap_or("https://api.seclytics.com").trim_end_matches('/');
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) || base_url.len() < 10 {
+        // The scheme in any case (`HTTPS://…` is a URL too); the rest is checked by the URL parser below.
+        let lower = base_url.to_ascii_lowercase();
+        let host_part = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+        if host_part.is_none_or(str::is_empty) {
             return Err(ini.invalid(S, "base_url", base_url, "expected an http:// or https:// URL"));
         }
         // Checked here as the client will read it, so the message names the file and the key.
@@ -562,23 +616,35 @@ mod tests {
         assert!(config.reverse_dns && config.logs.ips && !config.url_watchlist_regex);
     }
 
-    /// A line without `=` before a section header would make the parser drop the header: refused, naming the
-    /// lines only; a line without `=` that swallows no header is not (VTTL's own ini files stay readable).
+    /// A line without `=` in a VTTL section is skipped, as VTTL skips it: it no longer takes in the setting after
+    /// it (`reverseDNS = False` was lost, and reverse lookups ran) nor a section header, nor makes a last line
+    /// refuse the file. In our own sections it is refused, naming the line but not its text.
     #[test]
-    fn a_line_without_equals_before_a_section_is_refused() {
+    fn a_line_without_equals_is_skipped_in_vttl_sections_and_refused_in_ours() {
         let dir = tempfile::tempdir().unwrap();
         let ini = dir.path().join("vttl.ini");
-        for text in [
-            "[main]\nthis line has no equals\n[seclytics]\naccess_token = SEKRIT2\n",
-            "[main]\nfoo\n\n; note\n[seclytics]\nconcurrency = 2\n",
+        std::fs::write(
+            &ini,
+            "[main]\r\nReverse DNS settings\r\nreverseDNS = False\r\n[vendor]\r\nVTTL vendor switches\r\nLogIPs = False\r\n\
+             [seclytics]\r\nconcurrency = 2\r\n[other]\r\ntrailing note",
+        )
+        .unwrap();
+        let config = Config::load(&ini, false).unwrap();
+        assert!(!config.reverse_dns && !config.logs.ips);
+        assert_eq!(config.seclytics.concurrency, 2);
+        std::fs::write(&ini, "[main]\nthis line has no equals\n[seclytics]\naccess_token = SEKRIT2\n")
+            .unwrap();
+        assert_eq!(Config::load(&ini, false).unwrap().seclytics.access_token.expose(), "SEKRIT2");
+        for (text, line) in [
+            ("[main]\nfoo\n[seclytics]\nconcurrency = 2\nSEKRIT3\n", 5),
+            ("[watch]\ninbox = in\n\n; note\nSEKRIT3 here\n[main]\n", 5),
+            ("[WatchLists]\r\nSEKRIT3", 2),
         ] {
             std::fs::write(&ini, text).unwrap();
             let error = Config::load(&ini, false).unwrap_err().to_string();
-            assert!(error.contains("line 2 has no `=`") && error.contains("vttl.ini"), "{error}");
-            assert!(!error.contains("SEKRIT2") && !error.contains("this line"), "{error}");
+            assert!(error.contains(&format!("line {line} in [")) && error.contains("vttl.ini"), "{error}");
+            assert!(!error.contains("SEKRIT3"), "{error}");
         }
-        std::fs::write(&ini, "[main]\nkey = 1\n[seclytics]\nconcurrency = 2\n").unwrap();
-        assert_eq!(Config::load(&ini, false).unwrap().seclytics.concurrency, 2);
     }
 
     /// Indented comments (valid for Python's configparser) neither hide the next section nor make a file refused;
@@ -646,6 +712,22 @@ mod tests {
         assert!(error.contains("must be between"), "{error}");
         let error = parse("[seclytics]\nrequests_per_minute = lots\n").unwrap_err().to_string();
         assert!(error.contains("whole number"), "{error}");
+    }
+
+    /// A key given twice: the first wins, as in VTTL (a warning says so); the URL's scheme may be written in
+    /// any case.
+    #[test]
+    fn the_first_of_a_key_set_twice_wins_and_the_url_scheme_has_any_case() {
+        assert_eq!(
+            parse("[seclytics]\nconcurrency = 2\nConcurrency = 5\n").unwrap().seclytics.concurrency,
+            2
+        );
+        let config = parse("[seclytics]\nbase_url = HTTPS://api.example.test/\n").unwrap();
+        assert_eq!(config.seclytics.base_url, "HTTPS://api.example.test");
+        for url in ["https://", "ftp://example.test", "example.test"] {
+            let error = parse(&format!("[seclytics]\nbase_url = {url}\n")).unwrap_err().to_string();
+            assert!(error.contains("expected an http:// or https:// URL"), "{url}: {error}");
+        }
     }
 
     /// An empty `include` (or one of commas only) used to take no file at all, silently: empty means the

@@ -929,6 +929,73 @@ fn refused_token_stops_the_run_with_exit_2() {
     assert!(!error_log.contains(TOKEN));
 }
 
+/// With no token configured, the start says so, and the refusal says that no token is configured — not that
+/// the token is wrong — on stderr and in the error log.
+#[test]
+fn a_missing_token_is_reported_as_missing_not_as_wrong() {
+    let scenario = Scenario::new();
+    let ini = std::fs::read_to_string(scenario.path("vttl.ini")).unwrap();
+    let without_token = ini.replace(&format!("access_token = {TOKEN}\n"), "");
+    assert_ne!(ini, without_token);
+    std::fs::write(scenario.path("vttl.ini"), without_token).unwrap();
+    let input = scenario.path("book.csv");
+    std::fs::write(&input, ip_csv_bytes()).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no access token is configured"), "{stderr}");
+    assert!(stderr.contains("SECLYTICS_ACCESS_TOKEN"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("no access token is configured"), "the reason of the stop: {last}");
+    let error_log = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
+    assert!(error_log.contains("no access token is configured"), "{error_log}");
+}
+
+/// Started where there is no `vttl.ini` (and no `--config`), the program says so, and that the default
+/// watch-list folder is missing, instead of going on silently with every default.
+#[test]
+fn a_missing_default_ini_and_watch_list_folder_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+        .args(["enrich", "no-such-book.csv", "--outbox", "out"])
+        .current_dir(dir.path())
+        .env_remove("SECLYTICS_ACCESS_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "the one file fails: {stderr}");
+    assert!(stderr.contains("no vttl.ini in") && stderr.contains("--config"), "{stderr}");
+    assert!(stderr.contains("watch-list folder") && stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("no access token is configured"), "{stderr}");
+}
+
+/// A key of our sections under a misspelled section name (or above the first section) is ignored there —
+/// `offline_dir` in `[seclytic]` would send every lookup to the live API — and a warning names it.
+#[test]
+fn a_key_under_a_misspelled_section_is_named_in_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vttl.ini"),
+        "concurrency = 2\n[seclytic]\noffline_dir = answers\n[seclytics]\ntimeout_secs = 5\ntimeout_secs = 9\n",
+    )
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+        .arg("--config")
+        .arg(dir.path().join("vttl.ini"))
+        .args(["enrich", "no-such-book.csv", "--outbox"])
+        .arg(dir.path().join("out"))
+        .current_dir(dir.path())
+        .env_remove("SECLYTICS_ACCESS_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`offline_dir` in [seclytic] is ignored: it is read in [seclytics]"), "{stderr}");
+    assert!(stderr.contains("`concurrency` above the first section is ignored"), "{stderr}");
+    assert!(
+        stderr.contains("`timeout_secs` is set more than once in [seclytics]; the first one is used"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_files_fail_alone_with_exit_1() {
     let scenario = Scenario::new();

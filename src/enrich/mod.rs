@@ -96,6 +96,9 @@ pub struct Enricher {
     derivation: i64,
 }
 
+/// Where an access token goes, said wherever a missing one is reported.
+pub const NO_TOKEN_HINT: &str = "set `access_token` in the [seclytics] section of vttl.ini, or the SECLYTICS_ACCESS_TOKEN environment variable";
+
 impl Enricher {
     /// Builds the shared state. Problems with watch lists or the sinkhole file are returned as warnings (they
     /// never stop a run); a client that cannot be built is critical.
@@ -133,6 +136,25 @@ impl Enricher {
         } else {
             None
         };
+        // What would otherwise only show in the results: answers that are not the API's, lookups that will all
+        // be refused, watch-list columns that stay empty.
+        match &config.seclytics.offline_dir {
+            Some(dir) => warnings.push(format!(
+                "offline mode: answers come only from the recorded bodies in {} (`offline_dir`); an indicator \
+                 without one counts as not found, and its File Count is filled with 0",
+                dir.display()
+            )),
+            None if config.seclytics.access_token.is_empty() => warnings.push(format!(
+                "no access token is configured ({NO_TOKEN_HINT}): SecLytics will refuse every lookup"
+            )),
+            None => {}
+        }
+        if !config.watchlists_dir.is_dir() {
+            warnings.push(format!(
+                "the watch-list folder {} does not exist (`[watchlists] dir`): no watch-list column is filled",
+                config.watchlists_dir.display()
+            ));
+        }
         let derivation = stored::derivation(&lists, config.logs);
         Ok((Enricher { config, client, lists, sinkholes, resolver, refresh, derivation }, warnings))
     }

@@ -585,7 +585,15 @@ impl Http {
             }
             401 | 403 => {
                 let message = self.error_message(&mut response).await;
-                let message = if message.is_empty() { "no explanation given".to_string() } else { message };
+                let message = if self.token.is_empty() {
+                    // The request carried no token at all: "refused the access token" alone would send the
+                    // analyst looking for a wrong one.
+                    format!("no access token is configured ({})", crate::enrich::NO_TOKEN_HINT)
+                } else if message.is_empty() {
+                    "no explanation given".to_string()
+                } else {
+                    message
+                };
                 Attempt::Fatal(FatalError::TokenRefused { status, message })
             }
             429 => {
