@@ -9,7 +9,7 @@
 //! `failed`) or the service stopped cleanly on a signal; `2` a critical problem (same as above); `130`
 //! `--once` was interrupted by a signal before the inbox was empty.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -90,12 +90,51 @@ impl Plan {
         let config = Config::load(&path, allow_missing)?;
         match args.command {
             RawCommand::Enrich { files, outbox } => {
+                let files = if cfg!(windows) { expand_wildcards(files) } else { files };
                 let outbox = outbox.unwrap_or_else(|| config.watch.outbox.clone());
                 Ok(Plan::Enrich { config, files, outbox, refresh: args.refresh })
             }
             RawCommand::Watch { once } => Ok(Plan::Watch { config, once, refresh: args.refresh }),
         }
     }
+}
+
+/// Windows shells hand `*.csv` to a program as it is (cmd and PowerShell leave wildcards to the program): an
+/// argument whose file name holds `*` or `?` — characters no Windows file name can hold — becomes the files it
+/// matches in its folder (case-insensitively, in name order); one that matches nothing stays as given, to fail
+/// with "cannot read" under its own name. Elsewhere the shell expands wildcards, and `*` is a legal character
+/// of a file name, so this is used on Windows only.
+fn expand_wildcards(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut expanded = Vec::with_capacity(files.len());
+    for file in files {
+        let Some(pattern) = file.file_name().and_then(|n| n.to_str()).filter(|n| n.contains(['*', '?']))
+        else {
+            expanded.push(file);
+            continue;
+        };
+        let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let matcher = globset::GlobBuilder::new(pattern)
+            .case_insensitive(true)
+            .literal_separator(true)
+            .build()
+            .map(|glob| glob.compile_matcher());
+        let mut found: Vec<PathBuf> = match (matcher, std::fs::read_dir(folder)) {
+            (Ok(matcher), Ok(entries)) => entries
+                .flatten()
+                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+                .filter(|entry| entry.file_name().to_str().is_some_and(|name| matcher.is_match(name)))
+                .map(|entry| file.with_file_name(entry.file_name()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if found.is_empty() {
+            expanded.push(file);
+        } else {
+            found.sort();
+            expanded.extend(found);
+        }
+    }
+    expanded
 }
 
 /// Entry point of the binary.
@@ -240,5 +279,34 @@ pub fn run(plan: Plan) -> Result<ExitCode, CriticalError> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_become_the_files_they_match_and_the_rest_stays_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.csv", "A.CSV", "c.xlsx", "notes.txt"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("folder.csv")).unwrap();
+        let given = vec![
+            dir.path().join("*.csv"),
+            dir.path().join("?.xlsx"),
+            dir.path().join("plain.csv"),
+            dir.path().join("*.json"),
+        ];
+        let expanded = expand_wildcards(given);
+        let expected = vec![
+            dir.path().join("A.CSV"),
+            dir.path().join("b.csv"),
+            dir.path().join("c.xlsx"),
+            dir.path().join("plain.csv"),
+            dir.path().join("*.json"),
+        ];
+        assert_eq!(expanded, expected);
     }
 }

@@ -28,10 +28,19 @@ pub enum ConfigError {
     #[error("config file {path}: unknown key `{key}` in [{section}]")]
     UnknownKey { path: PathBuf, section: String, key: String },
     #[error(
-        "config file {}: [{}] {} = {:?} is invalid: {}",
-        .0.path.display(), .0.section, .0.key, .0.value, .0.reason
+        "config file {}: [{}] {} = `{}` is invalid: {}",
+        .0.path.display(), .0.section, .0.key, shown_value(&.0.value), .0.reason
     )]
     Invalid(Box<InvalidSetting>),
+}
+
+/// A value as an error shows it: as written (a Windows folder keeps its single backslashes), with control
+/// characters escaped so none reaches the terminal.
+fn shown_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// What [`ConfigError::Invalid`] says (boxed: five owned fields would make every `Result` carrying a config
@@ -712,6 +721,14 @@ mod tests {
         assert!(error.contains("must be between"), "{error}");
         let error = parse("[seclytics]\nrequests_per_minute = lots\n").unwrap_err().to_string();
         assert!(error.contains("whole number"), "{error}");
+    }
+
+    /// A value in an error is shown as written: a Windows folder keeps its single backslashes; control
+    /// characters are escaped.
+    #[test]
+    fn invalid_values_are_shown_as_written() {
+        let error = parse("[seclytics]\nauth = C:\\VTTL\\x\u{1b}[2J\n").unwrap_err().to_string();
+        assert!(error.contains("auth = `C:\\VTTL\\x\\u{1b}[2J` is invalid"), "{error}");
     }
 
     /// A key given twice: the first wins, as in VTTL (a warning says so); the URL's scheme may be written in

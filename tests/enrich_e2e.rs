@@ -996,6 +996,24 @@ fn a_key_under_a_misspelled_section_is_named_in_a_warning() {
     );
 }
 
+/// On Windows the shell leaves `*.csv` to the program: `enrich` expands it (run under Wine by `.ci/run`).
+#[test]
+#[cfg(windows)]
+fn enrich_expands_wildcards_on_windows() {
+    let scenario = Scenario::new();
+    let books = scenario.path("books");
+    std::fs::create_dir(&books).unwrap();
+    for name in ["one.csv", "two.csv"] {
+        std::fs::write(books.join(name), "\"Scanned Item\"\r\n\"198.51.100.53\"\r\n").unwrap();
+    }
+    let (code, stderr) = scenario.enrich(&[&books.join("*.csv")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        scenario.outbox().join("one.csv").exists() && scenario.outbox().join("two.csv").exists(),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_files_fail_alone_with_exit_1() {
     let scenario = Scenario::new();
