@@ -1126,8 +1126,8 @@ fn epoch_1904_times_of_day_keep_their_value() {
         &[(164, "h:mm"), (165, "yyyy-mm-dd hh:mm"), (166, "[$-409]h:mm AM/PM;@"), (167, "mmm hh:mm")],
         &[164, 165, 166, 21, 167],
     );
-    let rows = r#"<row r="1"><c r="A1" s="1"><v>0.25</v></c><c r="B1"><f>A1*24</f><v>6</v></c><c r="C1" s="2"><v>1.5</v></c><c r="D1" s="3"><v>0.75</v></c><c r="E1" s="4"><v>0.5</v></c><c r="F1" s="5"><v>31.5</v></c><c r="G1" s="1"><f>A1+0</f><v>0.25</v></c></row>"#;
-    minimal_xlsx_with(&path, &sheet_xml("A1:G1", rows), r#"<workbookPr date1904="1"/>"#, Some(&styles));
+    let rows = r#"<row r="1"><c r="A1" s="1"><v>0.25</v></c><c r="B1"><f>A1*24</f><v>6</v></c><c r="C1" s="2"><v>1.5</v></c><c r="D1" s="3"><v>0.75</v></c><c r="E1" s="4"><v>0.5</v></c><c r="F1" s="5"><v>31.5</v></c><c r="G1" s="1"><f>A1+0</f><v>0.25</v></c><c r="H1" s="1"><v>43000.25</v></c><c r="I1" s="2"><v>43000</v></c></row>"#;
+    minimal_xlsx_with(&path, &sheet_xml("A1:I1", rows), r#"<workbookPr date1904="1"/>"#, Some(&styles));
     let workbook = read_workbook(&path).expect("read");
     let sheet = &workbook.sheets[0];
     let serial = |col: usize| match sheet.cell(0, col) {
@@ -1148,6 +1148,8 @@ fn epoch_1904_times_of_day_keep_their_value() {
     assert_eq!(serial(4), 0.5, "built-in h:mm:ss");
     assert_eq!(serial(5), 1493.5, "mmm is a month even beside hh:mm");
     assert_eq!(serial(6), 0.25, "a formula's cached time of day");
+    assert_eq!(serial(7), 44462.25, "a whole date-time shown as a time still moves, like the date beside it");
+    assert_eq!(serial(8), 44462.0);
 
     let output = dir.path().join("out.xlsx");
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
@@ -1315,10 +1317,26 @@ fn defined_names_the_writer_refuses_are_left_out_and_the_workbook_is_written() {
     use vttl_seclytics::workbook::DefinedName;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bad-names.xlsx");
-    let names = r#"<definedNames><definedName name="Dup">Data!$A$1</definedName><definedName name="dup">Data!$A$2</definedName><definedName name="Empty"></definedName><definedName name="Bad Name">1</definedName><definedName name="Far" localSheetId="7">1</definedName><definedName name="Ok">Data!$A$1&amp;"&#120;"</definedName></definedNames>"#;
-    minimal_xlsx_with(&input, &sheet_xml("A1:A1", r#"<row r="1"><c r="A1"><v>1</v></c></row>"#), names, None);
+    // Also: global names that rust_xlsxwriter would read as local to a sheet (it refuses an unknown sheet, or a
+    // repeat of a local name, only when packing), and a name and a formula longer than Excel allows.
+    let names = format!(
+        r#"<definedNames><definedName name="Dup">Data!$A$1</definedName><definedName name="dup">Data!$A$2</definedName><definedName name="Empty"></definedName><definedName name="Bad Name">1</definedName><definedName name="Far" localSheetId="7">1</definedName><definedName name="Ok">Data!$A$1&amp;"&#120;"</definedName><definedName name="Nope!Foo">1</definedName><definedName name="Data!Bar">1</definedName><definedName name="Bar" localSheetId="0">2</definedName><definedName name="'Data'!Baz">1</definedName><definedName name="{}">1</definedName><definedName name="Long">{}</definedName></definedNames>"#,
+        "n".repeat(300),
+        "1+".repeat(5000) + "1"
+    );
+    minimal_xlsx_with(
+        &input,
+        &sheet_xml("A1:A1", r#"<row r="1"><c r="A1"><v>1</v></c></row>"#),
+        &names,
+        None,
+    );
     let workbook = read_workbook(&input).unwrap();
-    assert_eq!(workbook.defined_names.len(), 6, "{:?}", workbook.defined_names);
+    assert_eq!(
+        workbook.defined_names.len(),
+        10,
+        "the two too long are dropped: {:?}",
+        workbook.defined_names
+    );
     assert_eq!(workbook.defined_names[5].formula, "Data!$A$1&\"x\"");
     let output = dir.path().join("out.xlsx");
     write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).expect("written");
@@ -1326,6 +1344,7 @@ fn defined_names_the_writer_refuses_are_left_out_and_the_workbook_is_written() {
     assert_eq!(
         back.defined_names,
         [
+            DefinedName { name: "Bar".into(), formula: "2".into(), sheet: Some(0) },
             DefinedName { name: "Dup".into(), formula: "Data!$A$1".into(), sheet: None },
             DefinedName { name: "Ok".into(), formula: "Data!$A$1&\"x\"".into(), sheet: None },
         ]

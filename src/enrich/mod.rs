@@ -479,11 +479,12 @@ fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
 
 /// API text for a CSV cell: with the formula guard where it needs one (SPEC §4), and still within the cell
 /// limit when the guard's `'` would take a text cut to exactly the limit one character past it — the text
-/// is then cut one character shorter, at a `^` like every cut.
+/// is then cut one character shorter, at a separator (`^`, or the three spaces of the URL watch list) like
+/// every cut.
 fn csv_safe_text(text: &str) -> Cow<'_, str> {
     let safe = csvio::neutralize_formula(text);
     if safe.len() > CELL_LIMIT && safe.chars().count() > CELL_LIMIT {
-        let shorter = tokens::cut_at_separator(text, "^", CELL_LIMIT - 1);
+        let shorter = tokens::cut_at_any_separator(text, &["^", "   "], CELL_LIMIT - 1);
         return Cow::Owned(csvio::neutralize_formula(shorter).into_owned());
     }
     safe

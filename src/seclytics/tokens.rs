@@ -411,7 +411,7 @@ pub fn join_truncated(tokens: &[String], sep: &str, limit: usize) -> String {
 
 /// `joined` cut like [`join_truncated`] cuts: whole when it has at most `limit` characters, else up to the last
 /// `sep` that keeps it within them (no trailing `sep`), or at `limit` characters when no `sep` does.
-pub fn cut_at_separator<'a>(joined: &'a str, sep: &str, limit: usize) -> &'a str {
+fn cut_at_separator<'a>(joined: &'a str, sep: &str, limit: usize) -> &'a str {
     if joined.len() <= limit || joined.chars().count() <= limit {
         return joined;
     }
@@ -431,6 +431,33 @@ pub fn cut_at_separator<'a>(joined: &'a str, sep: &str, limit: usize) -> &'a str
     cut
 }
 
+/// `text` cut to at most `limit` characters at the last of any of `seps` (the `^` of token lists, the three
+/// spaces of the URL watch list) that keeps it within them, without a separator at its end; at `limit`
+/// characters when none does. For a text whose separator is not known.
+pub fn cut_at_any_separator<'a>(text: &'a str, seps: &[&str], limit: usize) -> &'a str {
+    if text.len() <= limit || text.chars().count() <= limit {
+        return text;
+    }
+    // Byte offset of character `limit`: a separator starting at or before it leaves at most `limit` before it.
+    let end = text.char_indices().nth(limit).map_or(text.len(), |(offset, _)| offset);
+    let last = seps
+        .iter()
+        .filter(|sep| !sep.is_empty())
+        .filter_map(|sep| text.match_indices(sep).map(|(at, _)| at).take_while(|&at| at <= end).last())
+        .max();
+    let mut cut = &text[..last.unwrap_or(end)];
+    // No separator left at the end (a run of them, or one of another kind just before).
+    while let Some(shorter) = seps.iter().filter(|sep| !sep.is_empty()).find_map(|sep| cut.strip_suffix(sep))
+    {
+        cut = shorter;
+    }
+    if cut.is_empty() && last.is_some() {
+        // Only separators before the first one that fits: cut at the limit as when there is none.
+        return &text[..end];
+    }
+    cut
+}
+
 /// `text` without any trailing `sep`.
 fn strip_trailing<'a>(mut text: &'a str, sep: &str) -> &'a str {
     while !sep.is_empty()
@@ -444,6 +471,19 @@ fn strip_trailing<'a>(mut text: &'a str, sep: &str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_is_cut_at_the_last_separator_of_any_kind_that_fits() {
+        let seps = ["^", "   "];
+        assert_eq!(cut_at_any_separator("a^bb^ccc", &seps, 5), "a^bb");
+        assert_eq!(cut_at_any_separator("a^bb^ccc", &seps, 8), "a^bb^ccc");
+        assert_eq!(cut_at_any_separator("aa   bb   cc", &seps, 9), "aa   bb");
+        assert_eq!(cut_at_any_separator("x^y   z", &seps, 6), "x^y");
+        assert_eq!(cut_at_any_separator("abcdefgh", &seps, 3), "abc");
+        assert_eq!(cut_at_any_separator("^^^abc", &seps, 2), "^^");
+        assert_eq!(cut_at_any_separator("éé^üü", &seps, 4), "éé");
+        assert_eq!(cut_at_any_separator("ab^^cd", &seps, 4), "ab");
+    }
     use crate::seclytics::model::parse_document;
 
     fn fixture(name: &str) -> Document {

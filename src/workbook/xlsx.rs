@@ -47,8 +47,8 @@
 //! * XLS has no per-cell number format in calamine's API: XLS date cells get `yyyy-mm-dd` (whole days),
 //!   `yyyy-mm-dd hh:mm:ss` (with a time) or `[h]:mm:ss` (durations).
 //! * 1904-epoch workbooks: date serials are shifted by 1462 days into the 1900 epoch that rust_xlsxwriter
-//!   writes, so the displayed dates stay the same; a time of day (a format without a date part, such as
-//!   `h:mm`) is not a day count and keeps its value ([`shows_a_date`]), durations likewise.
+//!   writes, so the displayed dates stay the same; a time of day (a value below one day whose format has no
+//!   date part, such as `h:mm`) is not a day count and keeps its value ([`shows_a_date`]), durations likewise.
 //! * Number formats of plain numbers (e.g. `0.00`), fonts, fills, merged cells, comments, charts and hidden
 //!   columns are not carried over (the model has no place for them); values and types are.
 //! * Chart sheets, dialog sheets and macro sheets come out as empty worksheets with the same name and place,
@@ -435,6 +435,9 @@ impl WorkbookWriter {
         catch_writer_panic(&path, || {
             for defined in names {
                 let scoped = match defined.sheet {
+                    // rust_xlsxwriter reads `Sheet!Name` (or `'Sheet'!Name`) as a name local to that sheet, and
+                    // refuses a sheet it does not have only when packing, failing the whole workbook.
+                    None if defined.name.contains('!') || defined.name.starts_with('\'') => None,
                     None => Some(defined.name.clone()),
                     Some(index) => written_names
                         .get(index)
@@ -458,11 +461,12 @@ impl WorkbookWriter {
             Ok(())
         })?;
         if !skipped.is_empty() {
-            // Names come from the file: no control character may reach the log.
+            // Names come from the file: no control character may reach the log, and no name longer than a
+            // name Excel allows.
             let shown: Vec<String> = skipped
                 .iter()
                 .take(5)
-                .map(|name| name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
+                .map(|name| name.chars().take(64).map(|c| if c.is_control() { ' ' } else { c }).collect())
                 .collect();
             tracing::warn!(
                 "{}: {} defined name(s) not carried over (invalid, empty or repeated): {}{}",
@@ -697,6 +701,12 @@ struct Layouts {
 /// Most defined names kept from one workbook (real ones have a few to a few hundred); the rest are dropped
 /// with a warning rather than handed to the writer one by one.
 const MAX_DEFINED_NAMES: usize = 10_000;
+
+/// Excel's limits for a defined name (255 characters) and for what it stands for (a formula: 8 192): a longer
+/// one is not Excel's and is dropped when read, so a hostile file cannot make the reader hold (and the writer
+/// copy) megabytes of it.
+const MAX_DEFINED_NAME_CHARS: usize = 255;
+const MAX_FORMULA_CHARS: usize = 8_192;
 
 type Archive = zip::ZipArchive<BufReader<File>>;
 
@@ -961,37 +971,41 @@ fn parse_defined_names(
     let mut dropped = 0usize;
     // The name being read: its attributes, and its text so far.
     let mut current: Option<(String, Option<usize>, String)> = None;
+    // Text past Excel's limit is not kept (the name is dropped at its end): a hostile file cannot make the
+    // reader hold its megabytes twice.
+    let room = 4 * MAX_FORMULA_CHARS;
+    let push = |current: &mut Option<(String, Option<usize>, String)>, piece: &str| {
+        if let Some((_, _, formula)) = current.as_mut() {
+            if formula.len() + piece.len() <= room {
+                formula.push_str(piece);
+            } else {
+                // Marks it too long whatever the rest: more than the limit in characters.
+                formula.clear();
+                formula.extend(std::iter::repeat_n('#', MAX_FORMULA_CHARS + 1));
+            }
+        }
+    };
     loop {
         match reader.read_event_into(&mut buf) {
             Ok(Event::Start(e)) if e.local_name().as_ref() == "definedName" => {
                 let sheet = attribute(&e, "localSheetId").and_then(|id| id.trim().parse::<usize>().ok());
                 current = attribute(&e, "name").map(|name| (name, sheet, String::new()));
             }
-            Ok(Event::Text(text)) => {
-                if let Some((_, _, formula)) = current.as_mut() {
-                    formula.push_str(&text.xml_content(XmlVersion::Implicit1_0));
+            Ok(Event::Text(text)) => push(&mut current, &text.xml_content(XmlVersion::Implicit1_0)),
+            Ok(Event::CData(text)) => push(&mut current, text.as_ref()),
+            Ok(Event::GeneralRef(reference)) => match reference.resolve_char_ref() {
+                Ok(Some(c)) => push(&mut current, c.encode_utf8(&mut [0; 4])),
+                _ => {
+                    let entity = reference.xml_content(XmlVersion::Implicit1_0);
+                    push(&mut current, quick_xml::escape::resolve_xml_entity(&entity).unwrap_or(""));
                 }
-            }
-            Ok(Event::CData(text)) => {
-                if let Some((_, _, formula)) = current.as_mut() {
-                    formula.push_str(text.as_ref());
-                }
-            }
-            Ok(Event::GeneralRef(reference)) => {
-                if let Some((_, _, formula)) = current.as_mut() {
-                    match reference.resolve_char_ref() {
-                        Ok(Some(c)) => formula.push(c),
-                        _ => {
-                            let entity = reference.xml_content(XmlVersion::Implicit1_0);
-                            formula.push_str(quick_xml::escape::resolve_xml_entity(&entity).unwrap_or(""));
-                        }
-                    }
-                }
-            }
+            },
             Ok(Event::End(e)) if e.local_name().as_ref() == "definedName" => {
                 if let Some((name, sheet, formula)) = current.take() {
                     let formula = formula.trim().trim_start_matches('=').to_string();
-                    if names.len() < MAX_DEFINED_NAMES {
+                    let within_limits = name.chars().count() <= MAX_DEFINED_NAME_CHARS
+                        && formula.chars().count() <= MAX_FORMULA_CHARS;
+                    if names.len() < MAX_DEFINED_NAMES && within_limits {
                         names.push(DefinedName { name, formula, sheet });
                     } else {
                         dropped += 1;
@@ -1006,7 +1020,8 @@ fn parse_defined_names(
     }
     if dropped > 0 {
         tracing::warn!(
-            "{}: {dropped} defined names past the first {MAX_DEFINED_NAMES} are not carried over",
+            "{}: {dropped} defined names are not carried over (longer than Excel allows, or past the first \
+             {MAX_DEFINED_NAMES})",
             path.display()
         );
     }
@@ -1224,10 +1239,16 @@ fn read_xlsx_sheet<RS: Read + Seek>(
                 cell => cell,
             };
             if let Cell::DateTime { serial, format } = cell {
-                // Step 2 moved every 1904 serial that is not a duration into the 1900 epoch; a time of day
-                // (`h:mm`: no date shown) is not a day and must keep its value — 0.25 is 6:00 in both epochs,
-                // and a formula like `A1*24` reads it.
-                if is_1904 && **format != *DURATION_FORMAT && !shows_a_date(code) {
+                // Step 2 moved every 1904 serial that is not a duration into the 1900 epoch; a time of day —
+                // below one day, shown without a date (`h:mm`) — is not a day and keeps its value: 0.25 is 6:00
+                // in both epochs, and a formula like `A1*24` reads it. A whole date-time shown as a time only
+                // still moves (its date is there, hidden, and `A1-B1` against a date must not change). Moved
+                // back only from the moved range, so a cell the file lists twice is not moved twice.
+                if is_1904
+                    && **format != *DURATION_FORMAT
+                    && (EPOCH_1904_OFFSET..EPOCH_1904_OFFSET + 1.0).contains(serial)
+                    && !shows_a_date(code)
+                {
                     *serial -= EPOCH_1904_OFFSET;
                 }
                 *format = code.as_str().into();
@@ -1547,12 +1568,15 @@ fn shows_a_date(code: &str) -> bool {
                 }
             }
             'a' | 'A' => {
-                // `AM/PM` or `A/P`: skip the rest of it.
+                // `AM/PM` or `A/P`: skip the rest of it. `aaa`/`aaaa` (a weekday, in Japanese formats) is a date.
                 let rest: String = chars.clone().take(4).collect::<String>().to_ascii_lowercase();
                 let skip = if rest.starts_with("m/pm") {
                     4
                 } else if rest.starts_with("/p") {
                     2
+                } else if rest.starts_with("aa") {
+                    letters.push('d');
+                    rest.chars().take_while(|&c| c == 'a').count()
                 } else {
                     0
                 };
@@ -2136,9 +2160,17 @@ mod tests {
 
     #[test]
     fn a_format_shows_a_date_when_it_has_a_date_part_outside_text_and_sections() {
-        for code in
-            ["yyyy-mm-dd", "d-mmm", "mmm", "[Red]mmm d", "mmm hh:mm", "dd/mm/yyyy h:mm AM/PM", "ge.m.d"]
-        {
+        for code in [
+            "yyyy-mm-dd",
+            "d-mmm",
+            "mmm",
+            "[Red]mmm d",
+            "mmm hh:mm",
+            "dd/mm/yyyy h:mm AM/PM",
+            "ge.m.d",
+            "aaa",
+            "aaaa h:mm",
+        ] {
             assert!(shows_a_date(code), "{code}");
         }
         for code in [
