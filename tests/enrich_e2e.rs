@@ -1014,6 +1014,27 @@ fn enrich_expands_wildcards_on_windows() {
     );
 }
 
+/// When no lookup at all succeeds (an API that cannot be reached), the workbook is still published with those
+/// cells empty and the run succeeds (SPEC §8) — and a warning says plainly that every lookup failed.
+#[test]
+fn a_workbook_whose_every_lookup_failed_is_said_so() {
+    let scenario = Scenario::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let ini = std::fs::read_to_string(scenario.path("vttl.ini")).unwrap();
+    let unreachable =
+        ini.replace(&format!("base_url = {}", scenario.api.base_url()), &format!("base_url = {url}"));
+    assert_ne!(ini, unreachable);
+    std::fs::write(scenario.path("vttl.ini"), unreachable).unwrap();
+    let input = scenario.path("book.csv");
+    std::fs::write(&input, "\"Scanned Item\",\"WHOIS\"\r\n\"198.51.100.53\",\"\"\r\n").unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("every lookup failed") && stderr.contains("VTTL_Error.log"), "{stderr}");
+    assert!(scenario.outbox().join("book.csv").exists());
+}
+
 #[test]
 fn bad_files_fail_alone_with_exit_1() {
     let scenario = Scenario::new();

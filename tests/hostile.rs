@@ -268,6 +268,7 @@ fn failed_lookup_case(behaviour: Behaviour, log_mentions: &str, max_seconds: u64
     env.assert_invariants(&run);
     assert_eq!(run.code, 0, "a failed lookup is not a failed file:\n{}", run.stderr);
     assert!(run.elapsed < Duration::from_secs(max_seconds), "took {:?}", run.elapsed);
+    assert!(!run.stderr.contains("every lookup failed"), "one lookup succeeded:\n{}", run.stderr);
 
     // CSV: the bad row is byte for byte the input row; the good one is filled.
     let out = std::fs::read(env.outbox().join("book.csv")).unwrap();

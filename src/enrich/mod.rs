@@ -998,6 +998,17 @@ impl<'a> Job<'a> {
             self.report.duration_ms,
         );
         tracing::info!("{summary}");
+        let indicators = self.report.indicators.values().sum::<usize>();
+        if indicators > 0 && self.report.failed_lookups >= indicators {
+            // Failed lookups are not a failed file (SPEC §8): the workbook is published with those cells empty,
+            // and the run may end with success. When nothing at all could be looked up, say it plainly.
+            tracing::warn!(
+                "{}: every lookup failed (reasons in {}): is the API reachable at `base_url`? The cells stay \
+                 empty and a later run fills them",
+                self.report.input.display(),
+                outbox.join(outbox::ERROR_LOG).display()
+            );
+        }
         let _ = std::io::stderr().flush();
         Ok(self.report)
     }
