@@ -484,7 +484,7 @@ fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
 fn csv_safe_text(text: &str) -> Cow<'_, str> {
     let safe = csvio::neutralize_formula(text);
     if safe.len() > CELL_LIMIT && safe.chars().count() > CELL_LIMIT {
-        let shorter = tokens::cut_at_any_separator(text, &["^", "   "], CELL_LIMIT - 1);
+        let shorter = tokens::cut_at_separators(text, &["^", "   "], CELL_LIMIT - 1);
         return Cow::Owned(csvio::neutralize_formula(shorter).into_owned());
     }
     safe

@@ -403,65 +403,36 @@ fn first_seen(doc: &Document) -> Option<NaiveDateTime> {
 /// the text is cut hard after `limit` characters.
 pub fn join_truncated(tokens: &[String], sep: &str, limit: usize) -> String {
     let joined = tokens.join(sep);
-    match cut_at_separator(&joined, sep, limit) {
+    match cut_at_separators(&joined, &[sep], limit) {
         cut if cut.len() == joined.len() => joined,
         cut => cut.to_string(),
     }
 }
 
-/// `joined` cut like [`join_truncated`] cuts: whole when it has at most `limit` characters, else up to the last
-/// `sep` that keeps it within them (no trailing `sep`), or at `limit` characters when no `sep` does.
-fn cut_at_separator<'a>(joined: &'a str, sep: &str, limit: usize) -> &'a str {
-    if joined.len() <= limit || joined.chars().count() <= limit {
-        return joined;
-    }
-    // The first `limit + len(sep)` characters: a separator found entirely inside them starts at or before
-    // character `limit`, so the text before it fits.
-    let window_chars = limit + sep.chars().count();
-    let window_end = joined.char_indices().nth(window_chars).map_or(joined.len(), |(offset, _)| offset);
-    let window = &joined[..window_end];
-    let cut = match window.rfind(sep).filter(|_| !sep.is_empty()) {
-        Some(position) => strip_trailing(&window[..position], sep),
-        None => "",
-    };
-    if cut.is_empty() {
-        let hard_end = joined.char_indices().nth(limit).map_or(joined.len(), |(offset, _)| offset);
-        return strip_trailing(&joined[..hard_end], sep);
-    }
-    cut
-}
-
-/// `text` cut to at most `limit` characters at the last of any of `seps` (the `^` of token lists, the three
-/// spaces of the URL watch list) that keeps it within them, without a separator at its end; at `limit`
-/// characters when none does. For a text whose separator is not known.
-pub fn cut_at_any_separator<'a>(text: &'a str, seps: &[&str], limit: usize) -> &'a str {
+/// `text` cut as [`join_truncated`] cuts: whole when it has at most `limit` characters, else up to the last of
+/// any of `seps` (the `^` of token lists, the three spaces of the URL watch list) that keeps it within them,
+/// with no separator at its end, or at `limit` characters when none does.
+pub fn cut_at_separators<'a>(text: &'a str, seps: &[&str], limit: usize) -> &'a str {
     if text.len() <= limit || text.chars().count() <= limit {
         return text;
     }
-    // Byte offset of character `limit`: a separator starting at or before it leaves at most `limit` before it.
-    let end = text.char_indices().nth(limit).map_or(text.len(), |(offset, _)| offset);
+    let offset = |chars: usize| text.char_indices().nth(chars).map_or(text.len(), |(at, _)| at);
+    // A separator found entirely within the first `limit + its length` characters starts at or before character
+    // `limit`, so the text before it fits.
     let last = seps
         .iter()
         .filter(|sep| !sep.is_empty())
-        .filter_map(|sep| text.match_indices(sep).map(|(at, _)| at).take_while(|&at| at <= end).last())
+        .filter_map(|sep| text[..offset(limit + sep.chars().count())].rfind(sep))
         .max();
-    let mut cut = &text[..last.unwrap_or(end)];
-    // No separator left at the end (a run of them, or one of another kind just before).
-    while let Some(shorter) = seps.iter().filter(|sep| !sep.is_empty()).find_map(|sep| cut.strip_suffix(sep))
-    {
-        cut = shorter;
+    match strip_trailing(&text[..last.unwrap_or(0)], seps) {
+        "" => strip_trailing(&text[..offset(limit)], seps),
+        cut => cut,
     }
-    if cut.is_empty() && last.is_some() {
-        // Only separators before the first one that fits: cut at the limit as when there is none.
-        return &text[..end];
-    }
-    cut
 }
 
-/// `text` without any trailing `sep`.
-fn strip_trailing<'a>(mut text: &'a str, sep: &str) -> &'a str {
-    while !sep.is_empty()
-        && let Some(shorter) = text.strip_suffix(sep)
+/// `text` without any of `seps` at its end.
+fn strip_trailing<'a>(mut text: &'a str, seps: &[&str]) -> &'a str {
+    while let Some(shorter) = seps.iter().filter(|sep| !sep.is_empty()).find_map(|sep| text.strip_suffix(sep))
     {
         text = shorter;
     }
@@ -475,14 +446,18 @@ mod tests {
     #[test]
     fn a_text_is_cut_at_the_last_separator_of_any_kind_that_fits() {
         let seps = ["^", "   "];
-        assert_eq!(cut_at_any_separator("a^bb^ccc", &seps, 5), "a^bb");
-        assert_eq!(cut_at_any_separator("a^bb^ccc", &seps, 8), "a^bb^ccc");
-        assert_eq!(cut_at_any_separator("aa   bb   cc", &seps, 9), "aa   bb");
-        assert_eq!(cut_at_any_separator("x^y   z", &seps, 6), "x^y");
-        assert_eq!(cut_at_any_separator("abcdefgh", &seps, 3), "abc");
-        assert_eq!(cut_at_any_separator("^^^abc", &seps, 2), "^^");
-        assert_eq!(cut_at_any_separator("éé^üü", &seps, 4), "éé");
-        assert_eq!(cut_at_any_separator("ab^^cd", &seps, 4), "ab");
+        assert_eq!(cut_at_separators("a^bb^ccc", &seps, 5), "a^bb");
+        assert_eq!(cut_at_separators("a^bb^ccc", &seps, 8), "a^bb^ccc");
+        assert_eq!(cut_at_separators("aa   bb   cc", &seps, 9), "aa   bb");
+        assert_eq!(cut_at_separators("x^y   z", &seps, 6), "x^y");
+        assert_eq!(cut_at_separators("abcdefgh", &seps, 3), "abc");
+        assert_eq!(
+            cut_at_separators("^^^abc", &seps, 2),
+            "",
+            "only separators: nothing, as join_truncated gives"
+        );
+        assert_eq!(cut_at_separators("éé^üü", &seps, 4), "éé");
+        assert_eq!(cut_at_separators("ab^^cd", &seps, 4), "ab");
     }
     use crate::seclytics::model::parse_document;
 
