@@ -466,7 +466,10 @@ impl WorkbookWriter {
             let shown: Vec<String> = skipped
                 .iter()
                 .take(5)
-                .map(|name| name.chars().take(64).map(|c| if c.is_control() { ' ' } else { c }).collect())
+                .map(|name| {
+                    crate::workbook::csv::replace_control_chars(&name.chars().take(64).collect::<String>())
+                        .into_owned()
+                })
                 .collect();
             tracing::warn!(
                 "{}: {} defined name(s) not carried over (invalid, empty or repeated): {}{}",
@@ -769,35 +772,36 @@ fn read_xlsx_layouts(path: &Path, limits: &Limits) -> Result<Layouts, WorkbookEr
 
     check_loaded_whole_parts(path, &mut archive, &measured, limits)?;
 
-    let mut layouts = Layouts::default();
-    for (sheet_name, part) in sheet_parts(path, &mut archive, &workbook_part)? {
+    let (sheets, defined_names) = sheet_parts(path, &mut archive, &workbook_part)?;
+    let mut layouts = Layouts { defined_names, ..Layouts::default() };
+    for (sheet_name, part) in sheets {
         if archive.index_for_name(&part).is_none() {
             continue;
         }
         let layout = parse_sheet_layout(path, &mut archive, &part)?;
         layouts.sheets.insert(sheet_name, layout);
     }
-    layouts.defined_names = parse_defined_names(path, &mut archive, &workbook_part)?;
     Ok(layouts)
 }
 
 /// Each sheet the workbook part declares, by name, with the zip part its relationship points at (sheets whose
-/// relationship is missing are left out).
+/// relationship is missing are left out); and the workbook's defined names.
 fn sheet_parts(
     path: &Path,
     archive: &mut Archive,
     workbook_part: &str,
-) -> Result<Vec<(String, String)>, WorkbookError> {
-    let sheets = parse_workbook_sheets(path, archive, workbook_part)?;
+) -> Result<WorkbookPart, WorkbookError> {
+    let (sheets, defined_names) = parse_workbook_part(path, archive, workbook_part)?;
     let (dir, file_name) = match workbook_part.rfind('/') {
         Some(slash) => (&workbook_part[..=slash], &workbook_part[slash + 1..]),
         None => ("", workbook_part),
     };
     let targets = parse_relationships(path, archive, &format!("{dir}_rels/{file_name}.rels"))?;
-    Ok(sheets
+    let sheets = sheets
         .into_iter()
         .filter_map(|(sheet, id)| Some((sheet, resolve_target(dir, targets.get(&id)?))))
-        .collect())
+        .collect();
+    Ok((sheets, defined_names))
 }
 
 /// The parts calamine loads whole — shared strings and styles, in any folder and compared without case (a
@@ -931,42 +935,20 @@ fn find_workbook_part(
     Ok(names.iter().find(|n| *n == "xl/workbook.xml").cloned())
 }
 
-/// `(sheet name, relationship id)` for every `<sheet>` of the workbook part, in order.
-fn parse_workbook_sheets(
+/// What the workbook part declares: `(sheet name, relationship id)` for every `<sheet>`, in order, and its
+/// `<definedName>`s, with the sheet of each local one (`localSheetId`, the sheet's position in `<sheets>`,
+/// which is the model's order) — at most [`MAX_DEFINED_NAMES`].
+type WorkbookPart = (Vec<(String, String)>, Vec<DefinedName>);
+
+fn parse_workbook_part(
     path: &Path,
     archive: &mut Archive,
     part: &str,
-) -> Result<Vec<(String, String)>, WorkbookError> {
+) -> Result<WorkbookPart, WorkbookError> {
     let entry = archive.by_name(part).map_err(|e| corrupt(path, format!("unreadable `{part}`: {e}")))?;
     let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
     let mut buf = Vec::new();
     let mut sheets = Vec::new();
-    loop {
-        match reader.read_event_into(&mut buf) {
-            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == "sheet" => {
-                if let (Some(name), Some(id)) = (attribute(&e, "name"), attribute(&e, "id")) {
-                    sheets.push((name, id));
-                }
-            }
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => return Err(corrupt(path, format!("malformed `{part}`: {e}"))),
-        }
-        buf.clear();
-    }
-    Ok(sheets)
-}
-
-/// The `<definedName>`s of the workbook part, with the sheet of each local one (`localSheetId`, the sheet's
-/// position in `<sheets>`, which is the model's order). At most [`MAX_DEFINED_NAMES`].
-fn parse_defined_names(
-    path: &Path,
-    archive: &mut Archive,
-    part: &str,
-) -> Result<Vec<DefinedName>, WorkbookError> {
-    let entry = archive.by_name(part).map_err(|e| corrupt(path, format!("unreadable `{part}`: {e}")))?;
-    let mut reader = quick_xml::Reader::from_reader(BufReader::new(entry));
-    let mut buf = Vec::new();
     let mut names = Vec::new();
     let mut dropped = 0usize;
     // The name being read: its attributes, and its text so far.
@@ -987,6 +969,11 @@ fn parse_defined_names(
     };
     loop {
         match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == "sheet" => {
+                if let (Some(name), Some(id)) = (attribute(&e, "name"), attribute(&e, "id")) {
+                    sheets.push((name, id));
+                }
+            }
             Ok(Event::Start(e)) if e.local_name().as_ref() == "definedName" => {
                 let sheet = attribute(&e, "localSheetId").and_then(|id| id.trim().parse::<usize>().ok());
                 current = attribute(&e, "name").map(|name| (name, sheet, String::new()));
@@ -1025,7 +1012,7 @@ fn parse_defined_names(
             path.display()
         );
     }
-    Ok(names)
+    Ok((sheets, names))
 }
 
 /// Relationship id → target of a `.rels` part (empty when the part is missing).
@@ -1287,6 +1274,7 @@ fn read_xlsx_with_newer_errors(
     let workbook_part = find_workbook_part(path, &mut archive, &names)?
         .ok_or_else(|| corrupt(path, "the zip archive is not an Excel workbook"))?;
     let sheet_parts: HashMap<String, String> = sheet_parts(path, &mut archive, &workbook_part)?
+        .0
         .into_iter()
         .map(|(sheet, part)| (part, sheet))
         .collect();
