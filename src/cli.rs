@@ -77,16 +77,6 @@ impl Plan {
             Some(path) => (path.clone(), false),
             None => (PathBuf::from("vttl.ini"), true),
         };
-        if allow_missing && !path.exists() {
-            // Started from the wrong folder, the program would go on with every default (live API, folders
-            // and cache made here) without a word.
-            let here = std::env::current_dir().unwrap_or_default();
-            tracing::warn!(
-                "no vttl.ini in {}: every setting takes its default (folders and cache relative to it); \
-                 use --config to name the file",
-                here.display()
-            );
-        }
         let config = Config::load(&path, allow_missing)?;
         match args.command {
             RawCommand::Enrich { files, outbox } => {

@@ -461,6 +461,15 @@ impl Config {
     /// then every default applies, relative to the current directory).
     pub fn load(path: &Path, allow_missing: bool) -> Result<Config, ConfigError> {
         let ini = if allow_missing && !path.exists() {
+            // Started from the wrong folder, the program would go on with every default (live API, folders
+            // and cache made here) without a word.
+            let here = std::env::current_dir().unwrap_or_default();
+            tracing::warn!(
+                "no {} in {}: every setting takes its default (folders and cache relative to it); use --config \
+                 to name the file",
+                path.display(),
+                here.display()
+            );
             IniFile { path: path.to_path_buf(), entries: Vec::new() }
         } else {
             read_ini(path)?
