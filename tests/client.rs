@@ -898,3 +898,37 @@ fn lookup_known_never_sends_a_request() {
     assert!(memory_only.lookup_known(&ips[3..], false, &|_, _| {})[0].is_some(), "from the run's memory");
     assert_eq!(server.request_count(), 5);
 }
+
+/// Test equipment: the fake API's answer to a client that stops reading and hangs up must end. Under Wine a
+/// *blocking* `send` in that situation can wait forever — it hung a CI run, with the test's fake server
+/// waiting for that thread — so the fake API writes without blocking (docs/reliability.md, section 7). Each
+/// round: a 4 MB answer, of which the client reads 256 KiB before it closes (under Wine 8 with blocking
+/// writes, some round out of a few hundred hung, often one of the first).
+#[test]
+fn the_fake_api_stops_writing_to_a_client_that_hung_up() {
+    use std::io::{Read, Write};
+    let server = ApiServer::start();
+    server.set("/big", Behaviour::Respond { status: 200, headers: Vec::new(), body: vec![b'A'; 4 << 20] });
+    for round in 0..500 {
+        let mut client = std::net::TcpStream::connect(server.addr()).unwrap();
+        client.write_all(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut buffer = vec![0u8; 1 << 16];
+        let mut read = 0;
+        while read < 256 << 10 {
+            match client.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        assert!(read >= 256 << 10, "round {round}: only {read} bytes came");
+        drop(client);
+        let started = Instant::now();
+        while server.requests().get(round).is_none_or(|r| r.responded.is_none()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "round {round}: the fake API still writes to a client that hung up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

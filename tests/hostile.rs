@@ -109,15 +109,7 @@ impl Env {
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .unwrap();
-        let mut peak = 0;
-        let status = loop {
-            peak = peak.max(vm_hwm_kib(child.id()).unwrap_or(0));
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(started.elapsed() < Duration::from_secs(180), "enrich hangs");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (status, peak) = wait_sampling_peak(&mut child, started, Duration::from_secs(180), "enrich");
         let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         std::fs::remove_file(&stdout_path).unwrap();
@@ -627,6 +619,29 @@ enum Outcome {
     Refused(String),
 }
 
+/// Waits for `child`, sampling its peak memory (KiB). A child still running `limit` after `started` is killed
+/// before the test fails, so a hang costs one failed test, not a stuck suite.
+fn wait_sampling_peak(
+    child: &mut std::process::Child,
+    started: Instant,
+    limit: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, u64) {
+    let mut peak = 0;
+    loop {
+        peak = peak.max(vm_hwm_kib(child.id()).unwrap_or(0));
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        if started.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Enriches one file alone (its own outbox under `out/<tag>`), checks the invariants, returns the outcome.
 fn enrich_one(env: &Env, input: &Path, tag: &str) -> (Outcome, Run, usize) {
     let outbox = env.outbox().join(tag);
@@ -645,15 +660,8 @@ fn enrich_one(env: &Env, input: &Path, tag: &str) -> (Outcome, Run, usize) {
             .stderr(std::fs::File::create(env.path("one.stderr")).unwrap())
             .spawn()
             .unwrap();
-        let mut peak = 0;
-        let status = loop {
-            peak = peak.max(vm_hwm_kib(child.id()).unwrap_or(0));
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(started.elapsed() < Duration::from_secs(240), "{}: enrich hangs", input.display());
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let what = format!("enrich {}", input.display());
+        let (status, peak) = wait_sampling_peak(&mut child, started, Duration::from_secs(240), &what);
         let stderr = std::fs::read_to_string(env.path("one.stderr")).unwrap_or_default();
         std::fs::remove_file(env.path("one.stderr")).unwrap();
         Run {

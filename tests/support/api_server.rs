@@ -17,7 +17,8 @@
 //!   status sent) and the largest number of requests in flight at once is tracked
 //!   ([`ApiServer::max_in_flight`]), so tests can assert counts, authentication and timing.
 //! * **Dropping the server shuts it down**: the accept loop and every connection thread stop and are joined
-//!   (stalls and delays are cut short).
+//!   (stalls, delays and writes the client no longer reads are cut short; a thread still running after 30 s
+//!   is left behind with a note, so a failing test still ends).
 //!
 //! ```ignore
 //! let server = ApiServer::start();
@@ -41,6 +42,12 @@ use serde_json::Value;
 
 /// How often blocked threads look at the shutdown flag.
 const POLL: Duration = Duration::from_millis(20);
+
+/// How long a write may make no progress (the client reads nothing) before the connection is given up.
+const WRITE_STALL: Duration = Duration::from_secs(60);
+
+/// How long dropping the server waits for its connection threads before it leaves them behind.
+const TEARDOWN: Duration = Duration::from_secs(30);
 
 /// Serialises a document like the real API: keys sorted at every level, `": "`, two-space indentation.
 pub fn api_json(value: &Value) -> String {
@@ -394,9 +401,25 @@ impl Drop for ApiServer {
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
+        // Bounded: a test that fails must still end. Threads that do not finish in time are left behind
+        // (they hold nothing but their socket) with a line saying so.
         let connections = std::mem::take(&mut *lock(&self.shared.connections));
+        let deadline = Instant::now() + TEARDOWN;
+        while connections.iter().any(|c| !c.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        let mut left_behind = 0;
         for connection in connections {
-            let _ = connection.join();
+            if connection.is_finished() {
+                let _ = connection.join();
+            } else {
+                left_behind += 1;
+            }
+        }
+        if left_behind > 0 {
+            eprintln!(
+                "fake API: {left_behind} connection thread(s) did not stop within {TEARDOWN:?}; left behind"
+            );
         }
     }
 }
@@ -491,18 +514,58 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-fn write_head(stream: &mut TcpStream, status: u16, headers: &[(String, String)], length: usize) -> bool {
+/// Writes all of `bytes`, never blocking inside the operating system: the socket is non-blocking while it is
+/// written and the thread naps whenever the client's window is full, giving up at shutdown or after
+/// [`WRITE_STALL`] without progress. A *blocking* send that the client resets can wait forever under Wine
+/// (seen: the connection gone from the kernel, the thread still parked in the Wine server), which once hung
+/// a whole CI run; see docs/reliability.md, "Windows under Wine".
+fn send(stream: &mut TcpStream, bytes: &[u8], shared: &Shared) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut rest = bytes;
+    let mut last_progress = Instant::now();
+    let written = loop {
+        if rest.is_empty() {
+            break true;
+        }
+        match stream.write(rest) {
+            Ok(0) => break false,
+            Ok(n) => {
+                rest = &rest[n..];
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if shared.shutdown.load(Ordering::SeqCst) || last_progress.elapsed() > WRITE_STALL {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    written && stream.set_nonblocking(false).is_ok()
+}
+
+fn write_head(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    status: u16,
+    headers: &[(String, String)],
+    length: usize,
+) -> bool {
     let mut head = format!("HTTP/1.1 {status} {}\r\nContent-Length: {length}\r\n", reason_phrase(status));
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).and_then(|_| stream.flush()).is_ok()
+    send(stream, head.as_bytes(), shared)
 }
 
-fn write_chunked_head(stream: &mut TcpStream) -> bool {
+fn write_chunked_head(stream: &mut TcpStream, shared: &Shared) -> bool {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
-    stream.write_all(head.as_bytes()).is_ok()
+    send(stream, head.as_bytes(), shared)
 }
 
 /// Picks the behaviour for a request: authentication, forced throttling, quota, then the path's script (advancing a sequence).
@@ -600,24 +663,24 @@ fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                     // (released after writing, a fast client could be counted twice for an instant).
                     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
                     released = true;
-                    let ok = write_head(&mut stream, status, &headers, body.len())
-                        && stream.write_all(&body).and_then(|_| stream.flush()).is_ok();
+                    let ok = write_head(&mut stream, &shared, status, &headers, body.len())
+                        && send(&mut stream, &body, &shared);
                     (status, ok && !close_requested)
                 }
                 Behaviour::Stall { stall, body } => {
                     let headers = [("Content-Type".to_string(), "application/json".to_string())];
-                    if write_head(&mut stream, 200, &headers, body.len()) && nap(&shared, stall) {
-                        let _ = stream.write_all(&body);
+                    if write_head(&mut stream, &shared, 200, &headers, body.len()) && nap(&shared, stall) {
+                        send(&mut stream, &body, &shared);
                     }
                     (200, false)
                 }
                 Behaviour::Chunked { body, chunk_size } => {
-                    let mut ok = write_chunked_head(&mut stream);
+                    let mut ok = write_chunked_head(&mut stream, &shared);
                     for piece in body.chunks(chunk_size) {
-                        ok = ok && write!(stream, "{:x}\r\n", piece.len()).is_ok();
-                        ok = ok && stream.write_all(piece).and_then(|_| stream.write_all(b"\r\n")).is_ok();
+                        ok = ok && send(&mut stream, format!("{:x}\r\n", piece.len()).as_bytes(), &shared);
+                        ok = ok && send(&mut stream, piece, &shared) && send(&mut stream, b"\r\n", &shared);
                     }
-                    ok = ok && stream.write_all(b"0\r\n\r\n").and_then(|_| stream.flush()).is_ok();
+                    ok = ok && send(&mut stream, b"0\r\n\r\n", &shared);
                     (200, ok && !close_requested)
                 }
                 Behaviour::HangUp | Behaviour::Sequence(_) | Behaviour::Delayed(..) => (0, false),
