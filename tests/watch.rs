@@ -818,6 +818,12 @@ fn an_outbox_that_is_the_inbox_is_refused_and_names_are_never_overwritten() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.lines().last().unwrap_or_default().contains("same folder"), "{stderr}");
     assert_eq!(names(&looped.inbox), set(&["a.csv"]));
+    for made_before_the_refusal in ["processed", "failed"] {
+        assert!(
+            !looped.inbox.join(made_before_the_refusal).exists(),
+            "{made_before_the_refusal} was created"
+        );
+    }
 
     // an earlier file of the same name in processed/ and in the outbox is kept; the new ones get `_1`
     let site = Site::new("inbox", "outbox", Answers::Offline, "");

@@ -189,6 +189,14 @@ pub fn run(config: Config, options: WatchOptions) -> Result<WatchEnd, CriticalEr
 
 /// Creates the folders, checks the outbox, refuses configurations that would loop.
 fn prepare_folders(settings: &WatchSettings) -> Result<(), CriticalError> {
+    // Written the same way: refused before any folder is made (the check below, on the real folders, also
+    // sees links and other spellings, but only once the folders exist).
+    if lexically_same(&settings.inbox, &settings.outbox) {
+        return Err(CriticalError::Other(format!(
+            "[watch] inbox and outbox are the same folder ({}): outputs would be taken again",
+            settings.inbox.display()
+        )));
+    }
     for (key, dir) in
         [("inbox", &settings.inbox), ("processed", &settings.processed), ("failed", &settings.failed)]
     {
@@ -221,6 +229,28 @@ fn prepare_folders(settings: &WatchSettings) -> Result<(), CriticalError> {
         }
     }
     Ok(())
+}
+
+/// Whether two paths name the same folder as written: made absolute, `.` and `..` resolved without asking the
+/// file system, letters compared without case on Windows.
+fn lexically_same(a: &Path, b: &Path) -> bool {
+    fn normal(path: &Path) -> Option<Vec<String>> {
+        let mut parts: Vec<String> = Vec::new();
+        for component in std::path::absolute(path).ok()?.components() {
+            match component {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    parts.pop();
+                }
+                other => {
+                    let text = other.as_os_str().to_string_lossy();
+                    parts.push(if cfg!(windows) { text.to_lowercase() } else { text.into_owned() });
+                }
+            }
+        }
+        Some(parts)
+    }
+    matches!((normal(a), normal(b)), (Some(a), Some(b)) if a == b)
 }
 
 /// The worker thread owns the enricher and handles one job at a time.
@@ -774,5 +804,20 @@ fn quarantine_input(
             tracing::error!("cannot move {name} to {} ({e}); it stays claimed", failed.display());
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lexically_same;
+    use std::path::Path;
+
+    #[test]
+    fn folders_written_the_same_way_are_the_same() {
+        assert!(lexically_same(Path::new("drop"), Path::new("./drop")));
+        assert!(lexically_same(Path::new("drop"), Path::new("other/../drop/.")));
+        assert!(lexically_same(&std::env::current_dir().unwrap().join("drop"), Path::new("drop")));
+        assert!(!lexically_same(Path::new("drop"), Path::new("drop/out")));
+        assert_eq!(lexically_same(Path::new("drop"), Path::new("DROP")), cfg!(windows));
     }
 }
