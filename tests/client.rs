@@ -243,6 +243,31 @@ fn a_429_with_an_http_date_is_honoured() {
     assert!(requests[1].arrived - requests[0].arrived >= Duration::from_millis(900));
 }
 
+/// RFC 9110 (§5.6.7): a `Retry-After` date may come in the obsolete RFC 850 or asctime forms, which a recipient
+/// must accept too; read as no date, the wait was the short backoff instead.
+#[test]
+fn a_429_with_an_obsolete_http_date_form_is_honoured() {
+    for form in ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"] {
+        let server = ApiServer::start();
+        let date = (chrono::Utc::now() + chrono::Duration::seconds(2)).format(form).to_string();
+        server.set(
+            "/ips/192.0.2.9",
+            Behaviour::fail_then(
+                1,
+                Behaviour::too_many_requests(Some(&date)),
+                Behaviour::document(ip_document("x")),
+            ),
+        );
+        let client = client(&settings(&server, "tok-429-old-date"));
+        let answers = lookup(&client, &[indicator("192.0.2.9")], false).unwrap();
+        assert!(is_found(&answers[0], AnswerSource::Api));
+        let requests = server.requests();
+        // Whole seconds: the wait is between 1 and 2 s (the backoff of `tuning()` is at most 200 ms).
+        let gap = requests[1].arrived - requests[0].arrived;
+        assert!(gap >= Duration::from_millis(900), "{date}: {gap:?}");
+    }
+}
+
 #[test]
 fn too_many_429s_fail_the_lookup() {
     let server = ApiServer::start();

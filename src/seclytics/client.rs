@@ -18,9 +18,8 @@
 //!   1), so that over any 60-second window — even with a little network jitter — no more than
 //!   `requests_per_minute` requests arrive. Every attempt, retries included, passes it.
 //! * **429**: the whole client is paused ("no request before T", honoured by every worker before it even asks
-//!   the limiter) for `Retry-After` (seconds — fractions accepted — or an HTTP date, capped at
-//!   [`ClientTuning::retry_after_max`]) or
-//!   else the exponential backoff. A 429 counts as one retry; after `max_retries` the lookup fails.
+//!   the limiter) for `Retry-After` (seconds — fractions accepted — or an HTTP date in any of RFC 9110's three
+//!   forms, capped at [`ClientTuning::retry_after_max`]) or else the exponential backoff. A 429 counts as one retry; after `max_retries` the lookup fails.
 //! * **Backoff**: `backoff_base * 2^attempt`, capped at `backoff_max`, with "equal jitter" (a random 50–100 %
 //!   of that). The concurrency slot is released while a lookup waits for its retry.
 //! * `concurrency` bounds requests in flight for the **whole client**, not per call.
@@ -668,12 +667,28 @@ impl Http {
             // Not in RFC 9110, but some servers send fractions: honour them rather than guess.
             Duration::from_secs_f64(seconds.min(1e9))
         } else {
-            let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-            let millis = (date.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+            let date = http_date(value)?;
+            let millis = (date - chrono::Utc::now()).num_milliseconds();
             Duration::from_millis(millis.max(0) as u64)
         };
         Some(delay.min(self.tuning.retry_after_max))
     }
+}
+
+/// An HTTP date in any of the three forms RFC 9110 (§5.6.7) says a recipient must accept: IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form (`Sunday, 06-Nov-94 08:49:37 GMT`) and C's
+/// asctime form (`Sun Nov  6 08:49:37 1994`), all in UTC.
+fn http_date(value: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(date) = chrono::DateTime::parse_from_rfc2822(value) {
+        return Some(date.with_timezone(&chrono::Utc));
+    }
+    let rfc850 = chrono::NaiveDateTime::parse_from_str(value, "%A, %d-%b-%y %H:%M:%S GMT");
+    let asctime = || {
+        // `%e` is the day padded with a space: the spaces between the fields are made single first.
+        let single_spaced = value.split_whitespace().collect::<Vec<_>>().join(" ");
+        chrono::NaiveDateTime::parse_from_str(&single_spaced, "%a %b %e %H:%M:%S %Y")
+    };
+    rfc850.or_else(|_| asctime()).ok().map(|date| date.and_utc())
 }
 
 /// Where answers come from.
@@ -1336,6 +1351,18 @@ mod tests {
         // The repeated indicator shares the answer; only its first position carries the document.
         assert_eq!(answers[3].0, answers[0].0);
         assert!(answers[3].1.is_none());
+    }
+
+    /// RFC 9110 (§5.6.7): a recipient of an HTTP date must accept the obsolete RFC 850 and asctime forms too.
+    #[test]
+    fn http_dates_are_read_in_all_three_forms() {
+        let expected = chrono::DateTime::parse_from_rfc3339("1994-11-06T08:49:37Z").unwrap();
+        for form in
+            ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"]
+        {
+            assert_eq!(http_date(form), Some(expected.with_timezone(&chrono::Utc)), "{form}");
+        }
+        assert_eq!(http_date("soon"), None);
     }
 
     #[test]
