@@ -816,6 +816,39 @@ fn log_files_lines() {
     assert!(errors.contains("203.0.113.99"), "{errors}");
 }
 
+/// A related IP written in its IPv4-mapped IPv6 form (`::ffff:203.0.113.45`) is that IPv4 address (SPEC §5 rule 1):
+/// it is checked against the IP/domain watch list, whose `203.0.113.45|C2 list` entry it matches, and logged in
+/// its IPv4 form, as indicators and passive-DNS answers already are. An entry written in the mapped form matches
+/// the IPv4 item too.
+#[test]
+fn a_related_ip_in_ipv4_mapped_form_is_its_ipv4_address() {
+    let scenario = Scenario::new();
+    scenario.api.set_document(
+        "/hosts/mapped.example.com",
+        json!({"context": {"ips": {"gtmpdns": ["::ffff:203.0.113.45", "::FFFF:CB00:712D"]}},
+               "id": "mapped.example.com", "type": "host"}),
+    );
+    scenario.api.set_document("/ips/198.51.100.61", json!({"id": "198.51.100.61", "type": "ip"}));
+    let lists = scenario.path("lists/IPDwatchlist.txt");
+    let entries = std::fs::read_to_string(&lists).unwrap() + "::ffff:198.51.100.61|Mapped entry\r\n";
+    std::fs::write(&lists, entries).unwrap();
+    let input = scenario.path("mapped.csv");
+    std::fs::write(
+        &input,
+        "\"Scanned Item\",\"IP Domain Watch List\"\r\n\"mapped.example.com\",\"\"\r\n\"198.51.100.61\",\"\"\r\n",
+    )
+    .unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let table = read_csv_table(
+        &std::fs::read(scenario.outbox().join("mapped.csv")).unwrap(),
+        encoding_rs::WINDOWS_1252,
+    );
+    assert_eq!(table.get("mapped.example.com", "IP Domain Watch List"), "C2 list/203.0.113.45");
+    assert_eq!(table.get("198.51.100.61", "IP Domain Watch List"), "Mapped entry/::ffff:198.51.100.61");
+    assert_eq!(read_log(&scenario.outbox(), "IPs_Seclytic_"), ["mapped.example.com|203.0.113.45"]);
+}
+
 #[test]
 fn log_switches_and_related_ips_log() {
     let scenario = Scenario::new();

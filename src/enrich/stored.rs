@@ -23,7 +23,7 @@ use crate::outbox::SeclyticLog;
 use crate::seclytics::client::AnswerSource;
 
 /// Bump when what `digest` computes from an answer changes without this program's version changing.
-pub const DIGEST_VERSION: u32 = 3;
+pub const DIGEST_VERSION: u32 = 4;
 
 /// First byte of every stored digest (the layout below).
 const FORMAT: u8 = 1;
@@ -211,7 +211,7 @@ mod tests {
 
     /// `DIGEST_VERSION` and the fingerprint of what [`super::super::digest`] made of the sample answers under
     /// it (see the test below).
-    const SAMPLE_DIGESTS: (u32, &str) = (3, "14c8b0d5dfacde0f");
+    const SAMPLE_DIGESTS: (u32, &str) = (4, "1d6df91df8d6eeef");
 
     /// A change-detector for the hazard the derivation number cannot see: a change of what `digest` computes
     /// within one version of the program (a development build, or a release whose version was not raised)
@@ -289,6 +289,15 @@ mod tests {
         digest_one(
             "mapped.example.com",
             crate::seclytics::client::Answer::Found { body: mapped, source: AnswerSource::Api },
+        );
+        // A related IP in IPv4-mapped form is its IPv4 address (version 4: version 3 kept the IPv6 form, so it
+        // missed the watch-list entry of that IPv4 address and was logged in the other form).
+        let mapped_context: std::sync::Arc<str> =
+            r#"{"context": {"ips": {"gtmpdns": ["::ffff:203.0.113.45"]}}, "id": "mapped-context.example.com"}"#
+                .into();
+        digest_one(
+            "mapped-context.example.com",
+            crate::seclytics::client::Answer::Found { body: mapped_context, source: AnswerSource::Api },
         );
         // A first-seen date with a signed year is no date (version 2: version 1 kept it).
         let signed: std::sync::Arc<str> =

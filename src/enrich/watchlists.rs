@@ -23,7 +23,7 @@
 //!   so an alternation reads the same way it did in VTTL's cells.
 //! * **IP/domain entries** are `ioc|note`; the note is optional and anything after a second `|` is dropped. The
 //!   key is trimmed and lower-cased (and a trailing dot removed); an IP key is also stored in its canonical form
-//!   so `2001:DB8::0:1` in the file matches `2001:db8::1`. Candidates are normalised the same way before the
+//!   so `2001:DB8::0:1` in the file matches `2001:db8::1` (and `::ffff:203.0.113.45` matches `203.0.113.45`). Candidates are normalised the same way before the
 //!   exact lookup, so the match does not depend on case. A match gives `note/ioc`, or `ioc` when there is no
 //!   note (the ioc as written in the file, lower-cased). When a key appears twice the first line wins and the
 //!   second is reported as a warning when its note differs.
@@ -120,11 +120,11 @@ pub struct WatchLists {
 }
 
 /// Normalises an IP address or domain for the IP/domain list: trimmed, lower-cased, no trailing dot, and an IP
-/// address in its canonical text form.
+/// address in its canonical text form (an IPv4-mapped IPv6 address as its IPv4 address).
 fn normalise_ioc(ioc: &str) -> String {
     let trimmed = ioc.trim();
     if let Ok(ip) = trimmed.parse::<IpAddr>() {
-        return ip.to_string();
+        return ip.to_canonical().to_string();
     }
     trimmed.trim_end_matches('.').to_lowercase()
 }
@@ -388,6 +388,7 @@ mod tests {
         assert_eq!(normalise_ioc(" 2001:DB8:0::1 "), "2001:db8::1");
         assert_eq!(normalise_ioc("Evil.Example.COM."), "evil.example.com");
         assert_eq!(normalise_ioc("203.0.113.45"), "203.0.113.45");
+        assert_eq!(normalise_ioc("::FFFF:203.0.113.45"), "203.0.113.45");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!   `connections[]` entry whose `type` is `file` — are walked after the item's own, through the same rules;
 //!   their keyword tokens go to `file_metadata`. For a hash, only its own context is walked.
 //! * **Rule 1** uses strict `std::net::IpAddr` parsing (`1.2`, `12:30`, `010.1.1.1` are not IPs); related IPs
-//!   are stored in canonical form (`2001:DB8::1` → `2001:db8::1`).
+//!   are stored in canonical form (`2001:DB8::1` → `2001:db8::1`; an IPv4-mapped `::ffff:203.0.113.45` is the
+//!   IPv4 address `203.0.113.45`, as indicators and passive-DNS answers are).
 //! * **Rule 2** hashes are exactly 32/40/64 hex digits, lower-cased. The item's own hash is left out. After
 //!   the context hashes, the hashes listed in `accessed_by_files` (trimmed, valid hashes only) are appended to
 //!   `hashes` too, so they reach the Hashes log (the wiki says those logs exist because hashes are too long for
@@ -145,7 +146,8 @@ pub fn classify_token(raw: &str, item: &Indicator) -> TokenClass {
         return if item.kind == IndicatorKind::Ip {
             TokenClass::Ignored(IgnoredBecause::IpOfIpItem)
         } else {
-            TokenClass::RelatedIp(ip)
+            // `::ffff:203.0.113.45` is the IPv4 address, as for indicators and passive-DNS answers.
+            TokenClass::RelatedIp(ip.to_canonical())
         };
     }
     // Rule 2
@@ -663,6 +665,9 @@ mod tests {
             TokenClass::Ignored(IgnoredBecause::IpOfIpItem)
         );
         assert_eq!(classify_token("1.2", &item(HOST)), TokenClass::Ignored(IgnoredBecause::NotAKeyword));
+        // An IPv4-mapped address is its IPv4 address.
+        let mapped = extract(&item(HOST), &doc_with(&["::ffff:198.51.100.7", "::FFFF:C633:6408"]));
+        assert_eq!(mapped.related_ips, strings(&["198.51.100.7", "198.51.100.8"]));
         let file = extract(&item(MD5), &doc_with(&["198.51.100.7"]));
         assert_eq!(file.related_ips, strings(&["198.51.100.7"]));
     }
