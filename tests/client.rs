@@ -504,13 +504,17 @@ fn expired_entries_are_fetched_again() {
     let mut settings = settings(&server, "tok-ttl");
     settings.cache = Some(dir.path().join("cache.sqlite"));
     settings.cache_ttl = Duration::from_millis(400);
-    let client = client(&settings);
-    lookup(&client, &indicators, false).unwrap();
-    let cached = lookup(&client, &indicators, false).unwrap();
-    assert!(is_found(&cached[0], AnswerSource::Cache));
+    let (first, second) = (client(&settings), client(&settings));
+    lookup(&first, &indicators, false).unwrap();
+    let remembered = lookup(&first, &indicators, false).unwrap();
+    assert!(is_found(&remembered[0], AnswerSource::RunMemory), "the client that asked remembers the answer");
+    let cached = lookup(&second, &indicators, false).unwrap();
+    assert!(is_found(&cached[0], AnswerSource::Cache), "another client reads it from the cache");
+    assert_eq!((first.stats().reused_answers, second.stats().cache_hits), (1, 1));
     assert_eq!(server.request_count(), 1);
     std::thread::sleep(Duration::from_millis(500));
-    let again = lookup(&client, &indicators, false).unwrap();
+    // Expired in the cache and in the memory alike.
+    let again = lookup(&first, &indicators, false).unwrap();
     assert!(is_found(&again[0], AnswerSource::Api));
     assert_eq!(server.request_count(), 2);
 }

@@ -910,7 +910,7 @@ fn report_numbers() {
     assert_eq!(scenario.api.request_count(), before + 2, "only the failed lookup is asked again");
     // The summary line counts in words a reader can take as they are.
     assert!(
-        stderr.contains(": 12 rows, 14 indicators (2 API requests, 13 from cache, 0 offline,"),
+        stderr.contains(": 12 rows, 14 indicators (2 API requests, 13 from cache, 0 reused, 0 offline,"),
         "{stderr}"
     );
     assert!(stderr.contains(" filled, 3 rows appended, "), "{stderr}");
@@ -1338,7 +1338,10 @@ fn an_indicator_shared_by_two_workbooks_is_requested_once_per_run() {
     let report: Value =
         serde_json::from_slice(&std::fs::read(scenario.outbox().join("b.csv.report.json")).unwrap()).unwrap();
     assert_eq!(report["api_requests"], 0);
-    assert_eq!(report["cache_hits"], 1);
+    // Reused from the run's memory, not a cache hit: there is no cache.
+    assert_eq!(report["cache_hits"], 0);
+    assert_eq!(report["reused_answers"], 1);
+    assert!(stderr.contains("(0 API requests, 0 from cache, 1 reused, 0 offline,"), "{stderr}");
     // Both outputs are filled alike.
     for name in ["a.csv", "b.csv"] {
         let out = std::fs::read_to_string(scenario.outbox().join(name)).unwrap();

@@ -73,6 +73,9 @@ pub struct FileReport {
     pub skipped_indicators: usize,
     pub api_requests: u64,
     pub cache_hits: usize,
+    /// Answers fetched earlier by this process (for another workbook of the run, or an earlier file of a
+    /// `watch` service) and reused without a request; not cache hits, as there may be no cache.
+    pub reused_answers: usize,
     pub offline_answers: usize,
     pub not_found: usize,
     pub failed_lookups: usize,
@@ -916,6 +919,7 @@ impl<'a> Job<'a> {
     fn count_source(&mut self, source: AnswerSource) {
         match source {
             AnswerSource::Cache => self.report.cache_hits += 1,
+            AnswerSource::RunMemory => self.report.reused_answers += 1,
             AnswerSource::Offline => self.report.offline_answers += 1,
             AnswerSource::Api => {}
         }
@@ -983,13 +987,15 @@ impl<'a> Job<'a> {
         outbox::write_new_owned_file(outbox, &report_name, &json, self.temp_owner.as_deref())
             .map_err(outbox_error)?;
         let summary = format!(
-            "{} -> {}: {}, {} ({}, {} from cache, {} offline, {} not found, {} failed), {} filled, {} appended, {} ms",
+            "{} -> {}: {}, {} ({}, {} from cache, {} reused, {} offline, {} not found, {} failed), {} filled, {} \
+             appended, {} ms",
             self.report.input.display(),
             output.display(),
             counted(self.report.rows as u64, "row"),
             counted(self.report.indicators.values().sum::<usize>() as u64, "indicator"),
             counted(self.report.api_requests, "API request"),
             self.report.cache_hits,
+            self.report.reused_answers,
             self.report.offline_answers,
             self.report.not_found,
             self.report.failed_lookups,

@@ -66,7 +66,8 @@ fn log_from_code(code: u8) -> Option<SeclyticLog> {
 /// The stored form of a digested answer from the cache or the API; `None` for what is never stored (failed
 /// lookups, offline answers).
 pub fn encode(digested: &Digested) -> Option<Vec<u8>> {
-    if digested.failure.is_some() || !matches!(digested.source, Some(AnswerSource::Cache | AnswerSource::Api))
+    if digested.failure.is_some()
+        || !matches!(digested.source, Some(AnswerSource::Cache | AnswerSource::Api | AnswerSource::RunMemory))
     {
         return None;
     }
@@ -183,6 +184,8 @@ mod tests {
         assert!(encode(&Digested::failed("timeout".into())).is_none());
         assert!(encode(&Digested { source: Some(AnswerSource::Offline), ..found() }).is_none());
         assert!(encode(&Digested { failure: Some("bad body".into()), ..found() }).is_none());
+        // An answer the client fetched earlier in the run is an API answer: its digest is kept.
+        assert!(encode(&Digested { source: Some(AnswerSource::RunMemory), ..found() }).is_some());
     }
 
     #[test]

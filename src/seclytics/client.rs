@@ -113,6 +113,10 @@ pub enum AnswerSource {
     Api,
     Cache,
     Offline,
+    /// Fetched from the API earlier in this client's life (for another workbook of the run, or an earlier file
+    /// of a `watch` service) and reused from its memory: no request, and no cache read either — so it is not
+    /// counted as a cache hit, which would claim a cache that may be disabled or bypassed by `--refresh`.
+    RunMemory,
 }
 
 /// The outcome of one lookup.
@@ -133,6 +137,8 @@ pub struct ClientStats {
     pub api_requests: u64,
     /// Answers served from the cache.
     pub cache_hits: u64,
+    /// Answers reused from the client's memory of its own earlier requests ([`AnswerSource::RunMemory`]).
+    pub reused_answers: u64,
     /// Answers served from `offline_dir` (found or not).
     pub offline_hits: u64,
     /// Not-found answers, from any source.
@@ -149,6 +155,7 @@ pub struct ClientStats {
 struct Counters {
     api_requests: AtomicU64,
     cache_hits: AtomicU64,
+    reused_answers: AtomicU64,
     offline_hits: AtomicU64,
     not_found: AtomicU64,
     failed: AtomicU64,
@@ -166,6 +173,7 @@ impl Counters {
         ClientStats {
             api_requests: get(&self.api_requests),
             cache_hits: get(&self.cache_hits),
+            reused_answers: get(&self.reused_answers),
             offline_hits: get(&self.offline_hits),
             not_found: get(&self.not_found),
             failed: get(&self.failed),
@@ -179,6 +187,7 @@ impl Counters {
             Answer::Found { source, .. } | Answer::NotFound { source } => {
                 match source {
                     AnswerSource::Cache => bump(&self.cache_hits),
+                    AnswerSource::RunMemory => bump(&self.reused_answers),
                     AnswerSource::Offline => bump(&self.offline_hits),
                     AnswerSource::Api => {}
                 }
@@ -724,10 +733,11 @@ impl RunMemo {
         if at.elapsed() >= self.ttl {
             return None;
         }
-        // From this client's memory: reported like a cache hit.
         Some(match answer {
-            Answer::Found { body, .. } => Answer::Found { body: body.clone(), source: AnswerSource::Cache },
-            Answer::NotFound { .. } => Answer::NotFound { source: AnswerSource::Cache },
+            Answer::Found { body, .. } => {
+                Answer::Found { body: body.clone(), source: AnswerSource::RunMemory }
+            }
+            Answer::NotFound { .. } => Answer::NotFound { source: AnswerSource::RunMemory },
             Answer::Failed { reason } => Answer::Failed { reason: reason.clone() },
         })
     }
