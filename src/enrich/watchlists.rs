@@ -23,10 +23,10 @@
 //!   so an alternation reads the same way it did in VTTL's cells.
 //! * **IP/domain entries** are `ioc|note`; the note is optional and anything after a second `|` is dropped. The
 //!   key is trimmed and lower-cased (and a trailing dot removed); an IP key is also stored in its canonical form
-//!   so `2001:DB8::0:1` in the file matches `2001:db8::1` (and `::ffff:203.0.113.45` matches `203.0.113.45`). Candidates are normalised the same way before the
-//!   exact lookup, so the match does not depend on case. A match gives `note/ioc`, or `ioc` when there is no
-//!   note (the ioc as written in the file, lower-cased). When a key appears twice the first line wins and the
-//!   second is reported as a warning when its note differs.
+//!   so `2001:DB8::0:1` in the file matches `2001:db8::1` (and `::ffff:203.0.113.45` matches `203.0.113.45`).
+//!   Candidates are normalised the same way before the exact lookup, so the match does not depend on case. A
+//!   match gives `note/ioc`, or `ioc` when there is no note (the ioc as written in the file, lower-cased). When
+//!   a key appears twice the first line wins and the second is reported as a warning when its note differs.
 //! * **Detection names** are lower-cased; a candidate matches when its lower-cased form equals an entry, and the
 //!   result is the lower-cased candidate (VTTL 3.16).
 

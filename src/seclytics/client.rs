@@ -19,7 +19,8 @@
 //!   `requests_per_minute` requests arrive. Every attempt, retries included, passes it.
 //! * **429**: the whole client is paused ("no request before T", honoured by every worker before it even asks
 //!   the limiter) for `Retry-After` (seconds — fractions accepted — or an HTTP date in any of RFC 9110's three
-//!   forms, capped at [`ClientTuning::retry_after_max`]) or else the exponential backoff. A 429 counts as one retry; after `max_retries` the lookup fails.
+//!   forms, capped at [`ClientTuning::retry_after_max`]) or else the exponential backoff. A 429 counts as one
+//!   retry; after `max_retries` the lookup fails.
 //! * **Backoff**: `backoff_base * 2^attempt`, capped at `backoff_max`, with "equal jitter" (a random 50–100 %
 //!   of that). The concurrency slot is released while a lookup waits for its retry.
 //! * `concurrency` bounds requests in flight for the **whole client**, not per call.
