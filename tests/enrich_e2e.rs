@@ -591,6 +591,51 @@ fn xlsx_other_sheets_and_hash_table() {
     assert_eq!(range.get_value((1, count as u32)), Some(&Data::Float(3.0)));
 }
 
+/// A hash of digits only that Excel turned into a number keeps 15 to 17 of its digits (`1.23457E+31`): the
+/// text of that number is a made-up hash. Such cells (a number, or a formula with a numeric result) are
+/// skipped and counted, never looked up, and stay as they were; a hash written as text beside them still is.
+#[test]
+fn a_number_in_an_indicator_cell_is_never_looked_up_as_a_made_up_hash() {
+    let scenario = Scenario::new();
+    let input = scenario.path("numbers.xlsx");
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet().set_name("Hashes").unwrap();
+    sheet.write_string(0, 0, "Hash").unwrap();
+    sheet.write_string(0, 1, "Date First Seen").unwrap();
+    sheet.write_string(1, 0, "6F1E2D3C4B5A69788796A5B4C3D2E1F0").unwrap();
+    sheet.write_number(2, 0, 12345678901234567890123456789012.0).unwrap();
+    sheet.write_number(3, 0, 1234567890123456789012345678901234567890.0).unwrap();
+    sheet.write_formula(4, 0, rust_xlsxwriter::Formula::new("=10^31").set_result("1E+31")).unwrap();
+    let items = book.add_worksheet().set_name("Items").unwrap();
+    items.write_string(0, 0, "Scanned Item").unwrap();
+    items.write_number(1, 0, 98765432109876543210987654321098.0).unwrap();
+    book.save(&input).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let requested: Vec<String> = scenario.api.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(requested, ["/files/6f1e2d3c4b5a69788796a5b4c3d2e1f0"]);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(scenario.outbox().join("numbers.xlsx.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["skipped_indicators"], 4);
+    let out = scenario.outbox().join("numbers.xlsx");
+    let (hashes, range) = read_xlsx_sheet(&out, "Hashes");
+    assert_eq!(hashes.get("6F1E2D3C4B5A69788796A5B4C3D2E1F0", "Date First Seen"), "2024-03-06 11:22:33");
+    assert_eq!(range.get_value((2, 0)), Some(&Data::Float(12345678901234567890123456789012.0)));
+    assert_eq!(range.get_value((3, 0)), Some(&Data::Float(1234567890123456789012345678901234567890.0)));
+    for row in 2..=4 {
+        assert!(range.get_value((row, 1)).is_none_or(|cell| *cell == Data::Empty), "row {row}");
+    }
+    let mut book: calamine::Xlsx<_> = calamine::open_workbook(&out).unwrap();
+    assert_eq!(
+        book.worksheet_formula("Hashes").unwrap().get_value((4, 0)).map(String::as_str),
+        Some("10^31")
+    );
+    let (_, range) = read_xlsx_sheet(&out, "Items");
+    assert_eq!(range.get_value((1, 0)), Some(&Data::Float(98765432109876543210987654321098.0)));
+}
+
 #[test]
 fn header_gains_missing_columns_in_order() {
     let scenario = Scenario::new();

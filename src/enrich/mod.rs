@@ -642,14 +642,19 @@ impl TableScan {
         }
     }
 
-    fn observe(&mut self, row: &impl RowCells) {
+    fn observe(&mut self, row: &ModelRow<'_>) {
         self.rows += 1;
-        let cell = row.text(self.plan.indicator_column());
+        let column = self.plan.indicator_column();
+        let cell = row.text(column);
         if cell.trim().is_empty() {
             self.row_indicators.push(NO_INDICATOR);
             return;
         }
-        let Some(indicator) = Indicator::classify(&cell) else {
+        // A number is never an indicator: no IP or host name reads as one, and a hash of digits only that Excel
+        // turned into a number (`1.23457E+31`) kept 15 to 17 of its digits — the text of that number is a
+        // made-up hash, not the analyst's. Such a cell is skipped, like any other that holds no indicator.
+        let number = row.0.get(column).is_some_and(Cell::is_number);
+        let Some(indicator) = Indicator::classify(&cell).filter(|_| !number) else {
             self.skipped += 1;
             self.row_indicators.push(NO_INDICATOR);
             return;

@@ -100,6 +100,15 @@ impl Cell {
         }
     }
 
+    /// True for a number, a date/time serial, or a formula whose cached value is one of those.
+    pub fn is_number(&self) -> bool {
+        match self {
+            Cell::Int(_) | Cell::Float(_) | Cell::DateTime { .. } => true,
+            Cell::Formula { cached, .. } => cached.is_number(),
+            _ => false,
+        }
+    }
+
     /// The value as text, for reading headers and indicators (numbers in their shortest form).
     pub fn to_text(&self) -> std::borrow::Cow<'_, str> {
         use std::borrow::Cow;
