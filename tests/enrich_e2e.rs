@@ -636,6 +636,43 @@ fn a_number_in_an_indicator_cell_is_never_looked_up_as_a_made_up_hash() {
     assert_eq!(range.get_value((1, 0)), Some(&Data::Float(98765432109876543210987654321098.0)));
 }
 
+/// The reverse-DNS sinkhole rule reads the IP's PTR name as resolved now as well as a name already in the
+/// row's `Reverse DNS` cell: an IP sinkholed since VTTL wrote its (older) name, and a domain row whose
+/// `Reverse DNS` holds a note, get their `X` (the cell itself keeps what it had).
+#[test]
+fn a_sinkhole_ptr_name_counts_beside_an_older_name_in_the_row() {
+    let scenario = Scenario::new();
+    let header = ["Scanned Item", "IP Address", "Reverse DNS", "Sinkhole"];
+    let rows = [
+        ["198.51.100.99", "", "old-name.example.net", ""],
+        ["ptr.example.net", "", "checked by hand", ""],
+        ["203.0.113.45", "", "sinkhole.old.example", ""],
+    ];
+    let mut text = csv_line(&header);
+    for row in &rows {
+        text.push_str(&csv_line(row));
+    }
+    std::fs::write(scenario.path("ptr.csv"), &text).unwrap();
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| c.to_string()).collect()).collect();
+    add_sheet_rows(&mut book, "Sheet1", &header, &rows);
+    book.save(scenario.path("ptr.xlsx")).unwrap();
+    let (code, stderr) = scenario.enrich(&[&scenario.path("ptr.csv"), &scenario.path("ptr.xlsx")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let csv =
+        read_csv_table(&std::fs::read(scenario.outbox().join("ptr.csv")).unwrap(), encoding_rs::WINDOWS_1252);
+    let (xlsx, _) = read_xlsx_sheet(&scenario.outbox().join("ptr.xlsx"), "Sheet1");
+    for table in [&csv, &xlsx] {
+        assert_eq!(table.get("198.51.100.99", "Reverse DNS"), "old-name.example.net");
+        assert_eq!(table.get("198.51.100.99", "Sinkhole"), "X");
+        assert_eq!(table.get("ptr.example.net", "IP Address"), "198.51.100.99");
+        assert_eq!(table.get("ptr.example.net", "Reverse DNS"), "checked by hand");
+        assert_eq!(table.get("ptr.example.net", "Sinkhole"), "X");
+        // A sinkhole name already in the row still counts when the PTR name is an ordinary one.
+        assert_eq!(table.get("203.0.113.45", "Sinkhole"), "X");
+    }
+}
+
 #[test]
 fn header_gains_missing_columns_in_order() {
     let scenario = Scenario::new();

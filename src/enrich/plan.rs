@@ -433,7 +433,11 @@ impl TablePlan {
             let existing_name =
                 self.at.reverse_dns.map(|c| row.text(c).trim().to_string()).filter(|s| !s.is_empty());
             let reverse_name = ips.reverse_name(ip);
-            let label = ips.sinkhole(ip, existing_name.as_deref().or(reverse_name.as_deref()));
+            // The reverse-DNS rule reads both names: the PTR name of now (an IP sinkholed since VTTL wrote its
+            // name shows it) and a name already in the row.
+            let label = ips
+                .sinkhole(ip, existing_name.as_deref())
+                .or_else(|| ips.sinkhole(ip, reverse_name.as_deref()));
             put(self.at.reverse_dns, vttl::REVERSE_DNS, reverse_name.and_then(owned_text));
             put(self.at.sinkhole, vttl::SINKHOLE, label.map(|label| FillValue::Text(Cow::Owned(label))));
         }
