@@ -253,6 +253,26 @@ fn xls_fixture_reads_into_the_model_and_writes_as_xlsx() {
     }
 }
 
+/// calamine's XLS reader prints the comparison tokens `ptgGe` (0x0C) as `>` and `ptgGt` (0x0D) as `>=`: a formula
+/// `IF(C2>1,…)` came out as `IF(C2>=1,…)`, and Excel, recalculating on open, showed other values. The fixture
+/// is made by `tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py` (xlwt, which writes the MS-XLS codes).
+#[test]
+fn xls_formulas_keep_their_comparison_operators() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xlsx/xls_comparisons.xls");
+    let workbook = read_workbook(&fixture).expect("read xls");
+    let results = &workbook.sheets[0];
+    let formulas: Vec<&str> = (3..10)
+        .map(|col| match results.cell(1, col) {
+            Cell::Formula { formula, .. } => &**formula,
+            other => panic!("column {col}: not a formula: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        formulas,
+        ["C2>1", "C2>=1", "C2<1", "C2<=1", "C2<>1", r#"IF(C2>1,">","<=")"#, "(C2>1)=(C2>=1)"]
+    );
+}
+
 // ------------------------------------------------------------------------------------------------------
 // Hand-built XLSX files
 

@@ -1924,7 +1924,9 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     let cached = cell_from_data(value, is_1904);
                     let cell = match formulas.get_value(pos) {
-                        Some(formula) if !formula.is_empty() => formula_cell(formula.clone(), cached),
+                        Some(formula) if !formula.is_empty() => {
+                            formula_cell(xls_formula_text(formula), cached)
+                        }
                         _ => cached,
                     };
                     if cell != Cell::Empty {
@@ -1937,7 +1939,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                 for (row, col, formula) in formulas.used_cells() {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     if !formula.is_empty() && *sheet.cell(pos.0 as usize, pos.1 as usize) == Cell::Empty {
-                        let cell = formula_cell(formula.clone(), Cell::Empty);
+                        let cell = formula_cell(xls_formula_text(formula), Cell::Empty);
                         place(path, &mut sheet, pos, cell, &mut budget)?;
                     }
                 }
@@ -1946,6 +1948,33 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
         workbook.sheets.push(sheet);
     }
     Ok(workbook)
+}
+
+/// The text of an XLS formula as calamine gives it, with its comparison operators put right: calamine 0.38
+/// prints the token `ptgGe` (0x0C) as `>` and `ptgGt` (0x0D) as `>=` (MS-XLS 2.5.198: 0x0C is `>=`, 0x0D is
+/// `>`), so `IF(C2>1,…)` read as `IF(C2>=1,…)` and Excel, recalculating on open, showed other values. Both are
+/// swapped back outside string literals; `<>` (0x0E), `<` and `<=` are printed right and stay.
+fn xls_formula_text(formula: &str) -> String {
+    let mut text = String::with_capacity(formula.len() + 4);
+    let mut in_string = false;
+    let mut chars = formula.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // `""` inside a literal toggles twice: still inside.
+            '"' => in_string = !in_string,
+            '>' if !in_string && !text.ends_with('<') => {
+                if chars.next_if_eq(&'=').is_some() {
+                    text.push('>');
+                } else {
+                    text.push_str(">=");
+                }
+                continue;
+            }
+            _ => {}
+        }
+        text.push(c);
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------------------------
