@@ -273,6 +273,29 @@ fn xls_formulas_keep_their_comparison_operators() {
     );
 }
 
+/// An XLS gives calamine no number format, so a time of day (06:15 shown `hh:mm`, serial 0.26) was read as a
+/// date-time: in a 1904-date workbook it was moved by 1 462 days like a date (a formula `D2*24` gave 35 094
+/// instead of 6.25 once Excel recalculated), and in either epoch it showed as `1900-01-00 06:15:00`. A value
+/// below one day is a time of day: it keeps its value and shows as a time. Fixtures made by
+/// `tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py`.
+#[test]
+fn xls_times_of_day_keep_their_value_in_both_date_systems() {
+    for name in ["xls_times_1900.xls", "xls_times_1904.xls"] {
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xlsx").join(name);
+        let workbook = read_workbook(&fixture).expect("read xls");
+        let results = &workbook.sheets[0];
+        // 2024-03-06 12:30 moves into the 1900 epoch, where it is the same date.
+        assert_eq!(
+            *results.cell(1, 2),
+            Cell::DateTime { serial: 45357.0 + 12.5 / 24.0, format: DATETIME_FORMAT.into() },
+            "{name}"
+        );
+        let Cell::DateTime { serial, format } = results.cell(1, 3) else { panic!("{name}: not a time") };
+        assert!((serial - 6.25 / 24.0).abs() < 1e-9, "{name}: {serial}");
+        assert_eq!(&**format, "hh:mm:ss", "{name}");
+    }
+}
+
 // ------------------------------------------------------------------------------------------------------
 // Hand-built XLSX files
 

@@ -45,7 +45,8 @@
 //!   same error). On reading, a formula whose text is exactly its cached error literal is folded back to
 //!   [`Cell::Error`], so the round trip is exact.
 //! * XLS has no per-cell number format in calamine's API: XLS date cells get `yyyy-mm-dd` (whole days),
-//!   `yyyy-mm-dd hh:mm:ss` (with a time) or `[h]:mm:ss` (durations).
+//!   `yyyy-mm-dd hh:mm:ss` (with a time), `hh:mm:ss` (values below one day: a time of day, which keeps its
+//!   value in a 1904-date workbook) or `[h]:mm:ss` (durations).
 //! * 1904-epoch workbooks: date serials are shifted by 1462 days into the 1900 epoch that rust_xlsxwriter
 //!   writes, so the displayed dates stay the same; a time of day (a value below one day whose format has no
 //!   date part, such as `h:mm`) is not a day count and keeps its value ([`shows_a_date`]), durations likewise.
@@ -1922,7 +1923,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                 check_dimensions(path, &meta.name, Dimensions { start, end }, limits)?;
                 for (row, col, value) in values.used_cells() {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
-                    let cached = cell_from_data(value, is_1904);
+                    let cached = xls_cell(value, is_1904);
                     let cell = match formulas.get_value(pos) {
                         Some(formula) if !formula.is_empty() => {
                             formula_cell(xls_formula_text(formula), cached)
@@ -1948,6 +1949,23 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
         workbook.sheets.push(sheet);
     }
     Ok(workbook)
+}
+
+/// Format of an XLS time of day (see [`xls_cell`]).
+const XLS_TIME_FORMAT: &str = "hh:mm:ss";
+
+/// A cell of an XLS sheet. calamine gives no number format for XLS cells, so a date/time value below one day
+/// — a time of day such as 06:15 shown `hh:mm` — cannot be told from a date-time by its format as in XLSX; it
+/// is taken for what it almost always is, a time of day: it keeps its value (in a 1904-date workbook too, where
+/// moving it by 1 462 days like a date changed it, and a formula such as `D2*24` with it) and shows as a time
+/// (the date-time format showed `1900-01-00 06:15:00`). Only a 1904 date-time on 1904-01-01 is read wrong so.
+fn xls_cell(value: &Data, is_1904: bool) -> Cell {
+    match value {
+        Data::DateTime(dt) if !dt.is_duration() && (0.0..1.0).contains(&dt.as_f64()) => {
+            Cell::DateTime { serial: dt.as_f64(), format: XLS_TIME_FORMAT.into() }
+        }
+        _ => cell_from_data(value, is_1904),
+    }
 }
 
 /// The text of an XLS formula as calamine gives it, with its comparison operators put right: calamine 0.38
