@@ -273,6 +273,30 @@ fn xls_formulas_keep_their_comparison_operators() {
     );
 }
 
+/// calamine cannot be trusted with an XLS formula's references to other sheets: here `SUM(Beta!A1:A2)` read as
+/// `SUM(Beta!$BTRM$1:$BTRM$2)`, `Beta!B1` as `Beta!E$1`, `'My Notes'!A1` without its quotes (a formula Excel
+/// refuses). Such formulas are written as their last computed values — which xlwt, which made the fixture
+/// (`tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py`), stores as empty text; an Excel file holds the
+/// real ones. A `!` inside a string literal is no reference: that formula is kept.
+#[test]
+fn xls_formulas_that_refer_to_another_sheet_are_written_as_their_values() {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xlsx/xls_sheet_references.xls");
+    let workbook = read_workbook(&fixture).expect("read xls");
+    let results = &workbook.sheets[0];
+    for col in 3..6 {
+        let cell = results.cell(1, col);
+        assert!(!matches!(cell, Cell::Formula { .. }), "column {col}: {cell:?}");
+        assert_eq!(cell.to_text(), "", "column {col}: xlwt's stored value");
+    }
+    match results.cell(1, 6) {
+        Cell::Formula { formula, .. } => assert_eq!(&**formula, r#"IF(C2>1,"a!b",C2*2)"#),
+        other => panic!("not a formula: {other:?}"),
+    }
+    let names: Vec<&str> = workbook.sheets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["Results", "Beta", "My Notes"]);
+}
+
 /// An XLS gives calamine no number format, so a time of day (06:15 shown `hh:mm`, serial 0.26) was read as a
 /// date-time: in a 1904-date workbook it was moved by 1 462 days like a date (a formula `D2*24` gave 35 094
 /// instead of 6.25 once Excel recalculated), and in either epoch it showed as `1900-01-00 06:15:00`. A value

@@ -44,6 +44,11 @@
 //!   cached result `#N/A` (an error-typed `t="e"` cell that Excel displays identically and recalculates to the
 //!   same error). On reading, a formula whose text is exactly its cached error literal is folded back to
 //!   [`Cell::Error`], so the round trip is exact.
+//! * XLS formulas are calamine's decompiled text, with its comparison operators put right
+//!   ([`xls_formula_text`]); one that refers to another sheet is written as its last computed value
+//!   ([`names_a_sheet`]: calamine reads such references wrongly). Mixed references (`C$3`) come out with the
+//!   `$` on the other part (`$C3`: the same cell, but not when copied), and XLS defined names are not carried,
+//!   so a formula using one shows `#NAME?` once Excel recalculates.
 //! * XLS has no per-cell number format in calamine's API: XLS date cells get `yyyy-mm-dd` (whole days),
 //!   `yyyy-mm-dd hh:mm:ss` (with a time), `hh:mm:ss` (values below one day: a time of day, which keeps its
 //!   value in a 1904-date workbook) or `[h]:mm:ss` (durations).
@@ -1912,6 +1917,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
     let metadata = book.sheets_metadata().to_vec();
     let mut workbook = Workbook::default();
     let mut budget = CellBudget::new(limits);
+    let mut written_as_values = 0usize;
     for meta in metadata {
         let mut sheet =
             Sheet { name: meta.name.clone(), visibility: visibility(meta.visible), ..Sheet::default() };
@@ -1925,6 +1931,10 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     let cached = xls_cell(value, is_1904);
                     let cell = match formulas.get_value(pos) {
+                        Some(formula) if names_a_sheet(formula) => {
+                            written_as_values += 1;
+                            cached
+                        }
                         Some(formula) if !formula.is_empty() => {
                             formula_cell(xls_formula_text(formula), cached)
                         }
@@ -1940,6 +1950,11 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                 for (row, col, formula) in formulas.used_cells() {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     if !formula.is_empty() && *sheet.cell(pos.0 as usize, pos.1 as usize) == Cell::Empty {
+                        if names_a_sheet(formula) {
+                            // Counted already if it had a value; without one there is nothing to keep.
+                            written_as_values += usize::from(values.get_value(pos).is_none());
+                            continue;
+                        }
                         let cell = formula_cell(xls_formula_text(formula), Cell::Empty);
                         place(path, &mut sheet, pos, cell, &mut budget)?;
                     }
@@ -1948,7 +1963,35 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
         }
         workbook.sheets.push(sheet);
     }
+    if written_as_values > 0 {
+        tracing::warn!(
+            "{}: {written_as_values} formulas that refer to another sheet are written as their last computed \
+             values: their references cannot be read reliably from an XLS file (save it as .xlsx to keep them)",
+            path.display()
+        );
+    }
     Ok(workbook)
+}
+
+/// Whether an XLS formula, as calamine gives its text, refers to a sheet (`Data!A1`, `'My Notes'!A1:B2`): a
+/// `!` outside string literals and error literals (`#REF!`, `#DIV/0!`…). calamine 0.38 cannot be trusted with
+/// such references: a 3-D cell reference takes its column from the wrong bits (`Beta!B1` reads as a column
+/// further right), a 3-D area names the wrong sheet and columns such as `$BTRM$1`, and a sheet name that
+/// needs quotes is written without them (a formula Excel refuses). Such a formula is written as its last
+/// computed value instead — the value the analyst saw, kept; the formula, said in a warning.
+fn names_a_sheet(formula: &str) -> bool {
+    let mut outside_strings = String::with_capacity(formula.len());
+    for (index, part) in formula.split('"').enumerate() {
+        // Even parts are outside literals (`""` inside a literal splits into an empty odd part: still inside).
+        if index % 2 == 0 {
+            outside_strings.push_str(part);
+        }
+    }
+    let mut rest = outside_strings;
+    for error in ["#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NUM!"] {
+        rest = rest.replace(error, "");
+    }
+    rest.contains('!')
 }
 
 /// Format of an XLS time of day (see [`xls_cell`]).
@@ -2229,6 +2272,16 @@ mod tests {
         for id in [18, 19, 20, 21, 32, 33, 45, 46, 47] {
             assert!(!shows_a_date(&builtin_format(id)), "{id}");
         }
+    }
+
+    #[test]
+    fn a_formula_names_a_sheet_only_with_a_bang_outside_literals_and_error_values() {
+        assert!(names_a_sheet("SUM(Beta!$A$1:$A$2)"));
+        assert!(names_a_sheet("My Notes!A1+1"));
+        assert!(names_a_sheet("Data!#REF!"));
+        assert!(!names_a_sheet("IF(C2>1,\"a!b\",C2*2)"));
+        assert!(!names_a_sheet("IF(ISERROR(A1),#DIV/0!,#NULL!&#VALUE!&#NUM!&#REF!)"));
+        assert!(!names_a_sheet("\"say \"\"hi!\"\"\"&A1"));
     }
 
     #[test]
