@@ -810,6 +810,24 @@ fn claims_of_a_dead_instance_on_another_host_are_recovered_by_the_lease_rule_onl
     assert_eq!(outputs(&site.outbox), set(&["orphan.csv"]));
 }
 
+/// `..` after a symbolic link goes up from the link's target, not from the folder the link sits in: an inbox
+/// written `link/../drop` is `elsewhere/drop` (the link points to `elsewhere/target`), not the outbox `drop`
+/// beside the link, and is watched (it was refused as "the same folder" before any folder was looked at).
+#[cfg(unix)]
+#[test]
+fn an_inbox_reached_through_a_link_and_dotdot_is_not_taken_for_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::create_dir_all(root.join("elsewhere/target")).unwrap();
+    std::os::unix::fs::symlink(root.join("elsewhere/target"), root.join("link")).unwrap();
+    let site = Site::in_dir(dir, root.clone(), "link/../drop", "drop", Answers::Offline, "");
+    std::fs::write(root.join("elsewhere/drop/a.csv"), tiny_csv("a")).unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outputs(&root.join("drop")), set(&["a.csv"]));
+    assert!(root.join("elsewhere/drop/processed/a.csv").exists(), "{stderr}");
+}
+
 #[test]
 fn an_outbox_that_is_the_inbox_is_refused_and_names_are_never_overwritten() {
     let looped = Site::new("same", "same", Answers::Offline, "");

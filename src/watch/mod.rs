@@ -231,12 +231,18 @@ fn prepare_folders(settings: &WatchSettings) -> Result<(), CriticalError> {
     Ok(())
 }
 
-/// Whether two paths name the same folder as written: made absolute, `.` and `..` resolved without asking the
-/// file system, letters compared without case on Windows.
+/// Whether two paths name the same folder as written: made absolute, the longest part that exists resolved by
+/// the file system (a `..` after a symbolic link leaves the link's target, not the folder holding the link),
+/// `.` and `..` in the rest resolved as written, letters compared without case on Windows.
 fn lexically_same(a: &Path, b: &Path) -> bool {
     fn normal(path: &Path) -> Option<Vec<String>> {
+        let absolute = std::path::absolute(path).ok()?;
+        let (base, rest) = absolute
+            .ancestors()
+            .find_map(|ancestor| Some((ancestor.canonicalize().ok()?, absolute.strip_prefix(ancestor).ok()?)))
+            .unwrap_or((PathBuf::new(), absolute.as_path()));
         let mut parts: Vec<String> = Vec::new();
-        for component in std::path::absolute(path).ok()?.components() {
+        for component in base.components().chain(rest.components()) {
             match component {
                 std::path::Component::CurDir => {}
                 std::path::Component::ParentDir => {
