@@ -297,6 +297,22 @@ fn xls_formulas_that_refer_to_another_sheet_are_written_as_their_values() {
     assert_eq!(names, ["Results", "Beta", "My Notes"]);
 }
 
+/// calamine writes `#REF` for the sheet of a 3-D reference it cannot name (`SUM(Results!C2:C2)`, a second 3-D
+/// area, came out as `SUM(#REF!$BTRO$2:$BTRO$2)`): that `#REF!` is a sheet reference, not the error literal, and
+/// the formula is written as its value like every other formula naming a sheet — kept as a formula, Excel
+/// recalculated it to `#REF!` on open. Fixture made by `tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py`.
+#[test]
+fn xls_formulas_naming_a_sheet_calamine_cannot_name_are_written_as_their_values() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/xlsx/xls_unnamed_sheet_references.xls");
+    let workbook = read_workbook(&fixture).expect("read xls");
+    let results = &workbook.sheets[0];
+    for col in 3..5 {
+        let cell = results.cell(1, col);
+        assert!(!matches!(cell, Cell::Formula { .. }), "column {col}: {cell:?}");
+    }
+}
+
 /// An XLS gives calamine no number format, so a time of day (06:15 shown `hh:mm`, serial 0.26) was read as a
 /// date-time: in a 1904-date workbook it was moved by 1 462 days like a date (a formula `D2*24` gave 35 094
 /// instead of 6.25 once Excel recalculated), and in either epoch it showed as `1900-01-00 06:15:00`. A value

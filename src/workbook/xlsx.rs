@@ -1976,7 +1976,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
 /// Whether an XLS formula, as calamine gives its text, refers to a sheet (`Data!A1`, `'My Notes'!A1:B2`): a
 /// `!` outside string literals and error literals (`#REF!`, `#DIV/0!`…). calamine 0.38 cannot be trusted with
 /// such references: a 3-D cell reference takes its column from the wrong bits (`Beta!B1` reads as a column
-/// further right), a 3-D area names the wrong sheet and columns such as `$BTRM$1`, and a sheet name that
+/// further right), a 3-D area names the wrong sheet (or `#REF`) and columns such as `$BTRM$1`, and a sheet name that
 /// needs quotes is written without them (a formula Excel refuses). Such a formula is written as its last
 /// computed value instead — the value the analyst saw, kept; the formula, said in a warning.
 fn names_a_sheet(formula: &str) -> bool {
@@ -1987,11 +1987,18 @@ fn names_a_sheet(formula: &str) -> bool {
             outside_strings.push_str(part);
         }
     }
-    let mut rest = outside_strings;
-    for error in ["#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NUM!"] {
-        rest = rest.replace(error, "");
-    }
-    rest.contains('!')
+    // An error literal's `!` is followed by an operator, a separator or the end; one followed by a reference is a
+    // sheet's: calamine writes `#REF` for a sheet it cannot name (`SUM(#REF!$A$1:$A$2)`), and a sheet may be
+    // named `Q#NUM`.
+    let text = outside_strings.as_str();
+    text.match_indices('!').any(|(at, _)| {
+        let error_literal = ["#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NUM!"]
+            .iter()
+            .any(|error| text[..=at].ends_with(error));
+        let reference_follows =
+            text[at + 1..].chars().next().is_some_and(|c| c == '$' || c == '#' || c.is_alphanumeric());
+        !error_literal || reference_follows
+    })
 }
 
 /// Format of an XLS time of day (see [`xls_cell`]).
@@ -2279,6 +2286,11 @@ mod tests {
         assert!(names_a_sheet("SUM(Beta!$A$1:$A$2)"));
         assert!(names_a_sheet("My Notes!A1+1"));
         assert!(names_a_sheet("Data!#REF!"));
+        // calamine's `#REF` for a sheet it cannot name, and a sheet whose name ends like an error literal.
+        assert!(names_a_sheet("SUM(#REF!$BTRO$2:$BTRO$2)"));
+        assert!(names_a_sheet("#REF!#REF!"));
+        assert!(names_a_sheet("Q#NUM!A1*2"));
+        assert!(!names_a_sheet("#REF! A1+#N/A"));
         assert!(!names_a_sheet("IF(C2>1,\"a!b\",C2*2)"));
         assert!(!names_a_sheet("IF(ISERROR(A1),#DIV/0!,#NULL!&#VALUE!&#NUM!&#REF!)"));
         assert!(!names_a_sheet("\"say \"\"hi!\"\"\"&A1"));
