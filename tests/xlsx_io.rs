@@ -313,6 +313,18 @@ fn xls_formulas_naming_a_sheet_calamine_cannot_name_are_written_as_their_values(
     }
 }
 
+/// calamine writes a sheet name as it is, `"` included: `'12" Rulers'!B1` came out as `12" Rulers!E$1`, whose odd
+/// `"` hid the `!` (read as inside a string literal), so that text — a formula Excel refuses — was written. A
+/// formula naming a sheet of the workbook is written as its value.
+#[test]
+fn an_xls_formula_naming_a_sheet_with_a_quote_is_written_as_its_value() {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xlsx/xls_sheet_name_with_a_quote.xls");
+    let workbook = read_workbook(&fixture).expect("read xls");
+    let cell = workbook.sheets[0].cell(1, 3);
+    assert!(!matches!(cell, Cell::Formula { .. }), "{cell:?}");
+}
+
 /// An XLS gives calamine no number format, so a time of day (06:15 shown `hh:mm`, serial 0.26) was read as a
 /// date-time: in a 1904-date workbook it was moved by 1 462 days like a date (a formula `D2*24` gave 35 094
 /// instead of 6.25 once Excel recalculated), and in either epoch it showed as `1900-01-00 06:15:00`. A value

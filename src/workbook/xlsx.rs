@@ -1918,6 +1918,16 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
     let mut workbook = Workbook::default();
     let mut budget = CellBudget::new(limits);
     let mut written_as_values = 0usize;
+    // calamine writes a sheet name as it is: an odd `"` in it (`12" Rulers!B1`) reads as a string literal to
+    // [`names_a_sheet`], so such names are looked for as they are.
+    let quoted_names: Vec<String> = metadata
+        .iter()
+        .filter(|meta| meta.name.contains('"'))
+        .map(|meta| format!("{}!", meta.name))
+        .collect();
+    let refers_to_a_sheet = |formula: &str| {
+        names_a_sheet(formula) || quoted_names.iter().any(|name| formula.contains(name.as_str()))
+    };
     for meta in metadata {
         let mut sheet =
             Sheet { name: meta.name.clone(), visibility: visibility(meta.visible), ..Sheet::default() };
@@ -1931,7 +1941,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     let cached = xls_cell(value, is_1904);
                     let cell = match formulas.get_value(pos) {
-                        Some(formula) if names_a_sheet(formula) => {
+                        Some(formula) if refers_to_a_sheet(formula) => {
                             written_as_values += 1;
                             cached
                         }
@@ -1950,7 +1960,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                 for (row, col, formula) in formulas.used_cells() {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     if !formula.is_empty() && *sheet.cell(pos.0 as usize, pos.1 as usize) == Cell::Empty {
-                        if names_a_sheet(formula) {
+                        if refers_to_a_sheet(formula) {
                             // Counted already if it had a value; without one there is nothing to keep.
                             written_as_values += usize::from(values.get_value(pos).is_none());
                             continue;
