@@ -315,6 +315,45 @@ fn service_takes_files_dropped_while_running_and_stops_on_sigterm() {
     assert_eq!(work_folders(&site.inbox), 0, "{stderr}");
 }
 
+/// A watch list edited while the service runs is used from the next workbook on: a keyword taken out of
+/// `KWordwatchlist.txt` no longer fills `Keyword Watch List`, a keyword put in does (README: "editing a watch
+/// list … makes those be computed afresh").
+#[test]
+#[cfg(unix)]
+fn a_watch_list_edited_while_the_service_runs_is_used_for_the_next_workbook() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    let lists = site.root.join("lists");
+    std::fs::create_dir_all(&lists).unwrap();
+    std::fs::write(lists.join("KWordwatchlist.txt"), "phishing\r\n").unwrap();
+    std::fs::copy(repo().join("config/sinkholes.txt"), lists.join("sinkholes.txt")).unwrap();
+    let ini = std::fs::read_to_string(&site.ini).unwrap();
+    let config = repo().join("config").display().to_string();
+    std::fs::write(&site.ini, ini.replace(&config, &lists.display().to_string())).unwrap();
+    let keywords = |name: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(site.outbox.join(name)).unwrap();
+        let mut rows = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+        let column = rows.headers().unwrap().iter().position(|h| h == "Keyword Watch List").unwrap();
+        rows.records().map(|r| r.unwrap().get(column).unwrap_or("").to_string()).collect()
+    };
+    let service = site.spawn("service.log");
+    // login-portal.example.net's answer holds "phishing"; 203.0.113.45's holds "scanner".
+    let book = "\"Scanned Item\",\"Keyword Watch List\"\r\n\"login-portal.example.net\",\"\"\r\n\"203.0.113.45\",\"\"\r\n";
+    std::fs::write(site.inbox.join("before.csv"), book).unwrap();
+    wait_until(Duration::from_secs(10), "the first file is processed", || {
+        site.processed().join("before.csv").exists()
+    });
+    // (A third row is appended: the domain's passive-DNS address.)
+    assert_eq!(keywords("before.csv")[..2], ["phishing", ""]);
+    std::fs::write(lists.join("KWordwatchlist.txt"), "scanner\r\n").unwrap();
+    std::fs::write(site.inbox.join("after.csv"), book).unwrap();
+    wait_until(Duration::from_secs(10), "the second file is processed", || {
+        site.processed().join("after.csv").exists()
+    });
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(keywords("after.csv")[..2], ["", "scanner"], "{stderr}");
+}
+
 #[test]
 #[cfg(unix)]
 fn polling_mode_picks_up_new_files() {

@@ -97,6 +97,8 @@ pub struct Enricher {
     refresh: bool,
     /// What the digests this enricher keeps in the cache are made with ([`stored::derivation`]).
     derivation: i64,
+    /// The bytes the watch lists were read from ([`watchlists::source_fingerprint`]).
+    list_sources: [u8; 32],
 }
 
 /// Where an access token goes, said wherever a missing one is reported.
@@ -109,6 +111,8 @@ impl Enricher {
         let mut warnings = Vec::new();
         let client = Client::new(&config.seclytics)
             .map_err(|e| CriticalError::Other(format!("cannot start the SecLytics client: {e}")))?;
+        // Taken before the lists are read: an edit in between makes the next comparison read them again.
+        let list_sources = watchlists::source_fingerprint(&config.watchlists_dir);
         let (lists, list_warnings) =
             watchlists::WatchLists::load(&config.watchlists_dir, config.url_watchlist_regex);
         warnings
@@ -159,7 +163,31 @@ impl Enricher {
             ));
         }
         let derivation = stored::derivation(&lists, config.logs);
-        Ok((Enricher { config, client, lists, sinkholes, resolver, refresh, derivation }, warnings))
+        Ok((
+            Enricher { config, client, lists, sinkholes, resolver, refresh, derivation, list_sources },
+            warnings,
+        ))
+    }
+
+    /// Reads the watch lists again when their files changed, as a `watch` service does before each workbook,
+    /// so that a list edited while it runs is used from the next workbook on — and the digests kept with the
+    /// old lists are no longer used (their derivation number changes with the lists). Returns the lists'
+    /// warnings when they changed, `None` when they are as before.
+    pub fn reload_watch_lists(&mut self) -> Option<Vec<String>> {
+        let sources = watchlists::source_fingerprint(&self.config.watchlists_dir);
+        if sources == self.list_sources {
+            return None;
+        }
+        self.list_sources = sources;
+        let (lists, warnings) =
+            watchlists::WatchLists::load(&self.config.watchlists_dir, self.config.url_watchlist_regex);
+        let derivation = stored::derivation(&lists, self.config.logs);
+        if derivation == self.derivation {
+            return None;
+        }
+        self.lists = lists;
+        self.derivation = derivation;
+        Some(warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)).collect())
     }
 
     pub fn config(&self) -> &Config {

@@ -78,6 +78,25 @@ pub fn read_list_file(path: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// A fingerprint of the bytes of the four list files in `dir` (a file that cannot be read counts as such):
+/// what a `watch` service compares before each workbook to notice an edit without parsing and compiling the
+/// lists again (a long regex URL list takes a while to compile).
+pub fn source_fingerprint(dir: &Path) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for name in [KEYWORD_FILE, URL_FILE, IP_DOMAIN_FILE, DETECTION_NAME_FILE] {
+        match std::fs::read(dir.join(name)) {
+            Ok(bytes) => {
+                hasher.update([1]);
+                hasher.update((bytes.len() as u64).to_le_bytes());
+                hasher.update(&bytes);
+            }
+            Err(_) => hasher.update([0]),
+        }
+    }
+    hasher.finalize().into()
+}
+
 /// The non-blank trimmed lines of a text with their 1-based line numbers.
 pub(crate) fn numbered_entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.lines().enumerate().map(|(i, line)| (i + 1, line.trim())).filter(|(_, line)| !line.is_empty())

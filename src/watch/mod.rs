@@ -295,6 +295,12 @@ fn start_worker(
                         Err(e) => Err(EnrichError::Critical(e)),
                     }
                 } else {
+                    if let Some(warnings) = enricher.reload_watch_lists() {
+                        tracing::info!("the watch lists changed; they are used from this workbook on");
+                        for warning in &warnings {
+                            tracing::warn!("{warning}");
+                        }
+                    }
                     enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
                 }
             });
