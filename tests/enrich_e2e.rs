@@ -237,6 +237,15 @@ impl Scenario {
         (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
     }
 
+    /// Writes `text` as the CSV input `name`, runs `enrich` on it (which must succeed) and reads the output.
+    fn enrich_csv(&self, name: &str, text: impl AsRef<[u8]>) -> Table {
+        let input = self.path(name);
+        std::fs::write(&input, text).unwrap();
+        let (code, stderr) = self.enrich(&[&input], &[]);
+        assert_eq!(code, 0, "{stderr}");
+        read_csv_table(&std::fs::read(self.outbox().join(name)).unwrap(), encoding_rs::WINDOWS_1252)
+    }
+
     /// Runs `enrich` on `input` into `outbox` with `VTTL_LOG=debug` (the figures of each phase, read with
     /// [`logged_count`]); returns (exit code, stderr).
     fn enrich_logged(&self, input: &Path, outbox: &Path) -> (i32, String) {
@@ -914,17 +923,9 @@ fn a_related_ip_in_ipv4_mapped_form_is_its_ipv4_address() {
     let lists = scenario.path("lists/IPDwatchlist.txt");
     let entries = std::fs::read_to_string(&lists).unwrap() + "::ffff:198.51.100.61|Mapped entry\r\n";
     std::fs::write(&lists, entries).unwrap();
-    let input = scenario.path("mapped.csv");
-    std::fs::write(
-        &input,
+    let table = scenario.enrich_csv(
+        "mapped.csv",
         "\"Scanned Item\",\"IP Domain Watch List\"\r\n\"mapped.example.com\",\"\"\r\n\"198.51.100.61\",\"\"\r\n",
-    )
-    .unwrap();
-    let (code, stderr) = scenario.enrich(&[&input], &[]);
-    assert_eq!(code, 0, "{stderr}");
-    let table = read_csv_table(
-        &std::fs::read(scenario.outbox().join("mapped.csv")).unwrap(),
-        encoding_rs::WINDOWS_1252,
     );
     assert_eq!(table.get("mapped.example.com", "IP Domain Watch List"), "C2 list/203.0.113.45");
     assert_eq!(table.get("198.51.100.61", "IP Domain Watch List"), "Mapped entry/::ffff:198.51.100.61");
@@ -1559,14 +1560,9 @@ fn long_free_text_values_are_cut_at_8000_characters() {
         "/ips/198.51.100.61",
         json!({"asn": {"description": long_owner}, "id": "198.51.100.61", "type": "ip", "whitelist": long_reason}),
     );
-    let input = scenario.path("long.csv");
-    std::fs::write(&input, "\"Scanned Item\",\"WHOIS\",\"Validation\"\r\n\"198.51.100.61\",\"\",\"\"\r\n")
-        .unwrap();
-    let (code, stderr) = scenario.enrich(&[&input], &[]);
-    assert_eq!(code, 0, "{stderr}");
-    let table = read_csv_table(
-        &std::fs::read(scenario.outbox().join("long.csv")).unwrap(),
-        encoding_rs::WINDOWS_1252,
+    let table = scenario.enrich_csv(
+        "long.csv",
+        "\"Scanned Item\",\"WHOIS\",\"Validation\"\r\n\"198.51.100.61\",\"\",\"\"\r\n",
     );
     let whois = table.get("198.51.100.61", "WHOIS");
     let validation = table.get("198.51.100.61", "Validation");
@@ -1588,17 +1584,9 @@ fn a_cut_value_that_gets_the_formula_guard_stays_within_8000_characters() {
         json!({"asn": {"description": long_owner}, "id": "198.51.100.62", "type": "ip",
                "context": {"malware": {"feed": tokens}}}),
     );
-    let input = scenario.path("guarded.csv");
-    std::fs::write(
-        &input,
+    let table = scenario.enrich_csv(
+        "guarded.csv",
         "\"Scanned Item\",\"WHOIS\",\"Seclytics Reputation and Reason\"\r\n\"198.51.100.62\",\"\",\"\"\r\n",
-    )
-    .unwrap();
-    let (code, stderr) = scenario.enrich(&[&input], &[]);
-    assert_eq!(code, 0, "{stderr}");
-    let table = read_csv_table(
-        &std::fs::read(scenario.outbox().join("guarded.csv")).unwrap(),
-        encoding_rs::WINDOWS_1252,
     );
     let whois = table.get("198.51.100.62", "WHOIS");
     assert_eq!(whois.chars().count(), 8000, "{}", &whois[..40]);
