@@ -101,6 +101,11 @@ pub struct Enricher {
     list_sources: [u8; 32],
 }
 
+/// The lines a list file's warnings are reported with: `<file>:<line>: <message>`.
+fn warning_lines(warnings: &[watchlists::ListWarning]) -> impl Iterator<Item = String> + '_ {
+    warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message))
+}
+
 /// Where an access token goes, said wherever a missing one is reported.
 pub const NO_TOKEN_HINT: &str = "set `access_token` in the [seclytics] section of vttl.ini, or the SECLYTICS_ACCESS_TOKEN environment variable";
 
@@ -115,13 +120,10 @@ impl Enricher {
         let list_sources = watchlists::source_fingerprint(&config.watchlists_dir);
         let (lists, list_warnings) =
             watchlists::WatchLists::load(&config.watchlists_dir, config.url_watchlist_regex);
-        warnings
-            .extend(list_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)));
+        warnings.extend(warning_lines(&list_warnings));
         let sinkholes = match sinkholes::Sinkholes::load(&config.sinkholes_file) {
             Ok((sinkholes, sink_warnings)) => {
-                warnings.extend(
-                    sink_warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)),
-                );
+                warnings.extend(warning_lines(&sink_warnings));
                 sinkholes
             }
             Err(e) => {
@@ -187,7 +189,7 @@ impl Enricher {
         }
         self.lists = lists;
         self.derivation = derivation;
-        Some(warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message)).collect())
+        Some(warning_lines(&warnings).collect())
     }
 
     pub fn config(&self) -> &Config {
