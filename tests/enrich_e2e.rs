@@ -1572,6 +1572,45 @@ fn long_free_text_values_are_cut_at_8000_characters() {
     assert!(long_reason.starts_with(&validation));
 }
 
+/// A Windows-1252 CSV cannot hold every character of the API's text: such characters are written as `?` (a
+/// documented decision), and a warning says how many new cells lost some, naming the file and the way out.
+#[test]
+fn characters_windows_1252_cannot_hold_become_question_marks_with_a_warning() {
+    let scenario = Scenario::new();
+    scenario.api.set_document(
+        "/ips/198.51.100.63",
+        json!({"asn": {"description": "Köln 日本 Telecom"}, "id": "198.51.100.63", "type": "ip",
+               "whitelist": "Ωmega proxy"}),
+    );
+    scenario.api.set_document(
+        "/ips/198.51.100.64",
+        json!({"asn": {"description": "Zürich Net"}, "id": "198.51.100.64", "type": "ip"}),
+    );
+    let input = scenario.path("cp.csv");
+    let rows = "\"Scanned Item\",\"WHOIS\",\"Validation\"\r\n\"198.51.100.63\",\"\",\"\"\r\n\
+                \"198.51.100.64\",\"\",\"\"\r\n";
+    std::fs::write(&input, rows).unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let table =
+        read_csv_table(&std::fs::read(scenario.outbox().join("cp.csv")).unwrap(), encoding_rs::WINDOWS_1252);
+    assert_eq!(table.get("198.51.100.63", "WHOIS"), "Köln ?? Telecom");
+    assert_eq!(table.get("198.51.100.63", "Validation"), "?mega proxy");
+    assert_eq!(table.get("198.51.100.64", "WHOIS"), "Zürich Net");
+    let warning = "2 cells of new text held characters Windows-1252 cannot represent, written as `?`";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    assert!(stderr.contains("cp.csv: 2 cells"), "{stderr}");
+
+    // A UTF-8 input keeps them, and nothing is said.
+    let utf8 = scenario.path("utf8.csv");
+    std::fs::write(&utf8, format!("{rows}\"198.51.100.64\",\"\",\"Ä\"\r\n")).unwrap();
+    let (code, stderr) = scenario.enrich(&[&utf8], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(scenario.outbox().join("utf8.csv")).unwrap();
+    assert!(text.contains("\"Köln 日本 Telecom\",\"Ωmega proxy\""), "{text}");
+    assert!(!stderr.contains("cannot represent"), "{stderr}");
+}
+
 /// The formula guard's `'` counts against the 8000-character limit too: a token list or free text cut to
 /// exactly 8000 characters that starts with `-` is cut one character shorter (at a `^` for a token list).
 #[test]

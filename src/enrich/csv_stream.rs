@@ -354,6 +354,15 @@ fn write_pass(
         cells.push((plan.indicator_column(), Cow::Borrowed(ip.value.as_str())));
         writer.write_new_row(plan.width(), &cells).map_err(write_err)?;
     }
+    let replaced = writer.fields_with_replacements();
+    if replaced > 0 {
+        tracing::warn!(
+            "{}: {} of new text held characters Windows-1252 cannot represent, written as `?` (a CSV saved as \
+             UTF-8 keeps them)",
+            input.display(),
+            super::counted(replaced, "cell")
+        );
+    }
     let buffered = writer.finish().map_err(write_err)?;
     let (temp, flushes) = buffered.into_inner().map_err(|e| write_err(e.into_error()))?.finish();
     tracing::debug!(flushes, "times the workbook was flushed to disk while it was written");

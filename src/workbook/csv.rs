@@ -41,7 +41,8 @@
 //!   of the first record is quoted; the line ending is the first record's terminator (CRLF when it has none).
 //! * **Writing new text**: CR, LF and NUL become a space (VTTL cells never hold line breaks, and a NUL would
 //!   make the file look binary); quoted per the dialect, `"` doubled; Windows-1252 output writes `?` for a
-//!   character the code page cannot represent. The writer does **not** neutralize formulas itself: callers run
+//!   character the code page cannot represent, and counts the fields that got one
+//!   ([`CsvWriter::fields_with_replacements`]: the enrichment warns with it). The writer does **not** neutralize formulas itself: callers run
 //!   API text through [`neutralize_formula`] before handing it over, which also turns every other control
 //!   character into a space.
 //! * **Patches** replace the field at their column whatever it holds (the caller decides what is empty); a
@@ -905,6 +906,8 @@ pub struct CsvWriter<W: Write> {
     encoded: Vec<u8>,
     /// Scratch list of patch indexes in column order.
     order: Vec<usize>,
+    /// New fields written with `?` for a character the output encoding (Windows-1252) cannot represent.
+    fields_with_replacements: u64,
 }
 
 impl<W: Write> CsvWriter<W> {
@@ -918,6 +921,7 @@ impl<W: Write> CsvWriter<W> {
             line: Vec::new(),
             encoded: Vec::new(),
             order: Vec::new(),
+            fields_with_replacements: 0,
         })
     }
 
@@ -1009,6 +1013,12 @@ impl<W: Write> CsvWriter<W> {
         result
     }
 
+    /// How many new fields so far held a character the output encoding cannot represent, written as `?`
+    /// (only a Windows-1252 output has such characters).
+    pub fn fields_with_replacements(&self) -> u64 {
+        self.fields_with_replacements
+    }
+
     /// Flushes and returns the output.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.flush()?;
@@ -1024,7 +1034,7 @@ impl<W: Write> CsvWriter<W> {
     }
 
     /// Appends new text as one field, cleaned, quoted and encoded for the dialect.
-    fn push_text(&self, line: &mut Vec<u8>, text: &str) {
+    fn push_text(&mut self, line: &mut Vec<u8>, text: &str) {
         // Fast path: plain ASCII text that needs no cleaning, escaping or (for `Necessary`) quoting is copied
         // as it is, since ASCII is the same in every internal encoding.
         let plain = text.bytes().all(|b| b.is_ascii() && !matches!(b, b'"' | b'\r' | b'\n' | b'\0'));
@@ -1065,16 +1075,18 @@ impl<W: Write> CsvWriter<W> {
         if quote {
             line.push(b'"');
         }
+        let mut replaced = false;
         for ch in cleaned.chars() {
             if ch == '"' && quote {
                 line.extend_from_slice(b"\"\"");
             } else {
-                push_char(line, ch, self.dialect.encoding);
+                replaced |= !push_char(line, ch, self.dialect.encoding);
             }
         }
         if quote {
             line.push(b'"');
         }
+        self.fields_with_replacements += u64::from(replaced);
     }
 
     /// Writes bytes in the internal encoding, re-encoding them for UTF-16 output.
@@ -1108,11 +1120,11 @@ fn check_width(width: usize) -> io::Result<()> {
 }
 
 /// Appends one character in the internal encoding: Windows-1252 (with `?` for what it cannot represent) or
-/// UTF-8.
-fn push_char(line: &mut Vec<u8>, ch: char, encoding: TextEncoding) {
+/// UTF-8. False when the character was replaced by `?`.
+fn push_char(line: &mut Vec<u8>, ch: char, encoding: TextEncoding) -> bool {
     if ch.is_ascii() {
         line.push(ch as u8);
-        return;
+        return true;
     }
     let mut utf8 = [0u8; 4];
     let utf8 = ch.encode_utf8(&mut utf8);
@@ -1120,12 +1132,13 @@ fn push_char(line: &mut Vec<u8>, ch: char, encoding: TextEncoding) {
         let (bytes, _, unmappable) = WINDOWS_1252.encode(utf8);
         if unmappable || bytes.len() != 1 {
             line.push(b'?');
-        } else {
-            line.extend_from_slice(&bytes);
+            return false;
         }
+        line.extend_from_slice(&bytes);
     } else {
         line.extend_from_slice(utf8.as_bytes());
     }
+    true
 }
 
 /// Makes text safe from being read as a spreadsheet formula: control characters (C0, DEL, C1; TAB, CR and
@@ -1181,7 +1194,7 @@ mod tests {
     /// The patching rule written the slow, obvious way (every column in turn): the reference the writer's
     /// span-copying implementation is checked against.
     fn reference_patch(dialect: &Dialect, record: &Record, patches: &[(usize, String)]) -> Vec<u8> {
-        let writer = CsvWriter::new(Vec::new(), dialect).expect("writer");
+        let mut writer = CsvWriter::new(Vec::new(), dialect).expect("writer");
         let width = patches.iter().map(|(c, _)| c + 1).max().unwrap_or(0).max(record.len());
         let mut line = Vec::new();
         for column in 0..width {
@@ -1311,9 +1324,9 @@ mod tests {
     #[test]
     fn new_text_in_1252_uses_question_marks() {
         let mut line = Vec::new();
-        for ch in "é€😀ü".chars() {
-            push_char(&mut line, ch, TextEncoding::Windows1252);
-        }
+        let kept: Vec<bool> =
+            "é€😀ü".chars().map(|ch| push_char(&mut line, ch, TextEncoding::Windows1252)).collect();
         assert_eq!(line, b"\xE9\x80?\xFC");
+        assert_eq!(kept, [true, true, false, true]);
     }
 }
