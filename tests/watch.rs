@@ -321,20 +321,7 @@ fn service_takes_files_dropped_while_running_and_stops_on_sigterm() {
 #[test]
 #[cfg(unix)]
 fn a_watch_list_edited_while_the_service_runs_is_used_for_the_next_workbook() {
-    let site = Site::new("inbox", "outbox", Answers::Offline, "");
-    let lists = site.root.join("lists");
-    std::fs::create_dir_all(&lists).unwrap();
-    std::fs::write(lists.join("KWordwatchlist.txt"), "phishing\r\n").unwrap();
-    std::fs::copy(repo().join("config/sinkholes.txt"), lists.join("sinkholes.txt")).unwrap();
-    let ini = std::fs::read_to_string(&site.ini).unwrap();
-    let config = repo().join("config").display().to_string();
-    std::fs::write(&site.ini, ini.replace(&config, &lists.display().to_string())).unwrap();
-    let keywords = |name: &str| -> Vec<String> {
-        let text = std::fs::read_to_string(site.outbox.join(name)).unwrap();
-        let mut rows = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-        let column = rows.headers().unwrap().iter().position(|h| h == "Keyword Watch List").unwrap();
-        rows.records().map(|r| r.unwrap().get(column).unwrap_or("").to_string()).collect()
-    };
+    let (site, lists) = site_with_lists_of_its_own("phishing\r\n");
     let service = site.spawn("service.log");
     // login-portal.example.net's answer holds "phishing"; 203.0.113.45's holds "scanner".
     let book = "\"Scanned Item\",\"Keyword Watch List\"\r\n\"login-portal.example.net\",\"\"\r\n\"203.0.113.45\",\"\"\r\n";
@@ -343,7 +330,7 @@ fn a_watch_list_edited_while_the_service_runs_is_used_for_the_next_workbook() {
         site.processed().join("before.csv").exists()
     });
     // (A third row is appended: the domain's passive-DNS address.)
-    assert_eq!(keywords("before.csv")[..2], ["phishing", ""]);
+    assert_eq!(output_column(&site, "before.csv", "Keyword Watch List")[..2], ["phishing", ""]);
     std::fs::write(lists.join("KWordwatchlist.txt"), "scanner\r\n").unwrap();
     std::fs::write(site.inbox.join("after.csv"), book).unwrap();
     wait_until(Duration::from_secs(10), "the second file is processed", || {
@@ -351,7 +338,56 @@ fn a_watch_list_edited_while_the_service_runs_is_used_for_the_next_workbook() {
     });
     let (code, stderr) = service.terminate();
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(keywords("after.csv")[..2], ["", "scanner"], "{stderr}");
+    assert_eq!(output_column(&site, "after.csv", "Keyword Watch List")[..2], ["", "scanner"], "{stderr}");
+}
+
+/// Like the watch lists, the sinkhole file is read again when it changed: an address added to it while the
+/// service runs is labelled from the next workbook on (a bad line added with it is reported by its number).
+#[test]
+fn a_sinkhole_file_edited_while_the_service_runs_is_used_for_the_next_workbook() {
+    let (site, lists) = site_with_lists_of_its_own("phishing\r\n");
+    let service = site.spawn("service.log");
+    let book = "\"Scanned Item\",\"Sinkhole\"\r\n\"203.0.113.45\",\"\"\r\n";
+    std::fs::write(site.inbox.join("before.csv"), book).unwrap();
+    wait_until(Duration::from_secs(10), "the first file is processed", || {
+        site.processed().join("before.csv").exists()
+    });
+    assert_eq!(output_column(&site, "before.csv", "Sinkhole"), [""]);
+    let mut sinkholes = std::fs::read_to_string(lists.join("sinkholes.txt")).unwrap();
+    sinkholes.push_str("\n203.0.113.45 | Test sinkhole\nnot an address | x\n");
+    std::fs::write(lists.join("sinkholes.txt"), &sinkholes).unwrap();
+    std::fs::write(site.inbox.join("after.csv"), book).unwrap();
+    wait_until(Duration::from_secs(10), "the second file is processed", || {
+        site.processed().join("after.csv").exists()
+    });
+    let (code, stderr) = service.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(output_column(&site, "after.csv", "Sinkhole"), ["Test sinkhole"], "{stderr}");
+    assert!(stderr.contains("the sinkhole file changed"), "{stderr}");
+    let bad_line = sinkholes.lines().count();
+    assert!(stderr.contains(&format!("sinkholes.txt:{bad_line}:")), "{stderr}");
+}
+
+/// A site whose ini reads the watch lists and the sinkhole file from a folder of its own (`lists/`, returned):
+/// the shipped sinkhole list, and `keywords` as the keyword list.
+fn site_with_lists_of_its_own(keywords: &str) -> (Site, PathBuf) {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    let lists = site.root.join("lists");
+    std::fs::create_dir_all(&lists).unwrap();
+    std::fs::write(lists.join("KWordwatchlist.txt"), keywords).unwrap();
+    std::fs::copy(repo().join("config/sinkholes.txt"), lists.join("sinkholes.txt")).unwrap();
+    let ini = std::fs::read_to_string(&site.ini).unwrap();
+    let config = repo().join("config").display().to_string();
+    std::fs::write(&site.ini, ini.replace(&config, &lists.display().to_string())).unwrap();
+    (site, lists)
+}
+
+/// The cells of column `header` in the output `name`, row by row.
+fn output_column(site: &Site, name: &str, header: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(site.outbox.join(name)).unwrap();
+    let mut rows = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let column = rows.headers().unwrap().iter().position(|h| h == header).unwrap();
+    rows.records().map(|r| r.unwrap().get(column).unwrap_or("").to_string()).collect()
 }
 
 #[test]

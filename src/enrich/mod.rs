@@ -99,11 +99,24 @@ pub struct Enricher {
     derivation: i64,
     /// The bytes the watch lists were read from ([`watchlists::source_fingerprint`]).
     list_sources: [u8; 32],
+    /// The bytes the sinkhole file was read from ([`watchlists::files_fingerprint`]).
+    sinkhole_source: [u8; 32],
 }
 
 /// The lines a list file's warnings are reported with: `<file>:<line>: <message>`.
 fn warning_lines(warnings: &[watchlists::ListWarning]) -> impl Iterator<Item = String> + '_ {
     warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message))
+}
+
+/// The sinkhole file, or an empty list when it cannot be read; with the warnings to report.
+fn load_sinkholes(path: &Path) -> (sinkholes::Sinkholes, Vec<String>) {
+    match sinkholes::Sinkholes::load(path) {
+        Ok((sinkholes, warnings)) => (sinkholes, warning_lines(&warnings).collect()),
+        Err(e) => (
+            sinkholes::Sinkholes::empty(),
+            vec![format!("cannot read sinkhole file {}: {e}", path.display())],
+        ),
+    }
 }
 
 /// Where an access token goes, said wherever a missing one is reported.
@@ -121,16 +134,9 @@ impl Enricher {
         let (lists, list_warnings) =
             watchlists::WatchLists::load(&config.watchlists_dir, config.url_watchlist_regex);
         warnings.extend(warning_lines(&list_warnings));
-        let sinkholes = match sinkholes::Sinkholes::load(&config.sinkholes_file) {
-            Ok((sinkholes, sink_warnings)) => {
-                warnings.extend(warning_lines(&sink_warnings));
-                sinkholes
-            }
-            Err(e) => {
-                warnings.push(format!("cannot read sinkhole file {}: {e}", config.sinkholes_file.display()));
-                sinkholes::Sinkholes::empty()
-            }
-        };
+        let sinkhole_source = watchlists::files_fingerprint([&config.sinkholes_file]);
+        let (sinkholes, sinkhole_warnings) = load_sinkholes(&config.sinkholes_file);
+        warnings.extend(sinkhole_warnings);
         let resolver = if config.reverse_dns {
             match rdns::ReverseResolver::new(config.seclytics.dns_server, config.seclytics.dns_timeout) {
                 Ok((resolver, warning)) => {
@@ -166,7 +172,17 @@ impl Enricher {
         }
         let derivation = stored::derivation(&lists, config.logs);
         Ok((
-            Enricher { config, client, lists, sinkholes, resolver, refresh, derivation, list_sources },
+            Enricher {
+                config,
+                client,
+                lists,
+                sinkholes,
+                resolver,
+                refresh,
+                derivation,
+                list_sources,
+                sinkhole_source,
+            },
             warnings,
         ))
     }
@@ -190,6 +206,20 @@ impl Enricher {
         self.lists = lists;
         self.derivation = derivation;
         Some(warning_lines(&warnings).collect())
+    }
+
+    /// Reads the sinkhole file again when its bytes changed, as a `watch` service does before each workbook,
+    /// so that an entry added while it runs is used from the next workbook on (sinkhole labels are made when
+    /// cells are filled, never kept in the cache). Returns its warnings when it changed, `None` when not.
+    pub fn reload_sinkholes(&mut self) -> Option<Vec<String>> {
+        let source = watchlists::files_fingerprint([&self.config.sinkholes_file]);
+        if source == self.sinkhole_source {
+            return None;
+        }
+        self.sinkhole_source = source;
+        let (sinkholes, warnings) = load_sinkholes(&self.config.sinkholes_file);
+        self.sinkholes = sinkholes;
+        Some(warnings)
     }
 
     pub fn config(&self) -> &Config {

@@ -82,10 +82,17 @@ pub fn read_list_file(path: &Path) -> io::Result<Option<String>> {
 /// what a `watch` service compares before each workbook to notice an edit without parsing and compiling the
 /// lists again (a long regex URL list takes a while to compile).
 pub fn source_fingerprint(dir: &Path) -> [u8; 32] {
+    files_fingerprint(
+        [KEYWORD_FILE, URL_FILE, IP_DOMAIN_FILE, DETECTION_NAME_FILE].map(|name| dir.join(name)),
+    )
+}
+
+/// A fingerprint of the bytes of `files`, in order (a file that cannot be read counts as such).
+pub fn files_fingerprint<P: AsRef<Path>>(files: impl IntoIterator<Item = P>) -> [u8; 32] {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
-    for name in [KEYWORD_FILE, URL_FILE, IP_DOMAIN_FILE, DETECTION_NAME_FILE] {
-        match std::fs::read(dir.join(name)) {
+    for file in files {
+        match std::fs::read(file) {
             Ok(bytes) => {
                 hasher.update([1]);
                 hasher.update((bytes.len() as u64).to_le_bytes());

@@ -301,6 +301,12 @@ fn start_worker(
                             tracing::warn!("{warning}");
                         }
                     }
+                    if let Some(warnings) = enricher.reload_sinkholes() {
+                        tracing::info!("the sinkhole file changed; it is used from this workbook on");
+                        for warning in &warnings {
+                            tracing::warn!("{warning}");
+                        }
+                    }
                     enricher.enrich_file_with(&job.claimed, &outbox, &job.hooks)
                 }
             });
