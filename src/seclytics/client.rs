@@ -677,8 +677,9 @@ impl Http {
             // Not in RFC 9110, but some servers send fractions: honour them rather than guess.
             Duration::from_secs_f64(seconds.min(1e9))
         } else {
-            let date = http_date(value)?;
-            let millis = (date - chrono::Utc::now()).num_milliseconds();
+            let now = chrono::Utc::now();
+            let date = http_date(value, now)?;
+            let millis = (date - now).num_milliseconds();
             Duration::from_millis(millis.max(0) as u64)
         };
         Some(delay.min(self.tuning.retry_after_max))
@@ -687,12 +688,22 @@ impl Http {
 
 /// An HTTP date in any of the three forms RFC 9110 (§5.6.7) says a recipient must accept: IMF-fixdate
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form (`Sunday, 06-Nov-94 08:49:37 GMT`) and C's
-/// asctime form (`Sun Nov  6 08:49:37 1994`), all in UTC.
-fn http_date(value: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+/// asctime form (`Sun Nov  6 08:49:37 1994`), all in UTC. The RFC 850 form's two-digit year is read as
+/// RFC 9110 says, relative to `now`: never more than 50 years ahead, else the latest such year in the past
+/// (chrono alone takes `70`–`99` for 1970–1999 and `00`–`69` for 2000–2069, whatever the date).
+fn http_date(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::Datelike;
     if let Ok(date) = chrono::DateTime::parse_from_rfc2822(value) {
         return Some(date.with_timezone(&chrono::Utc));
     }
-    let rfc850 = chrono::NaiveDateTime::parse_from_str(value, "%A, %d-%b-%y %H:%M:%S GMT");
+    // The weekday is skipped: chrono checks it against *its* reading of the year, which may be a century off.
+    let without_weekday = value.split_once(", ").map_or(value, |(_, rest)| rest);
+    let rfc850 =
+        chrono::NaiveDateTime::parse_from_str(without_weekday, "%d-%b-%y %H:%M:%S GMT").map(|date| {
+            // The latest year with these last two digits that is at most 50 years ahead.
+            let limit = now.year() + 50;
+            date.with_year(limit - (limit - date.year()).rem_euclid(100)).unwrap_or(date)
+        });
     let asctime = || {
         // `%e` is the day padded with a space: the spaces between the fields are made single first.
         let single_spaced = value.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -1371,9 +1382,35 @@ mod tests {
         for form in
             ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"]
         {
-            assert_eq!(http_date(form), Some(expected.with_timezone(&chrono::Utc)), "{form}");
+            assert_eq!(
+                http_date(form, chrono::Utc::now()),
+                Some(expected.with_timezone(&chrono::Utc)),
+                "{form}"
+            );
         }
-        assert_eq!(http_date("soon"), None);
+        assert_eq!(http_date("soon", chrono::Utc::now()), None);
+    }
+
+    /// RFC 9110 (§5.6.7): an RFC 850 two-digit year more than 50 years ahead is the latest such year in the past.
+    #[test]
+    fn rfc_850_two_digit_years_are_read_relative_to_now() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-06T01:00:00Z").unwrap().to_utc();
+        let year = |yy: &str| {
+            use chrono::Datelike;
+            http_date(&format!("Sunday, 06-Dec-{yy} 01:00:00 GMT"), now).map(|date| date.year())
+        };
+        // chrono alone reads `70` as 1970 and `69` as 2069.
+        assert_eq!(year("26"), Some(2026));
+        assert_eq!(year("70"), Some(2070));
+        assert_eq!(year("76"), Some(2076));
+        assert_eq!(year("77"), Some(1977));
+        assert_eq!(year("99"), Some(1999));
+        assert_eq!(year("00"), Some(2000));
+        let late = chrono::DateTime::parse_from_rfc3339("2080-01-01T00:00:00Z").unwrap().to_utc();
+        let in_2080 = http_date("Monday, 01-Jan-25 00:00:00 GMT", late).map(|date| date.to_rfc3339());
+        assert_eq!(in_2080.as_deref(), Some("2125-01-01T00:00:00+00:00"));
+        // 29 February of a year that has one.
+        assert!(http_date("Tuesday, 29-Feb-00 00:00:00 GMT", now).is_some());
     }
 
     #[test]
