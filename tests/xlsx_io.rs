@@ -5,6 +5,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use calamine::{Data, Reader};
 
 use rust_xlsxwriter::{Format as XFormat, Formula};
 use vttl_seclytics::workbook::xlsx::{
@@ -323,6 +326,129 @@ fn an_xls_formula_naming_a_sheet_with_a_quote_is_written_as_its_value() {
     let workbook = read_workbook(&fixture).expect("read xls");
     let cell = workbook.sheets[0].cell(1, 3);
     assert!(!matches!(cell, Cell::Formula { .. }), "{cell:?}");
+}
+
+/// Every log line of this test binary (a global subscriber: the XLS reader warns through `tracing`).
+fn captured_logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        captured_logs().lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log lines of this test binary that name `fixture`, once the subscriber capturing them is set.
+fn logged_about(fixture: &str) -> Vec<String> {
+    String::from_utf8_lossy(&captured_logs().lock().unwrap_or_else(|p| p.into_inner()))
+        .lines()
+        .filter(|line| line.contains(fixture))
+        .map(str::to_string)
+        .collect()
+}
+
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(|| LogWriter).try_init();
+    });
+}
+
+/// Row 2 of XLS fixture `name`'s first sheet after going through the public API (read, then written as
+/// XLSX) and read back from the XLSX with calamine: for each of columns D to `last_col`, its formula text
+/// (empty for a value) and its value (for a formula, the cached result written).
+fn xls_row_2_through_xlsx(name: &str, last_col: u32) -> Vec<(String, Data)> {
+    capture_logs();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xlsx").join(name);
+    let workbook = read_workbook(&fixture).expect("read xls");
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.xlsx");
+    write_workbook(&workbook, std::fs::File::create(&output).unwrap(), &output).unwrap();
+    let mut book: calamine::Xlsx<_> = calamine::open_workbook(&output).unwrap();
+    let values = book.worksheet_range("Results").unwrap();
+    let formulas = book.worksheet_formula("Results").unwrap();
+    (3..=last_col)
+        .map(|col| {
+            let formula = formulas.get_value((1, col)).cloned().unwrap_or_default();
+            (formula, values.get_value((1, col)).cloned().unwrap_or(Data::Empty))
+        })
+        .collect()
+}
+
+/// calamine reads the relative flags of a BIFF8 cell reference the wrong way round (bit 14 of the column field
+/// is the column's, bit 15 the row's): `C$2` came out as `$C2` and `$C2` as `C$2` — the same cell, but moving
+/// the other way when copied, and the area `C$2:$C2` a range that grows the other way. Put back outside string
+/// literals; fully absolute and relative references, a function name with digits (`LOG10(`) and text in a
+/// literal stay. Fixture made by `tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py`, with cached results.
+#[test]
+fn xls_mixed_references_keep_their_dollar_on_the_part_it_was_on() {
+    let row = xls_row_2_through_xlsx("xls_mixed_references.xls", 8);
+    let expected = [
+        ("C$2*2", Data::Float(10.0)),
+        ("$C2*2", Data::Float(10.0)),
+        ("SUM(C$2:$C2)", Data::Float(5.0)),
+        ("SUM($C$2:C2)", Data::Float(5.0)),
+        (r#"LOG10($C2)&"C$2""#, Data::Float(0.0)),
+        ("$C$2+C2", Data::Float(10.0)),
+    ];
+    for (col, ((formula, value), (want_formula, want_value))) in row.iter().zip(expected).enumerate() {
+        assert_eq!((formula.as_str(), value), (want_formula, &want_value), "column {}", col + 3);
+    }
+}
+
+/// XLS defined names are not carried over (calamine does not say which sheet a local name belongs to), so a
+/// formula using one — calamine writes a name of the workbook as its text (`Rate*C2`) and an external one,
+/// such as the add-in function `ISEVEN` of a BIFF8 file, as `[PtgNameX]` — showed `#NAME?` once Excel
+/// recalculated. Such a formula is written as its last computed value, with a warning; Excel's function
+/// `RATE(` and the text `"Rate"` are no use of the name `Rate`. Fixture made by
+/// `tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py` (the name and the tokens written by hand).
+#[test]
+fn xls_formulas_using_a_defined_name_are_written_as_their_values() {
+    let row = xls_row_2_through_xlsx("xls_defined_names.xls", 5);
+    assert_eq!(row[0], (String::new(), Data::Float(10.0)), "Rate*C2");
+    assert_eq!(row[1], (String::new(), Data::Bool(false)), "ISEVEN(C2)");
+    assert_eq!(row[2].0, r#"RATE(10,-100,800)&"Rate""#);
+    let logged = logged_about("xls_defined_names.xls");
+    assert!(
+        logged.iter().any(|line| line.contains(
+            "2 formulas that use a defined name are written as their last computed values: the defined names of \
+             an XLS file are not carried over"
+        )),
+        "{logged:?}"
+    );
+}
+
+/// calamine does not double a `"` inside a string literal: `LEN("a""b")` came out as `LEN("a"b")`, text that is
+/// no formula (Excel may report the XLSX file damaged), and `LEN("a""""b")` as `LEN("a""b")`, which Excel
+/// reads as another text. A formula whose literals cannot be told apart — an unclosed one, or one followed
+/// by a letter, digit or `"` — is written as its last computed value, with a warning; an empty literal `""` is
+/// one and stays. Fixture made by `tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py`, with cached
+/// results.
+#[test]
+fn xls_formulas_with_a_quote_in_a_string_literal_are_written_as_their_values() {
+    let row = xls_row_2_through_xlsx("xls_quotes_in_string_literals.xls", 8);
+    let values = [3.0, 13.0, 4.0, 4.0];
+    for (col, ((formula, value), want)) in row.iter().zip(values).enumerate() {
+        assert_eq!((formula.as_str(), value), ("", &Data::Float(want)), "column {}", col + 3);
+    }
+    assert_eq!(row[4], ("LEN(\"\")+C2".to_string(), Data::Float(5.0)));
+    assert_eq!(row[5].0, r#"IF(C2>1,"","x")"#);
+    let logged = logged_about("xls_quotes_in_string_literals.xls");
+    assert!(
+        logged.iter().any(|line| line.contains(
+            "4 formulas whose text holds a `\"` are written as their last computed values: their text cannot be \
+             read reliably from an XLS file (save it as .xlsx to keep them)"
+        )),
+        "{logged:?}"
+    );
 }
 
 /// An XLS gives calamine no number format, so a time of day (06:15 shown `hh:mm`, serial 0.26) was read as a

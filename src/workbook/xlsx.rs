@@ -44,11 +44,13 @@
 //!   cached result `#N/A` (an error-typed `t="e"` cell that Excel displays identically and recalculates to the
 //!   same error). On reading, a formula whose text is exactly its cached error literal is folded back to
 //!   [`Cell::Error`], so the round trip is exact.
-//! * XLS formulas are calamine's decompiled text, with its comparison operators put right
-//!   ([`xls_formula_text`]); one that refers to another sheet is written as its last computed value
-//!   ([`names_a_sheet`]: calamine reads such references wrongly). Mixed references (`C$3`) come out with the
-//!   `$` on the other part (`$C3`: the same cell, but not when copied), and XLS defined names are not carried,
-//!   so a formula using one shows `#NAME?` once Excel recalculates.
+//! * XLS formulas are calamine's decompiled text, with its comparison operators and the `$` of a BIFF8 mixed
+//!   reference (`C$3`, which calamine writes `$C3`) put right ([`xls_formula_text`]). A formula calamine's
+//!   text cannot render is written as its last computed value, with a warning: one that refers to another
+//!   sheet ([`names_a_sheet`]: calamine reads such references wrongly), one that uses a defined name
+//!   ([`uses_a_defined_name`]: XLS defined names are not carried, so Excel would show `#NAME?`), and one whose
+//!   string literals cannot be told apart ([`has_sound_string_literals`]: calamine does not double a `"` in
+//!   them).
 //! * XLS has no per-cell number format in calamine's API: XLS date cells get `yyyy-mm-dd` (whole days),
 //!   `yyyy-mm-dd hh:mm:ss` (with a time), `hh:mm:ss` (values below one day: a time of day, which keeps its
 //!   value in a 1904-date workbook) or `[h]:mm:ss` (durations).
@@ -1656,15 +1658,16 @@ fn cell_from_data(value: &Data, is_1904: bool) -> Cell {
 /// 23 GB, and one whose compound-file sector chain loops. This scan (our own code: the compound file through
 /// `cfb`, which validates its structure, then the BIFF record headers) refuses a broken compound file, and an
 /// XLS whose declared dimensions or cell bounding boxes exceed [`xls_cell_budget`] before calamine runs.
-/// Streams it cannot find or read are left for calamine to report.
-fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
+/// Streams it cannot find or read are left for calamine to report. On the way it reads the workbook's BIFF
+/// version as calamine does ([`XlsVersion::of_bof`]), which the formula text depends on.
+fn check_xls_extent(path: &Path, limits: &Limits) -> Result<XlsVersion, WorkbookError> {
     // calamine's own compound-file reader follows sector chains without detecting loops (the fuzzer found a
     // 6 KB file whose cyclic chain made it allocate until the process died); `cfb` validates the structure,
     // so a file it refuses never reaches calamine.
     let mut compound = cfb::open(path)
         .map_err(|e| corrupt(path, format!("not a readable XLS workbook: broken compound file: {e}")))?;
     let Some(name) = ["/Workbook", "/Book"].into_iter().find(|n| compound.is_stream(n)) else {
-        return Ok(());
+        return Ok(XlsVersion::Biff8);
     };
     // A stream that cannot be read in full (a truncated file, found by the fuzzer) is refused: calamine's own
     // reader tolerates it and would read, past every check here, what this walk never saw.
@@ -1701,6 +1704,10 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
     let mut sst_parts: Vec<&[u8]> = Vec::new();
     let mut in_sst = false;
     let mut label_sst: Vec<u32> = Vec::new();
+    // The version calamine parses every formula with: that of the last BOF before the first EOF (the
+    // workbook globals), BIFF8 when there is none.
+    let mut version = XlsVersion::Biff8;
+    let mut globals_ended = false;
     let mut pos = 0usize;
     while pos + 4 <= bytes.len() {
         let record_start = pos as u64;
@@ -1725,6 +1732,9 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
         match typ {
             // BOF: a new substream starts (at depth 0 a new sheet, or the workbook globals).
             0x0809 => {
+                if !globals_ended {
+                    version = XlsVersion::of_bof(data);
+                }
                 if depth == 0 {
                     total = total.saturating_add(close(&mut bbox));
                     if total > budget {
@@ -1736,6 +1746,7 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
             }
             // EOF: the substream ends; the sheet ends with the outermost one.
             0x000A => {
+                globals_ended = true;
                 depth = depth.saturating_sub(1);
                 if depth == 0 {
                     total = total.saturating_add(close(&mut bbox));
@@ -1818,7 +1829,33 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(), WorkbookError> {
             return Err(corrupt(path, "a sheet is declared where no sheet data starts"));
         }
     }
-    Ok(())
+    Ok(version)
+}
+
+/// The BIFF version of an XLS workbook, as far as calamine's formula text depends on it: calamine 0.38 reads
+/// the relative flags of a BIFF8 cell reference the wrong way round ([`xls_formula_text`]), and those of an
+/// older one right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum XlsVersion {
+    /// BIFF8 (Excel 97 to 2003), and whatever calamine takes for it.
+    Biff8,
+    /// BIFF5 (Excel 5 and 95; BIFF2 to BIFF4 files are no compound files and never get this far).
+    Biff5OrOlder,
+}
+
+impl XlsVersion {
+    /// The version a BOF record's payload (MS-XLS 2.4.21) names, decided as calamine 0.38 decides it (its
+    /// `parse_bof`): 0x0500 and older are pre-BIFF8, and so is a version 0 with the BIFF5 document type
+    /// 0x1000; anything else, unknown versions included, is BIFF8.
+    fn of_bof(data: &[u8]) -> XlsVersion {
+        let word = |at: usize| data.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        match (word(0), word(2)) {
+            (Some(0x0002 | 0x0007 | 0x0200 | 0x0300 | 0x0400 | 0x0500), _) | (Some(0), Some(0x1000)) => {
+                XlsVersion::Biff5OrOlder
+            }
+            _ => XlsVersion::Biff8,
+        }
+    }
 }
 
 /// Cells an XLS workbook may span (bounding boxes of all sheets together): a quarter of the workbook budget,
@@ -1909,7 +1946,7 @@ fn xls_cell_budget(limits: &Limits) -> u64 {
 }
 
 fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
-    check_xls_extent(path, limits)?;
+    let version = check_xls_extent(path, limits)?;
     let file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
     let mut book: Xls<_> = Xls::new(BufReader::new(file))
         .map_err(|e| corrupt(path, format!("not a readable XLS workbook: {e}")))?;
@@ -1917,7 +1954,8 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
     let metadata = book.sheets_metadata().to_vec();
     let mut workbook = Workbook::default();
     let mut budget = CellBudget::new(limits);
-    let mut written_as_values = 0usize;
+    // Formulas written as their last computed values, by reason.
+    let mut written_as_values = [0usize; 3];
     // calamine writes a sheet name as it is: an odd `"` in it (`12" Rulers!B1`) reads as a string literal to
     // [`names_a_sheet`], so such names are looked for as they are.
     let quoted_names: Vec<String> = metadata
@@ -1925,8 +1963,18 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
         .filter(|meta| meta.name.contains('"'))
         .map(|meta| format!("{}!", meta.name))
         .collect();
-    let refers_to_a_sheet = |formula: &str| {
-        names_a_sheet(formula) || quoted_names.iter().any(|name| formula.contains(name.as_str()))
+    let defined_names: Vec<String> =
+        book.defined_names().iter().map(|(name, _)| name.to_lowercase()).collect();
+    let unreliable = |formula: &str| {
+        if names_a_sheet(formula) || quoted_names.iter().any(|name| formula.contains(name.as_str())) {
+            Some(Unreliable::OtherSheet)
+        } else if !has_sound_string_literals(formula) {
+            Some(Unreliable::StringLiteral)
+        } else if uses_a_defined_name(formula, &defined_names) {
+            Some(Unreliable::DefinedName)
+        } else {
+            None
+        }
     };
     for meta in metadata {
         let mut sheet =
@@ -1940,15 +1988,15 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                 for (row, col, value) in values.used_cells() {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     let cached = xls_cell(value, is_1904);
-                    let cell = match formulas.get_value(pos) {
-                        Some(formula) if refers_to_a_sheet(formula) => {
-                            written_as_values += 1;
-                            cached
-                        }
-                        Some(formula) if !formula.is_empty() => {
-                            formula_cell(xls_formula_text(formula), cached)
-                        }
-                        _ => cached,
+                    let cell = match formulas.get_value(pos).filter(|formula| !formula.is_empty()) {
+                        Some(formula) => match unreliable(formula) {
+                            Some(reason) => {
+                                written_as_values[reason as usize] += 1;
+                                cached
+                            }
+                            None => formula_cell(xls_formula_text(formula, version), cached),
+                        },
+                        None => cached,
                     };
                     if cell != Cell::Empty {
                         place(path, &mut sheet, pos, cell, &mut budget)?;
@@ -1960,12 +2008,13 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
                 for (row, col, formula) in formulas.used_cells() {
                     let pos = (start.0 + row as u32, start.1 + col as u32);
                     if !formula.is_empty() && *sheet.cell(pos.0 as usize, pos.1 as usize) == Cell::Empty {
-                        if refers_to_a_sheet(formula) {
+                        if let Some(reason) = unreliable(formula) {
                             // Counted already if it had a value; without one there is nothing to keep.
-                            written_as_values += usize::from(values.get_value(pos).is_none());
+                            written_as_values[reason as usize] +=
+                                usize::from(values.get_value(pos).is_none());
                             continue;
                         }
-                        let cell = formula_cell(xls_formula_text(formula), Cell::Empty);
+                        let cell = formula_cell(xls_formula_text(formula, version), Cell::Empty);
                         place(path, &mut sheet, pos, cell, &mut budget)?;
                     }
                 }
@@ -1973,14 +2022,52 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
         }
         workbook.sheets.push(sheet);
     }
-    if written_as_values > 0 {
-        tracing::warn!(
-            "{}: {written_as_values} formulas that refer to another sheet are written as their last computed \
-             values: their references cannot be read reliably from an XLS file (save it as .xlsx to keep them)",
-            path.display()
-        );
+    for reason in [Unreliable::OtherSheet, Unreliable::DefinedName, Unreliable::StringLiteral] {
+        let count = written_as_values[reason as usize];
+        if count > 0 {
+            tracing::warn!(
+                "{}: {count} formulas {} are written as their last computed values: {} (save it as .xlsx to keep \
+                 them)",
+                path.display(),
+                reason.what(),
+                reason.why()
+            );
+        }
     }
     Ok(workbook)
+}
+
+/// Why an XLS formula is written as its last computed value instead of as a formula (see [`read_xls`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unreliable {
+    /// It refers to another sheet ([`names_a_sheet`]).
+    OtherSheet = 0,
+    /// It uses a defined name ([`uses_a_defined_name`]).
+    DefinedName = 1,
+    /// Its string literals cannot be told apart ([`has_sound_string_literals`]).
+    StringLiteral = 2,
+}
+
+impl Unreliable {
+    /// Which formulas, in the warning.
+    fn what(self) -> &'static str {
+        match self {
+            Unreliable::OtherSheet => "that refer to another sheet",
+            Unreliable::DefinedName => "that use a defined name",
+            Unreliable::StringLiteral => "whose text holds a `\"`",
+        }
+    }
+
+    /// Why, in the warning.
+    fn why(self) -> &'static str {
+        match self {
+            Unreliable::OtherSheet => "their references cannot be read reliably from an XLS file",
+            Unreliable::DefinedName => {
+                "the defined names of an XLS file are not carried over, and Excel would show #NAME? in their place"
+            }
+            Unreliable::StringLiteral => "their text cannot be read reliably from an XLS file",
+        }
+    }
 }
 
 /// Whether an XLS formula, as calamine gives its text, refers to a sheet (`Data!A1`, `'My Notes'!A1:B2`): a
@@ -2028,17 +2115,189 @@ fn xls_cell(value: &Data, is_1904: bool) -> Cell {
     }
 }
 
-/// The text of an XLS formula as calamine gives it, with its comparison operators put right: calamine 0.38
-/// prints the token `ptgGe` (0x0C) as `>` and `ptgGt` (0x0D) as `>=` (MS-XLS 2.5.198: 0x0C is `>=`, 0x0D is
-/// `>`), so `IF(C2>1,…)` read as `IF(C2>=1,…)` and Excel, recalculating on open, showed other values. Both are
-/// swapped back outside string literals; `<>` (0x0E), `<` and `<=` are printed right and stay.
-fn xls_formula_text(formula: &str) -> String {
+/// Whether the string literals of an XLS formula, as calamine gives its text, can be told apart. calamine 0.38
+/// writes a literal's text between `"` without doubling a `"` in it (`="a""b"` comes out as `"a"b"`), which is
+/// no formula: written to an XLSX file, Excel may report the file damaged. Since calamine never doubles a
+/// `"`, a literal ends at the next `"`, and the text is sound when every literal has its closing `"` and is
+/// followed by what may follow an operand: the end, an operator, `,`, `)` or a space. So `""` is an empty
+/// literal, never an escaped quote — one right after a closing `"` (`"a""b"`, from the text `a""b`) means the
+/// text held quotes, and so does a letter, digit or `(` there. Undetectable: a `"` in a literal's text followed
+/// by what may follow a literal (the text `a"&"b` reads as two literals joined, `"a"&"b"`).
+fn has_sound_string_literals(formula: &str) -> bool {
+    let mut chars = formula.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        // An opening `"`: the literal runs to the next one, which must exist.
+        if !chars.by_ref().any(|c| c == '"') {
+            return false;
+        }
+        if chars.clone().next().is_some_and(|next| !" \r\n,)&+-*/^=<>%".contains(next)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The parts of an XLS formula's text outside its string literals, for a text whose literals are sound
+/// ([`has_sound_string_literals`]): splitting at every `"`, the even parts are outside (an empty literal
+/// `""` gives an empty odd part).
+fn outside_literals(formula: &str) -> impl Iterator<Item = &str> {
+    formula.split('"').step_by(2)
+}
+
+/// Characters of a defined name or of an identifier (Excel: letters, digits, `_`, `.`, `\` and `?`).
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '.' | '\\' | '?')
+}
+
+/// Whether an XLS formula, as calamine gives its text (its string literals sound), uses a defined name:
+/// calamine writes a name of the workbook as its text (`Rate*C2`), and an external name — an add-in function
+/// such as `ISEVEN` in a BIFF8 file, or a name in another workbook — as `[PtgNameX]`. `names` are the
+/// workbook's defined names in lower case, compared with every identifier outside string literals and error
+/// literals that is not followed by `(` (`RATE(` is Excel's function, `Rate` the name), case-insensitively as
+/// Excel does. An XLS workbook's defined names are not carried over (calamine does not say which sheet a
+/// local name belongs to, nor hands over their formulas reliably), so such a formula would show `#NAME?` once
+/// Excel recalculated: it is written as its last computed value instead.
+fn uses_a_defined_name(formula: &str, names: &[String]) -> bool {
+    // A built-in name (`Print_Area`…) is stored as a one-character code that is no identifier.
+    if names
+        .iter()
+        .any(|name| !name.is_empty() && !name.chars().all(is_name_char) && formula.contains(name.as_str()))
+    {
+        return true;
+    }
+    outside_literals(formula).any(|part| {
+        if part.contains("[PtgNameX]") {
+            return true;
+        }
+        // Error literals hold name characters that name nothing (`#N/A`, `#NAME?`; calamine knows one more).
+        let part = ERROR_LITERALS
+            .iter()
+            .chain(&["#GETTING_DATA"])
+            .fold(part.to_string(), |text, error| text.replace(error, " "));
+        let mut rest = part.as_str();
+        while let Some(at) = rest.find(is_name_char) {
+            let len = rest[at..].find(|c| !is_name_char(c)).map_or(rest.len(), |end| at + end);
+            let identifier = &rest[at..len];
+            rest = &rest[len..];
+            if !rest.starts_with('(') && names.iter().any(|name| *name == identifier.to_lowercase()) {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// The text of an XLS formula as calamine gives it (its string literals sound, see
+/// [`has_sound_string_literals`]), put right outside string literals:
+/// * Comparison operators: calamine 0.38 prints the token `ptgGe` (0x0C) as `>` and `ptgGt` (0x0D) as `>=`
+///   (MS-XLS 2.5.198: 0x0C is `>=`, 0x0D is `>`), so `IF(C2>1,…)` read as `IF(C2>=1,…)` and Excel,
+///   recalculating on open, showed other values. Both are swapped back; `<>` (0x0E), `<` and `<=` are printed
+///   right and stay.
+/// * Mixed references of a BIFF8 workbook: in a BIFF8 cell reference (`ptgRef`, `ptgArea`) bit 14 of the
+///   column field says the column is relative and bit 15 the row, and calamine reads them the other way
+///   round, so `C$3` came out as `$C3` and `$C3` as `C$3` — the same cell, but moving the other way when
+///   copied, and `SUM(C$2:$C2)` summing another range once copied. The `$` is moved back to the other part
+///   ([`swap_mixed_references`]). A BIFF5 workbook's references are read right (and its areas always as
+///   absolute), so they stay. References to other sheets never get here ([`names_a_sheet`]).
+fn xls_formula_text(formula: &str, version: XlsVersion) -> String {
+    let text = put_comparisons_right(formula);
+    if version != XlsVersion::Biff8 {
+        return text;
+    }
+    let mut fixed = String::with_capacity(text.len());
+    for (index, part) in text.split('"').enumerate() {
+        if index > 0 {
+            fixed.push('"');
+        }
+        if index % 2 == 0 { fixed.push_str(&swap_mixed_references(part)) } else { fixed.push_str(part) }
+    }
+    fixed
+}
+
+/// `text` (a part of a formula outside string literals) with the `$` of every mixed cell reference moved to
+/// its other part (`C$3` ↔ `$C3`; `$C$3` and `C3` stay). A reference is one to three letters and a row number,
+/// each maybe after a `$`, standing alone: not inside a longer name or number, nor followed by `(` (a
+/// function such as `LOG10(`). Defined names never hold a `$`, so none is changed.
+fn swap_mixed_references(text: &str) -> String {
+    let mut fixed = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut previous: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let standalone = !previous.is_some_and(|p| is_name_char(p) || p == '$');
+        if standalone && let Some(reference) = CellReference::at(rest) {
+            if reference.column_absolute == reference.row_absolute {
+                fixed.push_str(&rest[..reference.len]);
+            } else {
+                let dollar = |absolute: bool| if absolute { "$" } else { "" };
+                fixed.push_str(dollar(reference.row_absolute));
+                fixed.push_str(reference.column);
+                fixed.push_str(dollar(reference.column_absolute));
+                fixed.push_str(reference.row);
+            }
+            previous = reference.row.chars().next_back();
+            rest = &rest[reference.len..];
+            continue;
+        }
+        fixed.push(c);
+        previous = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    fixed
+}
+
+/// A cell reference in A1 style at the start of a formula's text, as calamine writes one (see
+/// [`swap_mixed_references`]).
+struct CellReference<'a> {
+    /// Its length in bytes.
+    len: usize,
+    /// Column letters and row digits.
+    column: &'a str,
+    row: &'a str,
+    /// Which parts have a `$` before them.
+    column_absolute: bool,
+    row_absolute: bool,
+}
+
+impl<'a> CellReference<'a> {
+    /// The reference `text` starts with: `$`, one to three letters, `$`, digits (each `$` optional), not
+    /// followed by a name character, `$` or `(`.
+    fn at(text: &'a str) -> Option<CellReference<'a>> {
+        let bytes = text.as_bytes();
+        let column_absolute = bytes.first() == Some(&b'$');
+        let column_start = usize::from(column_absolute);
+        let letters = bytes[column_start..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+        if !(1..=3).contains(&letters) {
+            return None;
+        }
+        let column_end = column_start + letters;
+        let row_absolute = bytes.get(column_end) == Some(&b'$');
+        let row_start = column_end + usize::from(row_absolute);
+        let digits = bytes[row_start..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let len = row_start + digits;
+        if digits == 0 || text[len..].starts_with(|c: char| is_name_char(c) || c == '$' || c == '(') {
+            return None;
+        }
+        Some(CellReference {
+            len,
+            column: &text[column_start..column_end],
+            row: &text[row_start..len],
+            column_absolute,
+            row_absolute,
+        })
+    }
+}
+
+/// Comparison operators put right outside string literals (see [`xls_formula_text`]).
+fn put_comparisons_right(formula: &str) -> String {
     let mut text = String::with_capacity(formula.len() + 4);
     let mut in_string = false;
     let mut chars = formula.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            // `""` inside a literal toggles twice: still inside.
+            // An empty literal `""` toggles twice: still outside.
             '"' => in_string = !in_string,
             '>' if !in_string && !text.ends_with('<') => {
                 if chars.next_if_eq(&'=').is_some() {
@@ -2304,6 +2563,51 @@ mod tests {
         assert!(!names_a_sheet("IF(C2>1,\"a!b\",C2*2)"));
         assert!(!names_a_sheet("IF(ISERROR(A1),#DIV/0!,#NULL!&#VALUE!&#NUM!&#REF!)"));
         assert!(!names_a_sheet("\"say \"\"hi!\"\"\"&A1"));
+    }
+
+    #[test]
+    fn string_literals_are_sound_when_each_closes_and_an_operand_may_follow() {
+        for formula in [r#""a"&A1"#, r#"IF(C2>1,"","x")"#, r#"""&C2"#, "A1+1", r#"LEN("a b") "#, r#""%"%"#] {
+            assert!(has_sound_string_literals(formula), "{formula}");
+        }
+        // calamine's text of `"a""b"`, `"say ""hi"""&C2`, `"""1"`, `"a""""b"` and a call on a literal.
+        for formula in [r#""a"b""#, r#""say "hi""&C2"#, r#"""1""#, r#""a""b""#, r#""x"(1)"#, r#""a"1"#] {
+            assert!(!has_sound_string_literals(formula), "{formula}");
+        }
+    }
+
+    #[test]
+    fn a_defined_name_is_an_identifier_outside_literals_not_followed_by_a_parenthesis() {
+        let names = ["rate".to_string(), "n".to_string(), "\u{6}".to_string()];
+        for formula in ["Rate*C2", "SUM(RATE)", "1+rate", "User([PtgNameX],C2)", "N+1", "\u{6}"] {
+            assert!(uses_a_defined_name(formula, &names), "{formula}");
+        }
+        for formula in [r#"RATE(10,-100,800)&"Rate""#, "Rates+1", "C2*2", "#N/A", r#""[PtgNameX]""#, "Rate.x"]
+        {
+            assert!(!uses_a_defined_name(formula, &names), "{formula}");
+        }
+    }
+
+    #[test]
+    fn a_biff8_mixed_reference_gets_its_dollar_on_the_other_part() {
+        let biff8 = |formula| xls_formula_text(formula, XlsVersion::Biff8);
+        assert_eq!(biff8("$C2*2"), "C$2*2");
+        assert_eq!(biff8("SUM($A1:B$2)"), "SUM(A$1:$B2)");
+        assert_eq!(biff8("$C$2+C2+$IV65536"), "$C$2+C2+IV$65536");
+        assert_eq!(biff8(r#"LOG10(C$2)&"C$2""#), r#"LOG10($C2)&"C$2""#);
+        assert_eq!(biff8("ATAN2($A1,1)+ABCD$1+A1B$2"), "ATAN2(A$1,1)+ABCD$1+A1B$2");
+        assert_eq!(biff8("IF($C2>=1,1,2)"), "IF(C$2>1,1,2)", "comparisons put right too");
+        // calamine reads BIFF5 references right (and its areas as absolute): they stay.
+        assert_eq!(xls_formula_text("$C2*2+C$2", XlsVersion::Biff5OrOlder), "$C2*2+C$2");
+    }
+
+    #[test]
+    fn the_biff_version_is_read_from_the_bof_record_as_calamine_reads_it() {
+        assert_eq!(XlsVersion::of_bof(&[0x00, 0x06, 0x05, 0x00]), XlsVersion::Biff8);
+        assert_eq!(XlsVersion::of_bof(&[0x00, 0x05, 0x05, 0x00]), XlsVersion::Biff5OrOlder);
+        assert_eq!(XlsVersion::of_bof(&[0x00, 0x00, 0x00, 0x10]), XlsVersion::Biff5OrOlder);
+        assert_eq!(XlsVersion::of_bof(&[0x00, 0x00, 0x10, 0x00]), XlsVersion::Biff8);
+        assert_eq!(XlsVersion::of_bof(&[0x34, 0x12]), XlsVersion::Biff8, "unknown versions as calamine");
     }
 
     #[test]
