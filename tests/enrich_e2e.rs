@@ -1084,6 +1084,31 @@ fn a_missing_default_ini_and_watch_list_folder_are_reported() {
     assert!(stderr.contains("no access token is configured"), "{stderr}");
 }
 
+/// A warning about a whole list file (here a sinkhole file that is not there) names the file without a line
+/// number: it said `sinkholes.txt:0:`, a line no file has.
+#[test]
+fn a_warning_about_a_whole_list_file_names_no_line_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lists")).unwrap();
+    std::fs::write(
+        dir.path().join("vttl.ini"),
+        "[watchlists]\ndir = lists\nsinkholes = no-such-sinkholes.txt\n[main]\nreverseDNS = False\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
+        .arg("--config")
+        .arg(dir.path().join("vttl.ini"))
+        .args(["enrich", "no-such-book.csv", "--outbox"])
+        .arg(dir.path().join("out"))
+        .current_dir(dir.path())
+        .env_remove("SECLYTICS_ACCESS_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-sinkholes.txt: sinkhole list not found"), "{stderr}");
+    assert!(!stderr.contains(".txt:0:"), "{stderr}");
+}
+
 /// A key of our sections under a misspelled section name (or above the first section) is ignored there —
 /// `offline_dir` in `[seclytic]` would send every lookup to the live API — and a warning names it.
 #[test]

@@ -103,9 +103,10 @@ pub struct Enricher {
     sinkhole_source: [u8; 32],
 }
 
-/// The lines a list file's warnings are reported with: `<file>:<line>: <message>`.
+/// The lines a list file's warnings are reported with: `<file>:<line>: <message>`, or `<file>: <message>` for a
+/// warning about the whole file (line 0, which no file has) — as [`watchlists::ListWarning`] displays itself.
 fn warning_lines(warnings: &[watchlists::ListWarning]) -> impl Iterator<Item = String> + '_ {
-    warnings.iter().map(|w| format!("{}:{}: {}", w.file.display(), w.line, w.message))
+    warnings.iter().map(ToString::to_string)
 }
 
 /// The sinkhole file, or an empty list when it cannot be read; with the warnings to report.
