@@ -451,6 +451,27 @@ fn xls_formulas_with_a_quote_in_a_string_literal_are_written_as_their_values() {
     );
 }
 
+/// calamine gives no formula text for an array constant (`SUM({1,2})` comes out as `SUM({PtgArray})`) nor for
+/// a token it does not decompile (`ptgMemFunc`: the text `Unrecognised formula for cell (1, 4): …`); written
+/// as formulas, both were text Excel cannot read. Such a formula is written as its last computed value, with
+/// a warning; the formula beside them stays. Fixture made by
+/// `tests/fixtures/xlsx/make_xls_formulas_and_1904_times.py` (the tokens written by hand).
+#[test]
+fn xls_formulas_calamine_cannot_decompile_are_written_as_their_values() {
+    let row = xls_row_2_through_xlsx("xls_undecoded_formulas.xls", 5);
+    assert_eq!(row[0], (String::new(), Data::Float(3.0)), "SUM({{1,2}})");
+    assert_eq!(row[1], (String::new(), Data::Float(5.0)), "ptgMemFunc");
+    assert_eq!(row[2].0, "C2*3");
+    let logged = logged_about("xls_undecoded_formulas.xls");
+    assert!(
+        logged.iter().any(|line| line.contains(
+            "2 formulas of a kind this program cannot read (such as an array constant `{1,2}`) are written as \
+             their last computed values: their text cannot be read from an XLS file"
+        )),
+        "{logged:?}"
+    );
+}
+
 /// An XLS gives calamine no number format, so a time of day (06:15 shown `hh:mm`, serial 0.26) was read as a
 /// date-time: in a 1904-date workbook it was moved by 1 462 days like a date (a formula `D2*24` gave 35 094
 /// instead of 6.25 once Excel recalculated), and in either epoch it showed as `1900-01-00 06:15:00`. A value

@@ -1955,7 +1955,7 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
     let mut workbook = Workbook::default();
     let mut budget = CellBudget::new(limits);
     // Formulas written as their last computed values, by reason.
-    let mut written_as_values = [0usize; 3];
+    let mut written_as_values = [0usize; 4];
     // calamine writes a sheet name as it is: an odd `"` in it (`12" Rulers!B1`) reads as a string literal to
     // [`names_a_sheet`], so such names are looked for as they are.
     let quoted_names: Vec<String> = metadata
@@ -1966,7 +1966,9 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
     let defined_names: Vec<String> =
         book.defined_names().iter().map(|(name, _)| name.to_lowercase()).collect();
     let unreliable = |formula: &str| {
-        if names_a_sheet(formula) || quoted_names.iter().any(|name| formula.contains(name.as_str())) {
+        if is_undecoded(formula) {
+            Some(Unreliable::Undecoded)
+        } else if names_a_sheet(formula) || quoted_names.iter().any(|name| formula.contains(name.as_str())) {
             Some(Unreliable::OtherSheet)
         } else if !has_sound_string_literals(formula) {
             Some(Unreliable::StringLiteral)
@@ -2022,7 +2024,9 @@ fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
         }
         workbook.sheets.push(sheet);
     }
-    for reason in [Unreliable::OtherSheet, Unreliable::DefinedName, Unreliable::StringLiteral] {
+    for reason in
+        [Unreliable::OtherSheet, Unreliable::DefinedName, Unreliable::StringLiteral, Unreliable::Undecoded]
+    {
         let count = written_as_values[reason as usize];
         if count > 0 {
             tracing::warn!(
@@ -2046,6 +2050,8 @@ enum Unreliable {
     DefinedName = 1,
     /// Its string literals cannot be told apart ([`has_sound_string_literals`]).
     StringLiteral = 2,
+    /// calamine could not decompile it, or left out a part of it ([`is_undecoded`]).
+    Undecoded = 3,
 }
 
 impl Unreliable {
@@ -2055,6 +2061,7 @@ impl Unreliable {
             Unreliable::OtherSheet => "that refer to another sheet",
             Unreliable::DefinedName => "that use a defined name",
             Unreliable::StringLiteral => "whose text holds a `\"`",
+            Unreliable::Undecoded => "of a kind this program cannot read (such as an array constant `{1,2}`)",
         }
     }
 
@@ -2066,8 +2073,18 @@ impl Unreliable {
                 "the defined names of an XLS file are not carried over, and Excel would show #NAME? in their place"
             }
             Unreliable::StringLiteral => "their text cannot be read reliably from an XLS file",
+            Unreliable::Undecoded => "their text cannot be read from an XLS file",
         }
     }
+}
+
+/// Whether calamine 0.38 gave no formula text for an XLS formula: for a token it does not decompile (such as
+/// `ptgMemFunc`, `ptgRefN`) it gives the text `Unrecognised formula for cell (r, c): <error>` instead of the
+/// formula, and for an array constant (`ptgArray`, `SUM({1,2})`) the placeholder `{PtgArray}`. Written as a
+/// formula, either is text Excel cannot read (it may call the XLSX damaged), so the formula is written as its
+/// last computed value.
+fn is_undecoded(formula: &str) -> bool {
+    formula.starts_with("Unrecognised formula for cell") || formula.contains("{PtgArray}")
 }
 
 /// Whether an XLS formula, as calamine gives its text, refers to a sheet (`Data!A1`, `'My Notes'!A1:B2`): a
