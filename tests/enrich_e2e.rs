@@ -1597,6 +1597,28 @@ fn long_free_text_values_are_cut_at_8000_characters() {
     assert!(long_reason.starts_with(&validation));
 }
 
+/// A cache that cannot be opened (here `cache = .`, a folder) is no reason to stop: the run goes on without
+/// one, and the warning names the file and the setting to change.
+#[test]
+fn an_unusable_cache_file_is_named_with_its_setting_and_the_run_goes_on() {
+    let scenario = Scenario::new();
+    let ini = std::fs::read_to_string(scenario.path("vttl.ini")).unwrap();
+    std::fs::write(scenario.path("vttl.ini"), ini.replace("cache = cache.sqlite", "cache = .")).unwrap();
+    let input = scenario.path("nocache.csv");
+    std::fs::write(&input, "\"Scanned Item\",\"WHOIS\"\r\n\"198.51.100.60\",\"\"\r\n").unwrap();
+    let (code, stderr) = scenario.enrich(&[&input], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("cannot use cache file"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "(`cache` in the [seclytics] section of the ini); continuing without the response cache"
+        ),
+        "{stderr}"
+    );
+    assert!(scenario.outbox().join("nocache.csv").exists());
+    assert_eq!(scenario.api.count_path("/ips/198.51.100.60"), 1);
+}
+
 /// A Windows-1252 CSV cannot hold every character of the API's text: such characters are written as `?` (a
 /// documented decision), and a warning says how many new cells lost some, naming the file and the way out.
 #[test]

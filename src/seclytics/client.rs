@@ -852,7 +852,7 @@ impl Client {
             Ok(cache) => Some(cache),
             Err(error) => {
                 tracing::warn!(
-                    "{}; continuing without the response cache",
+                    "{} (`cache` in the [seclytics] section of the ini); continuing without the response cache",
                     redactor.redact(&error.to_string())
                 );
                 None
