@@ -561,6 +561,15 @@ impl Config {
                 if let Err(e) = globset::Glob::new(glob) {
                     return Err(ini.invalid(W, key, glob, e.to_string()));
                 }
+                // A file name may hold a `;`, so this is no error; but a list written `*.csv;*.xlsx` (as in a
+                // Windows file dialog) would silently take nothing.
+                if glob.contains(';') {
+                    tracing::warn!(
+                        "{}: the `{key}` glob `{glob}` holds a `;`: globs are separated by commas \
+                         (`*.csv, *.xlsx`)",
+                        ini.path.display()
+                    );
+                }
             }
         }
         let poll_ms = ini.number(W, "poll_ms", 0u64, 0, 3_600_000)?;

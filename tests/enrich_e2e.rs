@@ -1110,13 +1110,15 @@ fn a_warning_about_a_whole_list_file_names_no_line_zero() {
 }
 
 /// A key of our sections under a misspelled section name (or above the first section) is ignored there —
-/// `offline_dir` in `[seclytic]` would send every lookup to the live API — and a warning names it.
+/// `offline_dir` in `[seclytic]` would send every lookup to the live API — and a warning names it. So does
+/// an `include` glob list written with `;`, which would take no file.
 #[test]
 fn a_key_under_a_misspelled_section_is_named_in_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("vttl.ini"),
-        "concurrency = 2\n[seclytic]\noffline_dir = answers\n[seclytics]\ntimeout_secs = 5\ntimeout_secs = 9\n",
+        "concurrency = 2\n[seclytic]\noffline_dir = answers\n[seclytics]\ntimeout_secs = 5\ntimeout_secs = 9\n\
+         [watch]\ninclude = *.csv;*.xlsx, *.xls\n",
     )
         .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
@@ -1133,6 +1135,10 @@ fn a_key_under_a_misspelled_section_is_named_in_a_warning() {
     assert!(stderr.contains("`concurrency` above the first section is ignored"), "{stderr}");
     assert!(
         stderr.contains("`timeout_secs` is set more than once in [seclytics]; the first one is used"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the `include` glob `*.csv;*.xlsx` holds a `;`: globs are separated by commas"),
         "{stderr}"
     );
 }
