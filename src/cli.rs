@@ -26,9 +26,10 @@ use crate::error::CriticalError;
     about,
     long_about = None,
     after_help = "The API token: `access_token` in [seclytics] of vttl.ini, or the SECLYTICS_ACCESS_TOKEN \
-                  environment variable (which wins).\nExit status: 0 done; 1 some files failed (see the outbox's \
-                  VTTL_Error.log); 2 a critical problem (bad configuration, token refused, outbox not writable); \
-                  130 interrupted.\nMore detail on stderr: VTTL_LOG=debug."
+                  environment variable (which wins).\nExit status: 0 done (`watch --once`: also when files went \
+                  to `failed`); 1 `enrich`: some files failed (see the outbox's VTTL_Error.log); 2 a critical \
+                  problem (bad configuration, token refused, outbox not writable); 130 `watch --once` \
+                  interrupted.\nMore detail on stderr: VTTL_LOG=debug."
 )]
 pub struct RawArgs {
     /// The ini file (default: vttl.ini in the current directory).
