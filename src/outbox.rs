@@ -223,6 +223,21 @@ pub fn write_new_owned_file(
     persist_no_clobber(temp, dir, name)
 }
 
+/// Creates `dir` and its missing parents. When a file stands where a folder is needed (the folder itself or
+/// one of its parents), the error names that file instead of the bare "File exists" / "Not a directory" the
+/// system gives.
+pub fn create_folder(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|error| {
+        match dir.ancestors().find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir())) {
+            Some(file) => std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is a file, not a folder", file.display()),
+            ),
+            None => error,
+        }
+    })
+}
+
 /// Checks that the outbox exists (creating it if needed) and that we can create files in it.
 pub fn ensure_writable(dir: &Path) -> std::io::Result<()> {
     ensure_writable_by(dir, None)
@@ -230,7 +245,7 @@ pub fn ensure_writable(dir: &Path) -> std::io::Result<()> {
 
 /// [`ensure_writable`], the probe file being a temporary file of `owner` (see [`owned_temp_file`]).
 pub fn ensure_writable_by(dir: &Path, owner: Option<&str>) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    create_folder(dir)?;
     let probe = owned_temp_file(dir, "probe", owner)?;
     probe.close()
 }

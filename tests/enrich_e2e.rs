@@ -1202,6 +1202,31 @@ fn bad_files_fail_alone_with_exit_1() {
     assert_eq!(std::fs::read(&not_vttl).unwrap(), b"\"Name\",\"Value\"\r\n\"a\",\"b\"\r\n");
 }
 
+/// A folder named instead of its workbooks (`enrich books`) was "unsupported file type", and that message left
+/// out `.xlsm`, which `enrich` takes; a text file under an `.xlsx` name was the zip library's "Could not find
+/// EOCD".
+#[test]
+fn a_folder_an_unknown_type_and_text_under_an_excel_name_are_named_plainly() {
+    let scenario = Scenario::new();
+    let folder = scenario.path("books");
+    std::fs::create_dir(&folder).unwrap();
+    let notes = scenario.path("notes.txt");
+    std::fs::write(&notes, "Scanned Item\r\n198.51.100.53\r\n").unwrap();
+    let text = scenario.path("export.xlsx");
+    std::fs::write(&text, "Scanned Item\r\n198.51.100.53\r\n").unwrap();
+    let (code, stderr) = scenario.enrich(&[&folder, &notes, &text], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let errors = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
+    let line = |name: &str| errors.lines().find(|l| l.contains(name)).unwrap_or_default().to_string();
+    let books = line("books");
+    assert!(books.contains("a folder, not a workbook") && books.contains("*.csv"), "{errors}");
+    assert!(line("notes.txt").contains("expected .csv, .xlsx, .xlsm or .xls"), "{errors}");
+    let export = line("export.xlsx");
+    assert!(export.contains("not an Excel workbook: the file holds text"), "{errors}");
+    assert!(!export.contains("EOCD"), "{errors}");
+    assert_eq!(scenario.api.request_count(), 0, "{stderr}");
+}
+
 /// In a chain the next stage takes `book.csv` out of the outbox and leaves `book.csv.report.json` (reports are
 /// never inputs). A new `book.csv` must not then be published beside that report of another run, its own report
 /// pushed to `book.csv.report_1.json`: it takes the next name whose report name is free too, and its report is

@@ -658,6 +658,69 @@ fn corrupt_files_go_to_failed_with_their_reason_while_the_others_go_through() {
     );
 }
 
+/// A user's first mistakes, said in words they can act on: a misspelled inbox is created empty with a warning
+/// (it was watched without a word), a text file or a web page under an Excel name is called text (the reason
+/// was the zip or OLE2 library's "Could not find EOCD" / "Invalid CFB file"), and an outbox that is a file is
+/// called a file (the reason was "File exists (os error 17)").
+#[test]
+fn a_missing_inbox_text_under_an_excel_name_and_a_file_for_an_outbox_are_named_plainly() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    std::fs::remove_dir(&site.inbox).unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("did not exist: it was created, empty") && stderr.contains("[watch] inbox"),
+        "{stderr}"
+    );
+    let (_, stderr) = site.once();
+    assert!(!stderr.contains("did not exist"), "warned only when it was created: {stderr}");
+
+    std::fs::write(site.inbox.join("export.xlsx"), "Scanned Item,Country Name\r\n192.0.2.1,\r\n").unwrap();
+    std::fs::write(site.inbox.join("web.xls"), "<html><table><tr><td>Scanned Item</td></tr></table></html>")
+        .unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 0, "{stderr}");
+    for (name, ext) in [("export.xlsx", ".xlsx"), ("web.xls", ".xls")] {
+        let note = std::fs::read_to_string(site.failed().join(format!("{name}.error.txt"))).unwrap();
+        assert!(note.contains("not an Excel workbook: the file holds text"), "{note}");
+        assert!(note.contains(&format!("`{ext}` name")) && note.contains("`.csv` name"), "{note}");
+        assert!(!note.contains("EOCD") && !note.contains("CFB"), "{note}");
+    }
+
+    std::fs::remove_dir_all(&site.outbox).unwrap();
+    std::fs::write(&site.outbox, "not a folder").unwrap();
+    let (code, stderr) = site.once();
+    assert_eq!(code, 2, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(&format!("{} is a file, not a folder", site.outbox.display())), "{stderr}");
+    assert!(!last.contains("os error"), "{stderr}");
+}
+
+/// `--once` gives up on a file it cannot take after three attempts, made as soon as the file settles again: its
+/// warnings said "trying again in 30 s" (the service's pause), and the last line did not say what to do. An
+/// immutable file stands for a workbook Excel holds open on Windows (skipped where `chattr +i` is refused).
+#[test]
+#[cfg(target_os = "linux")]
+fn once_counts_its_attempts_at_a_file_it_cannot_take_and_says_what_to_do() {
+    let site = Site::new("inbox", "outbox", Answers::Offline, "");
+    let held = site.inbox.join("held.csv");
+    std::fs::write(&held, tiny_csv("held")).unwrap();
+    let immutable = Command::new("chattr").arg("+i").arg(&held).output();
+    if !immutable.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: `chattr +i` is not available here ({immutable:?})");
+        return;
+    }
+    let (code, stderr) = site.once();
+    let _ = Command::new("chattr").arg("-i").arg(&held).status();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("attempt 1 of 3, trying again") && stderr.contains("attempt 2 of 3"), "{stderr}");
+    assert!(!stderr.contains("trying again in 30 s"), "{stderr}");
+    assert!(stderr.contains("giving up after 3 attempts"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("could not be taken") && last.contains("close it and run again"), "{stderr}");
+    assert!(last.contains("held.csv"), "{stderr}");
+}
+
 /// An analyst moved an earlier failed `bad.csv` away to fix it and left its note: a new `bad.csv` that fails
 /// must not sit beside a note that is not its own. Its note is written first, under a name that is free, and
 /// the input takes the matching name; the old note is left as it was.

@@ -374,6 +374,9 @@ impl Enricher {
         let unique = outbox::unique_epoch_seconds();
         outbox::ensure_writable_by(outbox, hooks.temp_owner())
             .map_err(|source| CriticalError::Outbox { path: outbox.to_path_buf(), source })?;
+        if input.is_dir() {
+            return Err(file_error("read", workbook::folder_given(input)));
+        }
         let format = Format::from_path(input)
             .ok_or_else(|| file_error("read", WorkbookError::Unsupported { path: input.to_path_buf() }))?;
         let output_name = Format::output_file_name(input)

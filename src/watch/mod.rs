@@ -197,12 +197,21 @@ fn prepare_folders(settings: &WatchSettings) -> Result<(), CriticalError> {
             settings.inbox.display()
         )));
     }
+    // A misspelled inbox would otherwise be created empty and watched for ever without a word.
+    let inbox_existed = settings.inbox.is_dir();
     for (key, dir) in
         [("inbox", &settings.inbox), ("processed", &settings.processed), ("failed", &settings.failed)]
     {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        crate::outbox::create_folder(dir).map_err(|e| {
             CriticalError::Other(format!("[watch] {key}: cannot create {}: {e}", dir.display()))
         })?;
+    }
+    if !inbox_existed {
+        tracing::warn!(
+            "the inbox {} did not exist: it was created, empty (if spreadsheets were expected there, check \
+             `[watch] inbox` in the ini file)",
+            settings.inbox.display()
+        );
     }
     crate::outbox::ensure_writable(&settings.outbox)
         .map_err(|source| CriticalError::Outbox { path: settings.outbox.clone(), source })?;
@@ -538,14 +547,25 @@ impl Watcher<'_> {
                                     let failures = claim_failures.entry(name.clone()).or_insert(0);
                                     *failures += 1;
                                     if self.once && *failures >= CLAIM_ATTEMPTS {
-                                        tracing::error!("cannot take {name} from the inbox ({e}); giving up");
+                                        tracing::error!(
+                                            "cannot take {name} from the inbox ({e}); giving up after \
+                                             {CLAIM_ATTEMPTS} attempts"
+                                        );
                                         settler.ignore(&name);
                                         given_up.push(name);
                                     } else {
-                                        tracing::warn!(
-                                            "cannot take {name} from the inbox now ({e}); trying again in {} s",
-                                            CLAIM_RETRY.as_secs()
-                                        );
+                                        // `--once` tries again as soon as the file has settled anew.
+                                        if self.once {
+                                            tracing::warn!(
+                                                "cannot take {name} from the inbox now ({e}); attempt \
+                                                 {failures} of {CLAIM_ATTEMPTS}, trying again"
+                                            );
+                                        } else {
+                                            tracing::warn!(
+                                                "cannot take {name} from the inbox now ({e}); trying again in {} s",
+                                                CLAIM_RETRY.as_secs()
+                                            );
+                                        }
                                         let retry = if self.once { Duration::ZERO } else { CLAIM_RETRY };
                                         settler.hold(&name, now + retry);
                                     }
@@ -559,7 +579,8 @@ impl Watcher<'_> {
                             if self.once {
                                 if !given_up.is_empty() {
                                     return Err(CriticalError::Other(format!(
-                                        "{} file(s) could not be taken from the inbox: {}",
+                                        "{} file(s) could not be taken from the inbox (open in another \
+                                         program, such as Excel? close it and run again): {}",
                                         given_up.len(),
                                         given_up.join(", ")
                                     )));

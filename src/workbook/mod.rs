@@ -204,7 +204,7 @@ pub enum WorkbookError {
     Encoding { path: PathBuf, reason: String },
     #[error("{path}: too large: {reason}")]
     TooLarge { path: PathBuf, reason: String },
-    #[error("{path}: unsupported file type (expected .csv, .xlsx or .xls)")]
+    #[error("{path}: unsupported file type (expected .csv, .xlsx, .xlsm or .xls)")]
     Unsupported { path: PathBuf },
     #[error("{path}: cannot {action}: {source}")]
     Io {
@@ -236,6 +236,9 @@ impl WorkbookError {
 /// Checks that `path` is a regular file no larger than [`MAX_FILE_BYTES`]; returns its size.
 pub fn check_input_file(path: &Path) -> Result<u64, WorkbookError> {
     let meta = std::fs::metadata(path).map_err(|e| WorkbookError::io(path, "read", e))?;
+    if meta.is_dir() {
+        return Err(folder_given(path));
+    }
     if !meta.is_file() {
         return Err(WorkbookError::Corrupt { path: path.to_path_buf(), reason: "not a regular file".into() });
     }
@@ -246,6 +249,17 @@ pub fn check_input_file(path: &Path) -> Result<u64, WorkbookError> {
         });
     }
     Ok(meta.len())
+}
+
+/// A folder named where a workbook was expected (`enrich books` for `enrich books/*.csv`).
+pub fn folder_given(path: &Path) -> WorkbookError {
+    WorkbookError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!(
+            "a folder, not a workbook: name the files in it (e.g. `{}`)",
+            path.join("*.csv").display()
+        ),
+    }
 }
 
 /// Decodes a small text file of ours or VTTL's (ini, watch lists, sinkhole data): by its byte-order mark

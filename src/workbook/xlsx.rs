@@ -200,6 +200,16 @@ pub fn read_workbook_with_limits(path: &Path, limits: &Limits) -> Result<Workboo
     // The content decides the reader when it clearly disagrees with the extension: users rename files, and
     // an XLSX saved as `.xls` (or the reverse) is still the analyst's workbook.
     let container = sniff_container(path)?;
+    if container == Container::Text {
+        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        return Err(corrupt(
+            path,
+            format!(
+                "not an Excel workbook: the file holds text (a CSV, a tab-separated or HTML export saved under \
+                 an `.{ext}` name?); a CSV is read only under a `.csv` name"
+            ),
+        ));
+    }
     let as_xlsx = match (format, container) {
         (_, Container::Zip) => true,
         (_, Container::Cfb) => false,
@@ -237,12 +247,15 @@ enum Container {
     Zip,
     /// An OLE2 compound file: XLS, or an encrypted XLSX.
     Cfb,
+    /// Text (a CSV, a tab-separated or HTML export) under an Excel name: neither reader can open it.
+    Text,
     Other,
 }
 
 fn sniff_container(path: &Path) -> Result<Container, WorkbookError> {
     let mut file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
-    let mut magic = [0u8; 8];
+    // Enough bytes to tell text (no NUL byte, or a UTF-16 byte-order mark) from a binary file.
+    let mut magic = [0u8; 4096];
     let mut filled = 0;
     while filled < magic.len() {
         match file.read(&mut magic[filled..]) {
@@ -252,10 +265,13 @@ fn sniff_container(path: &Path) -> Result<Container, WorkbookError> {
             Err(e) => return Err(WorkbookError::io(path, "read", e)),
         }
     }
-    Ok(if magic[..filled].starts_with(b"PK\x03\x04") {
+    let head = &magic[..filled];
+    Ok(if head.starts_with(b"PK\x03\x04") {
         Container::Zip
-    } else if magic[..filled] == [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1] {
+    } else if head == [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1] {
         Container::Cfb
+    } else if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) || !head.contains(&0) {
+        Container::Text
     } else {
         Container::Other
     })
