@@ -268,7 +268,7 @@ fn sniff_container(path: &Path) -> Result<Container, WorkbookError> {
     let head = &magic[..filled];
     Ok(if head.starts_with(b"PK\x03\x04") {
         Container::Zip
-    } else if head == [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1] {
+    } else if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
         Container::Cfb
     } else if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) || !head.contains(&0) {
         Container::Text
