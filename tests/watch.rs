@@ -344,6 +344,7 @@ fn a_watch_list_edited_while_the_service_runs_is_used_for_the_next_workbook() {
 /// Like the watch lists, the sinkhole file is read again when it changed: an address added to it while the
 /// service runs is labelled from the next workbook on (a bad line added with it is reported by its number).
 #[test]
+#[cfg(unix)]
 fn a_sinkhole_file_edited_while_the_service_runs_is_used_for_the_next_workbook() {
     let (site, lists) = site_with_lists_of_its_own("phishing\r\n");
     let service = site.spawn("service.log");
@@ -370,6 +371,7 @@ fn a_sinkhole_file_edited_while_the_service_runs_is_used_for_the_next_workbook()
 
 /// A site whose ini reads the watch lists and the sinkhole file from a folder of its own (`lists/`, returned):
 /// the shipped sinkhole list, and `keywords` as the keyword list.
+#[cfg(unix)]
 fn site_with_lists_of_its_own(keywords: &str) -> (Site, PathBuf) {
     let site = Site::new("inbox", "outbox", Answers::Offline, "");
     let lists = site.root.join("lists");
@@ -383,6 +385,7 @@ fn site_with_lists_of_its_own(keywords: &str) -> (Site, PathBuf) {
 }
 
 /// The cells of column `header` in the output `name`, row by row.
+#[cfg(unix)]
 fn output_column(site: &Site, name: &str, header: &str) -> Vec<String> {
     let text = std::fs::read_to_string(site.outbox.join(name)).unwrap();
     let mut rows = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
