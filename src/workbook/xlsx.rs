@@ -2819,19 +2819,20 @@ mod tests {
         );
     }
 
-    /// A workbook holding tens of thousands of defined names (copied sheets carry theirs along) costs no more
-    /// per formula than one with a few: comparing each identifier with every name took about 11 s for 1 000
-    /// formulas and 20 000 names (debug build); this test's 5 000 formulas take milliseconds now.
+    /// A workbook holding tens of thousands of defined names (copied sheets carry theirs along): each identifier
+    /// is one look-up in a set now, where comparing it with every name took about 11 s for 1 000 formulas and
+    /// 20 000 names (debug build; measured by hand, not here: speed is for benchmarks, not timed tests). What
+    /// this test holds is the result: the last of 20 000 names is found whatever its case, cell references
+    /// and function names are no names.
     #[test]
-    fn many_defined_names_cost_no_time_per_formula() {
+    fn many_defined_names_are_found_by_their_identifier() {
         let names: Vec<String> = (0..20_000).map(|i| format!("Name_{i}")).collect();
         let names = DefinedNames::new(names.iter().map(String::as_str));
-        let start = std::time::Instant::now();
         for i in 0..5_000 {
             assert!(!uses_a_defined_name(&format!("SUM(A{i}:B{i})*C{i}+D{i}"), &names));
         }
         assert!(uses_a_defined_name("C2*NAME_19999", &names));
-        let elapsed = start.elapsed();
-        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+        assert!(!uses_a_defined_name("C2*NAME_20000", &names));
+        assert!(!uses_a_defined_name("Name_7(C2)", &names));
     }
 }
