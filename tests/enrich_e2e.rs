@@ -1214,7 +1214,10 @@ fn a_folder_an_unknown_type_and_text_under_an_excel_name_are_named_plainly() {
     std::fs::write(&notes, "Scanned Item\r\n198.51.100.53\r\n").unwrap();
     let text = scenario.path("export.xlsx");
     std::fs::write(&text, "Scanned Item\r\n198.51.100.53\r\n").unwrap();
-    let (code, stderr) = scenario.enrich(&[&folder, &notes, &text], &[]);
+    // Cut off inside the zip signature: a truncated workbook, not text.
+    let cut = scenario.path("cut.xlsx");
+    std::fs::write(&cut, b"PK\x03").unwrap();
+    let (code, stderr) = scenario.enrich(&[&folder, &notes, &text, &cut], &[]);
     assert_eq!(code, 1, "{stderr}");
     let errors = std::fs::read_to_string(scenario.outbox().join("VTTL_Error.log")).unwrap();
     let line = |name: &str| errors.lines().find(|l| l.contains(name)).unwrap_or_default().to_string();
@@ -1224,6 +1227,8 @@ fn a_folder_an_unknown_type_and_text_under_an_excel_name_are_named_plainly() {
     let export = line("export.xlsx");
     assert!(export.contains("not an Excel workbook: the file holds text"), "{errors}");
     assert!(!export.contains("EOCD"), "{errors}");
+    let cut = line("cut.xlsx");
+    assert!(cut.contains("corrupt or unreadable workbook") && !cut.contains("holds text"), "{errors}");
     assert_eq!(scenario.api.request_count(), 0, "{stderr}");
 }
 

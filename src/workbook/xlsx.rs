@@ -267,10 +267,15 @@ fn sniff_container(path: &Path) -> Result<Container, WorkbookError> {
         }
     }
     let head = &magic[..filled];
-    Ok(if head.starts_with(b"PK\x03\x04") {
+    const ZIP: &[u8] = b"PK\x03\x04";
+    const CFB: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+    Ok(if head.starts_with(ZIP) {
         Container::Zip
-    } else if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
+    } else if head.starts_with(CFB) {
         Container::Cfb
+    } else if ZIP.starts_with(head) || CFB.starts_with(head) {
+        // A file cut off inside a signature is a truncated workbook, not text.
+        Container::Other
     } else if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) || !head.contains(&0) {
         Container::Text
     } else {
