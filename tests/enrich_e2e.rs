@@ -1084,17 +1084,12 @@ fn a_missing_default_ini_and_watch_list_folder_are_reported() {
     assert!(stderr.contains("no access token is configured"), "{stderr}");
 }
 
-/// A warning about a whole list file (here a sinkhole file that is not there) names the file without a line
-/// number: it said `sinkholes.txt:0:`, a line no file has.
-#[test]
-fn a_warning_about_a_whole_list_file_names_no_line_zero() {
+/// The stderr of `enrich` on a workbook that is not there, in a temporary folder holding `ini` as `vttl.ini`
+/// and an empty `lists/` folder: what the program says about its configuration before any workbook.
+fn warnings_of_enrich_with_ini(ini: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("lists")).unwrap();
-    std::fs::write(
-        dir.path().join("vttl.ini"),
-        "[watchlists]\ndir = lists\nsinkholes = no-such-sinkholes.txt\n[main]\nreverseDNS = False\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("vttl.ini"), ini).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
         .arg("--config")
         .arg(dir.path().join("vttl.ini"))
@@ -1105,6 +1100,16 @@ fn a_warning_about_a_whole_list_file_names_no_line_zero() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr.into_owned()
+}
+
+/// A warning about a whole list file (here a sinkhole file that is not there) names the file without a line
+/// number: it said `sinkholes.txt:0:`, a line no file has.
+#[test]
+fn a_warning_about_a_whole_list_file_names_no_line_zero() {
+    let stderr = warnings_of_enrich_with_ini(
+        "[watchlists]\ndir = lists\nsinkholes = no-such-sinkholes.txt\n[main]\nreverseDNS = False\n",
+    );
     assert!(stderr.contains("no-such-sinkholes.txt: sinkhole list not found"), "{stderr}");
     assert!(!stderr.contains(".txt:0:"), "{stderr}");
 }
@@ -1114,23 +1119,10 @@ fn a_warning_about_a_whole_list_file_names_no_line_zero() {
 /// an `include` glob list written with `;`, which would take no file.
 #[test]
 fn a_key_under_a_misspelled_section_is_named_in_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("vttl.ini"),
+    let stderr = warnings_of_enrich_with_ini(
         "concurrency = 2\n[seclytic]\noffline_dir = answers\n[seclytics]\ntimeout_secs = 5\ntimeout_secs = 9\n\
          [watch]\ninclude = *.csv;*.xlsx, *.xls\n",
-    )
-        .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_vttl-seclytics"))
-        .arg("--config")
-        .arg(dir.path().join("vttl.ini"))
-        .args(["enrich", "no-such-book.csv", "--outbox"])
-        .arg(dir.path().join("out"))
-        .current_dir(dir.path())
-        .env_remove("SECLYTICS_ACCESS_TOKEN")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    );
     assert!(stderr.contains("`offline_dir` in [seclytic] is ignored: it is read in [seclytics]"), "{stderr}");
     assert!(stderr.contains("`concurrency` above the first section is ignored"), "{stderr}");
     assert!(
