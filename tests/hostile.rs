@@ -1171,6 +1171,22 @@ fn xls_extent_is_checked_before_calamine_allocates() {
     let error = read_workbook(&declared).unwrap_err();
     assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error}");
 
+    // A first row after the last (the fuzzer's find, thirteenth session): calamine's `last - first + 1`
+    // wraps to billions of rows, and in a release build the reservation aborted the process. Counted as
+    // calamine counts it, it is refused before calamine reads it (a debug build's calamine panics on the
+    // overflow instead, which would come back as `Corrupt`).
+    let inverted = dir.path().join("inverted.xls");
+    let mut dims = Vec::new();
+    dims.extend_from_slice(&0xAAAA_AAAAu32.to_le_bytes());
+    dims.extend_from_slice(&10u32.to_le_bytes());
+    dims.extend_from_slice(&0u16.to_le_bytes());
+    dims.extend_from_slice(&3u16.to_le_bytes());
+    dims.extend_from_slice(&0u16.to_le_bytes());
+    write_biff(&inverted, &[(0x0200, dims), biff_number(0, 0)]);
+    let error = read_workbook(&inverted).unwrap_err();
+    assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error}");
+    assert!(error.to_string().contains("1431655776 rows × 3 columns"), "{error}");
+
     // The file the fuzzer found: a looping sector chain; refused at once as corrupt.
     let found = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/fuzz_cyclic_fat.xls");
     let copy = dir.path().join("found.xls");

@@ -1785,17 +1785,7 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<XlsVersion, Workbook
             }
             // DIMENSIONS: calamine reserves this many cells.
             0x0200 => {
-                let (rows, cols) = match data.len() {
-                    10 => (
-                        u16_at(data, 2).unwrap_or(0).saturating_sub(u16_at(data, 0).unwrap_or(0)),
-                        u16_at(data, 6).unwrap_or(0).saturating_sub(u16_at(data, 4).unwrap_or(0)),
-                    ),
-                    14 | 16 => (
-                        u32_at(data, 4).unwrap_or(0).saturating_sub(u32_at(data, 0).unwrap_or(0)),
-                        u16_at(data, 10).unwrap_or(0).saturating_sub(u16_at(data, 8).unwrap_or(0)),
-                    ),
-                    _ => (0, 0),
-                };
+                let (rows, cols) = reserved_by_dimensions(data);
                 if rows.saturating_mul(cols) > budget {
                     return refuse(format!("a sheet declares {rows} rows × {cols} columns"));
                 }
@@ -1852,6 +1842,31 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<XlsVersion, Workbook
         }
     }
     Ok(version)
+}
+
+/// The rows and columns calamine 0.38 reserves room for when it reads a DIMENSIONS record (`parse_dimensions`
+/// and the reservation in its sheet loop), computed its way: a first column above 0xFF, or after the last, is
+/// taken as 0, and the counts are `last - first + 1` in u32 arithmetic, which a release build does not check:
+/// a first row after the last wraps around into billions of rows, an allocation that aborts the process
+/// (found by the fuzzer in the thirteenth session; the check used to saturate at 0 rows instead). `(0, 0)` for
+/// a record calamine refuses.
+fn reserved_by_dimensions(data: &[u8]) -> (u64, u64) {
+    let u16_at = |at: usize| u32::from(u16::from_le_bytes([data[at], data[at + 1]]));
+    let u32_at = |at: usize| u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+    let (first_row, last_row, mut first_col, last_col) = match data.len() {
+        10 => (u16_at(0), u16_at(2), u16_at(4), u16_at(6)),
+        14 | 16 => (u32_at(0), u32_at(4), u16_at(8), u16_at(10)),
+        _ => return (0, 0),
+    };
+    if first_col > 0xFF || last_col < first_col {
+        first_col = 0;
+    }
+    if last_row < 1 || last_col < 1 {
+        return (1, 1);
+    }
+    // calamine's end is (last_row - 1, last_col - 1), its counts `end - start + 1`.
+    let count = |last: u32, first: u32| u64::from((last - 1).wrapping_sub(first).wrapping_add(1));
+    (count(last_row, first_row), count(last_col, first_col))
 }
 
 /// The BIFF version of an XLS workbook, as far as calamine's formula text depends on it: calamine 0.38 reads
@@ -2829,6 +2844,34 @@ mod tests {
     /// 20 000 names (debug build; measured by hand, not here: speed is for benchmarks, not timed tests). What
     /// this test holds is the result: the last of 20 000 names is found whatever its case, cell references
     /// and function names are no names.
+    /// The cells calamine reserves for a DIMENSIONS record, counted as calamine counts them: a first row after
+    /// the last wraps around to billions of rows (it used to count as none, and calamine's allocation aborted
+    /// the process: the fuzzer's finding).
+    #[test]
+    fn dimensions_are_counted_as_calamine_counts_them() {
+        let biff8 = |first_row: u32, last_row: u32, first_col: u16, last_col: u16| {
+            let mut data = Vec::new();
+            data.extend_from_slice(&first_row.to_le_bytes());
+            data.extend_from_slice(&last_row.to_le_bytes());
+            data.extend_from_slice(&first_col.to_le_bytes());
+            data.extend_from_slice(&last_col.to_le_bytes());
+            data.extend_from_slice(&[0, 0]);
+            reserved_by_dimensions(&data)
+        };
+        assert_eq!(biff8(0, 10, 0, 3), (10, 3));
+        assert_eq!(biff8(0, 0, 0, 0), (1, 1));
+        // A first column above 0xFF or after the last counts from column 0.
+        assert_eq!(biff8(0, 10, 0x100, 3), (10, 3));
+        assert_eq!(biff8(0, 10, 5, 3), (10, 3));
+        // A first row after the last: calamine's `last - 1 - first + 1` wraps.
+        assert_eq!(biff8(0xAAAA_AAAA, 10, 0, 3), (u64::from(10u32.wrapping_sub(0xAAAA_AAAA)), 3));
+        // The same first and last column: calamine's count wraps to 0 (it reserves nothing).
+        assert_eq!(biff8(0, 10, 3, 3), (10, 0));
+        let biff5 = [2u8, 0, 1, 0, 0, 0, 4, 0, 0, 0];
+        assert_eq!(reserved_by_dimensions(&biff5), (u64::from(0u32.wrapping_sub(2).wrapping_add(1)), 4));
+        assert_eq!(reserved_by_dimensions(&[0; 12]), (0, 0));
+    }
+
     #[test]
     fn many_defined_names_are_found_by_their_identifier() {
         let names: Vec<String> = (0..20_000).map(|i| format!("Name_{i}")).collect();
