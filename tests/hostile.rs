@@ -1196,6 +1196,22 @@ fn xls_extent_is_checked_before_calamine_allocates() {
     assert!(matches!(error, WorkbookError::Corrupt { .. }), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
+    // The fuzzer's second find: a `Workbook` directory entry whose name bytes read `Workbook` but whose
+    // declared name length is 0. `cfb` (which the check reads with) saw no stream and the check was skipped,
+    // while calamine, which reads names up to their first NUL, read the stream: 9 GB for a 5.6 KB file.
+    // calamine is given only the stream the check read now, and a file without one is refused.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xlsx/xls_comparisons.xls");
+    let mut bytes = std::fs::read(fixture).unwrap();
+    let name: Vec<u8> = "Workbook".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let entry = bytes.windows(name.len()).position(|w| w == name.as_slice()).expect("a Workbook entry");
+    assert_eq!(entry % 128, 0, "directory entries are 128-byte aligned");
+    bytes[entry + 64..entry + 66].copy_from_slice(&0u16.to_le_bytes());
+    let nameless = dir.path().join("nameless.xls");
+    std::fs::write(&nameless, bytes).unwrap();
+    let error = read_workbook(&nameless).unwrap_err();
+    assert!(matches!(error, WorkbookError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("holds no Workbook stream"), "{error}");
+
     // A near neighbourhood of cells is fine (the check does not refuse ordinary sheets).
     let near = dir.path().join("near.xls");
     write_biff(&near, &[biff_number(0, 0), biff_number(100, 10)]);

@@ -1680,16 +1680,21 @@ fn cell_from_data(value: &Data, is_1904: bool) -> Cell {
 /// 23 GB, and one whose compound-file sector chain loops. This scan (our own code: the compound file through
 /// `cfb`, which validates its structure, then the BIFF record headers) refuses a broken compound file, and an
 /// XLS whose declared dimensions or cell bounding boxes exceed [`xls_cell_budget`] before calamine runs.
-/// Streams it cannot find or read are left for calamine to report. On the way it reads the workbook's BIFF
-/// version as calamine does ([`XlsVersion::of_bof`]), which the formula text depends on.
-fn check_xls_extent(path: &Path, limits: &Limits) -> Result<XlsVersion, WorkbookError> {
+/// On the way it reads the workbook's BIFF version as calamine does ([`XlsVersion::of_bof`]), which the
+/// formula text depends on. It returns the record stream it checked, which is all calamine is then given
+/// ([`xls_holding_only`]): calamine finds its stream its own way (the first directory entry whose name *bytes*
+/// read `Workbook`, whatever the name's declared length), so a file could show this check one stream and
+/// calamine another — the fuzzer found one whose `Workbook` entry declares an empty name: `cfb` found no
+/// stream, this check was skipped, and calamine read 9 GB into memory from a 5.6 KB file. A compound file
+/// without a `Workbook` (or BIFF5 `Book`) stream at its root is refused.
+fn check_xls_extent(path: &Path, limits: &Limits) -> Result<(XlsVersion, Vec<u8>), WorkbookError> {
     // calamine's own compound-file reader follows sector chains without detecting loops (the fuzzer found a
     // 6 KB file whose cyclic chain made it allocate until the process died); `cfb` validates the structure,
     // so a file it refuses never reaches calamine.
     let mut compound = cfb::open(path)
         .map_err(|e| corrupt(path, format!("not a readable XLS workbook: broken compound file: {e}")))?;
     let Some(name) = ["/Workbook", "/Book"].into_iter().find(|n| compound.is_stream(n)) else {
-        return Ok(XlsVersion::Biff8);
+        return Err(corrupt(path, "not a readable XLS workbook: its compound file holds no Workbook stream"));
     };
     // A stream that cannot be read in full (a truncated file, found by the fuzzer) is refused: calamine's own
     // reader tolerates it and would read, past every check here, what this walk never saw.
@@ -1841,7 +1846,22 @@ fn check_xls_extent(path: &Path, limits: &Limits) -> Result<XlsVersion, Workbook
             return Err(corrupt(path, "a sheet is declared where no sheet data starts"));
         }
     }
-    Ok(version)
+    Ok((version, bytes))
+}
+
+/// A compound file holding one stream, `Workbook`, with `stream` in it: what calamine reads an XLS from, so
+/// that it reads exactly the records [`check_xls_extent`] checked (calamine reads nothing else of an XLS for
+/// us: no summary streams, no VBA project).
+fn xls_holding_only(path: &Path, stream: &[u8]) -> Result<std::io::Cursor<Vec<u8>>, WorkbookError> {
+    let copy_failed = |e: std::io::Error| WorkbookError::io(path, "copy the workbook stream", e);
+    let buffer = std::io::Cursor::new(Vec::with_capacity(stream.len() + stream.len() / 64 + 4096));
+    let mut compound =
+        cfb::CompoundFile::create_with_version(cfb::Version::V3, buffer).map_err(copy_failed)?;
+    compound.create_stream("/Workbook").and_then(|mut out| out.write_all(stream)).map_err(copy_failed)?;
+    compound.flush().map_err(copy_failed)?;
+    let mut buffer = compound.into_inner();
+    buffer.set_position(0);
+    Ok(buffer)
 }
 
 /// The rows and columns calamine 0.38 reserves room for when it reads a DIMENSIONS record (`parse_dimensions`
@@ -1983,10 +2003,11 @@ fn xls_cell_budget(limits: &Limits) -> u64 {
 }
 
 fn read_xls(path: &Path, limits: &Limits) -> Result<Workbook, WorkbookError> {
-    let version = check_xls_extent(path, limits)?;
-    let file = File::open(path).map_err(|e| WorkbookError::io(path, "open", e))?;
-    let mut book: Xls<_> = Xls::new(BufReader::new(file))
-        .map_err(|e| corrupt(path, format!("not a readable XLS workbook: {e}")))?;
+    let (version, stream) = check_xls_extent(path, limits)?;
+    let checked = xls_holding_only(path, &stream)?;
+    drop(stream);
+    let mut book: Xls<_> =
+        Xls::new(checked).map_err(|e| corrupt(path, format!("not a readable XLS workbook: {e}")))?;
     let is_1904 = book.has_1904_epoch();
     let metadata = book.sheets_metadata().to_vec();
     let mut workbook = Workbook::default();
