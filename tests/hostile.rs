@@ -1148,6 +1148,17 @@ fn biff_number(row: u16, col: u16) -> (u16, Vec<u8>) {
     (0x0203, data)
 }
 
+/// A BIFF8 DIMENSIONS record: first row, last row + 1, first column, last column + 1.
+fn biff_dimensions(first_row: u32, last_row: u32, first_col: u16, last_col: u16) -> (u16, Vec<u8>) {
+    let mut data = Vec::new();
+    data.extend_from_slice(&first_row.to_le_bytes());
+    data.extend_from_slice(&last_row.to_le_bytes());
+    data.extend_from_slice(&first_col.to_le_bytes());
+    data.extend_from_slice(&last_col.to_le_bytes());
+    data.extend_from_slice(&0u16.to_le_bytes());
+    (0x0200, data)
+}
+
 /// Regression (fuzzing): calamine allocates the bounding box of an XLS sheet's cells and reserves its declared
 /// dimensions at open time; both are checked before calamine runs, and a broken compound file never reaches it.
 #[test]
@@ -1161,13 +1172,7 @@ fn xls_extent_is_checked_before_calamine_allocates() {
     assert!(error.to_string().contains("65536 rows × 256 columns"), "{error}");
 
     let declared = dir.path().join("declared.xls");
-    let mut dims = Vec::new();
-    dims.extend_from_slice(&0u32.to_le_bytes());
-    dims.extend_from_slice(&4_000_000u32.to_le_bytes());
-    dims.extend_from_slice(&0u16.to_le_bytes());
-    dims.extend_from_slice(&200u16.to_le_bytes());
-    dims.extend_from_slice(&0u16.to_le_bytes());
-    write_biff(&declared, &[(0x0200, dims), biff_number(0, 0)]);
+    write_biff(&declared, &[biff_dimensions(0, 4_000_000, 0, 200), biff_number(0, 0)]);
     let error = read_workbook(&declared).unwrap_err();
     assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error}");
 
@@ -1176,13 +1181,7 @@ fn xls_extent_is_checked_before_calamine_allocates() {
     // calamine counts it, it is refused before calamine reads it (a debug build's calamine panics on the
     // overflow instead, which would come back as `Corrupt`).
     let inverted = dir.path().join("inverted.xls");
-    let mut dims = Vec::new();
-    dims.extend_from_slice(&0xAAAA_AAAAu32.to_le_bytes());
-    dims.extend_from_slice(&10u32.to_le_bytes());
-    dims.extend_from_slice(&0u16.to_le_bytes());
-    dims.extend_from_slice(&3u16.to_le_bytes());
-    dims.extend_from_slice(&0u16.to_le_bytes());
-    write_biff(&inverted, &[(0x0200, dims), biff_number(0, 0)]);
+    write_biff(&inverted, &[biff_dimensions(0xAAAA_AAAA, 10, 0, 3), biff_number(0, 0)]);
     let error = read_workbook(&inverted).unwrap_err();
     assert!(matches!(error, WorkbookError::TooLarge { .. }), "{error}");
     assert!(error.to_string().contains("1431655776 rows × 3 columns"), "{error}");

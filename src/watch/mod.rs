@@ -304,14 +304,13 @@ fn start_worker(
                         Err(e) => Err(EnrichError::Critical(e)),
                     }
                 } else {
-                    if let Some(warnings) = enricher.reload_watch_lists() {
-                        tracing::info!("the watch lists changed; they are used from this workbook on");
-                        for warning in &warnings {
-                            tracing::warn!("{warning}");
-                        }
-                    }
-                    if let Some(warnings) = enricher.reload_sinkholes() {
-                        tracing::info!("the sinkhole file changed; it is used from this workbook on");
+                    let reloaded = [
+                        ("the watch lists changed; they are", enricher.reload_watch_lists()),
+                        ("the sinkhole file changed; it is", enricher.reload_sinkholes()),
+                    ];
+                    for (what, warnings) in reloaded {
+                        let Some(warnings) = warnings else { continue };
+                        tracing::info!("{what} used from this workbook on");
                         for warning in &warnings {
                             tracing::warn!("{warning}");
                         }

@@ -48,9 +48,9 @@
 //!   reference (`C$3`, which calamine writes `$C3`) put right ([`xls_formula_text`]). A formula calamine's
 //!   text cannot render is written as its last computed value, with a warning: one that refers to another
 //!   sheet ([`names_a_sheet`]: calamine reads such references wrongly), one that uses a defined name
-//!   ([`uses_a_defined_name`]: XLS defined names are not carried, so Excel would show `#NAME?`), and one whose
+//!   ([`uses_a_defined_name`]: XLS defined names are not carried, so Excel would show `#NAME?`), one whose
 //!   string literals cannot be told apart ([`has_sound_string_literals`]: calamine does not double a `"` in
-//!   them).
+//!   them), and one calamine cannot decompile ([`is_undecoded`]).
 //! * XLS has no per-cell number format in calamine's API: XLS date cells get `yyyy-mm-dd` (whole days),
 //!   `yyyy-mm-dd hh:mm:ss` (with a time), `hh:mm:ss` (values below one day: a time of day, which keeps its
 //!   value in a 1904-date workbook) or `[h]:mm:ss` (durations).
@@ -2151,20 +2151,15 @@ fn is_undecoded(formula: &str) -> bool {
 /// needs quotes is written without them (a formula Excel refuses). Such a formula is written as its last
 /// computed value instead — the value the analyst saw, kept; the formula, said in a warning.
 fn names_a_sheet(formula: &str) -> bool {
-    let mut outside_strings = String::with_capacity(formula.len());
-    for (index, part) in formula.split('"').enumerate() {
-        // Even parts are outside literals (`""` inside a literal splits into an empty odd part: still inside).
-        if index % 2 == 0 {
-            outside_strings.push_str(part);
-        }
-    }
+    let outside_strings: String = outside_literals(formula).collect();
     // An error literal's `!` is followed by an operator, a separator or the end; one followed by a reference is a
     // sheet's: calamine writes `#REF` for a sheet it cannot name (`SUM(#REF!$A$1:$A$2)`), and a sheet may be
     // named `Q#NUM`.
     let text = outside_strings.as_str();
     text.match_indices('!').any(|(at, _)| {
-        let error_literal = ["#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NUM!"]
+        let error_literal = ERROR_LITERALS
             .iter()
+            .filter(|error| error.ends_with('!'))
             .any(|error| text[..=at].ends_with(error));
         let reference_follows =
             text[at + 1..].chars().next().is_some_and(|c| c == '$' || c == '#' || c.is_alphanumeric());
@@ -2214,9 +2209,9 @@ fn has_sound_string_literals(formula: &str) -> bool {
     true
 }
 
-/// The parts of an XLS formula's text outside its string literals, for a text whose literals are sound
-/// ([`has_sound_string_literals`]): splitting at every `"`, the even parts are outside (an empty literal
-/// `""` gives an empty odd part).
+/// The parts of an XLS formula's text outside its string literals: splitting at every `"`, the even parts are
+/// outside (an empty literal `""` gives an empty odd part; a `""` inside a literal, which calamine never
+/// writes, an empty even part). Exact for a text whose literals are sound ([`has_sound_string_literals`]).
 fn outside_literals(formula: &str) -> impl Iterator<Item = &str> {
     formula.split('"').step_by(2)
 }
